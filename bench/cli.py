@@ -1,0 +1,191 @@
+"""``bench``: run suites, build reports, list methods and datasets.
+
+    bench run [SUITE.yaml] [--inline] [--address ADDR] [--force] [--store DIR] [--data DIR]
+    bench report [SUITE_NAME | SUITE.yaml] [--run RUN_ID] [--store DIR] [--out DIR]
+    bench trial METHOD DATASET [--seed N] [--variant V] [--set key=value ...]
+    bench list [METHOD]
+
+User errors print one line (``error: ...``) and exit 2; failed trials make ``run`` exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.errors import BenchError
+
+DEFAULT_SUITE = Path(__file__).resolve().parent.parent / "suites" / "default.yaml"
+
+
+def _store(args) -> "ResultStore":  # noqa: F821
+    from bench.store import ResultStore
+
+    return ResultStore(args.store)
+
+
+def _data_root(args) -> Path:
+    from bench.data import default_data_root
+
+    return Path(args.data).expanduser().resolve() if args.data else default_data_root()
+
+
+def cmd_run(args) -> int:
+    from bench.runner import run_suite
+    from bench.suite import load_suite
+
+    path = Path(args.suite) if args.suite else DEFAULT_SUITE
+    suite = load_suite(path)
+    store = _store(args)
+    manifest = run_suite(suite, store=store, data_root=_data_root(args), inline=args.inline, address=args.address,
+                         force=args.force, suite_path=str(path))
+    statuses = [t["status"] for t in manifest["trials"]]
+    n_bad = sum(s not in ("ok", "reused") for s in statuses)
+    print(f"run {manifest['run_id']}: {statuses.count('ok')} ok, {statuses.count('reused')} reused, {n_bad} failed "
+          f"or interrupted; records in {store.records_dir}")
+    if not args.no_report:
+        _report(store, manifest, suite.tables, Path(args.out) / suite.name)
+    return 1 if n_bad else 0
+
+
+def _report(store, manifest: dict[str, Any], tables, out_dir: Path) -> None:
+    from bench.report import write_report
+
+    records = store.run_records(manifest)
+    specs = [t.model_dump() if hasattr(t, "model_dump") else t for t in tables] or None
+    paths = write_report(records, out_dir, title=f"Suite {manifest['suite']}", tables=specs, run=manifest)
+    print(f"report: {paths['markdown']} (table), {paths['plot']} (plot), {paths['latex']} (LaTeX), "
+          f"{paths['csv']} (per-seed CSV)")
+    md = paths["markdown"].read_text().split("\n")
+    print("\n".join(line for line in md if line.startswith("|")))
+
+
+def cmd_report(args) -> int:
+    from bench.suite import SuiteSpec, load_suite
+
+    store = _store(args)
+    tables = []
+    name = args.suite
+    if name and (name.endswith((".yaml", ".yml")) or Path(name).is_file()):
+        spec: SuiteSpec = load_suite(name)
+        name, tables = spec.name, spec.tables
+    if args.run:
+        manifest = next((m for m in store.runs() if m["run_id"] == args.run), None)
+        if manifest is None:
+            raise BenchError(f"no run {args.run!r} in {store.runs_dir}; `bench report` without --run takes the latest")
+    else:
+        manifest = store.latest_run(name)
+        if manifest is None:
+            which = f"suite {name!r}" if name else "any suite"
+            raise BenchError(f"no stored run of {which} in {store.root}; run `bench run SUITE.yaml` first")
+    if not tables and manifest.get("spec", {}).get("tables"):
+        tables = manifest["spec"]["tables"]
+    _report(store, manifest, tables, Path(args.out) / manifest["suite"])
+    return 0
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise BenchError(f"--set expects key=value, got {item!r}")
+        key, val = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(val)
+    return out
+
+
+def cmd_trial(args) -> int:
+    """One trial inline, for debugging: same planning and records as `bench run`."""
+    from bench.runner import run_suite
+    from bench.suite import parse_suite
+
+    suite = parse_suite({"name": f"trial-{args.method}", "seeds": [args.seed], "datasets": [args.dataset],
+                         "methods": [{"name": args.method, "variants": [args.variant],
+                                      "config": _parse_set(args.set)}], "device": args.device}, "command line")
+    store = _store(args)
+    manifest = run_suite(suite, store=store, data_root=_data_root(args), inline=True, force=args.force)
+    for t in manifest["trials"]:
+        print(json.dumps({k: t.get(k) for k in ("method", "variant", "dataset", "seed", "status", "metrics",
+                                                  "error", "key")}))
+    return 0 if all(t["status"] in ("ok", "reused") for t in manifest["trials"]) else 1
+
+
+def cmd_list(args) -> int:
+    from bench.data import DATASETS
+    from bench.registry import describe_method, get_method, method_names
+
+    if args.method:
+        print(describe_method(args.method))
+        return 0
+    print("methods:")
+    for name in method_names():
+        cls = get_method(name)
+        print(f"  {name:12s} {cls.paper}  (variants: {', '.join(cls.variants)})")
+    print("datasets:")
+    for name, spec in sorted(DATASETS.items()):
+        print(f"  {name:14s} {spec.description}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench", description="Reproducibility harness for deep image clustering.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp, data=True):
+        sp.add_argument("--store", default="results", help="results store folder (default: results)")
+        if data:
+            sp.add_argument("--data", default=None, help="data root (default: $BENCH_DATA or ./data)")
+
+    r = sub.add_parser("run", help="run a suite (methods x variants x datasets x seeds)")
+    r.add_argument("suite", nargs="?", help=f"suite YAML (default: {DEFAULT_SUITE.name}, k-means and DEC on digits)")
+    r.add_argument("--inline", action="store_true", help="run trials one by one in this process, without Ray")
+    r.add_argument("--address", help="join an existing Ray cluster (e.g. auto or ray://head:10001)")
+    r.add_argument("--force", action="store_true", help="re-run trials even if an identical one is stored")
+    r.add_argument("--out", default="reports", help="where the report goes (default: reports/)")
+    r.add_argument("--no-report", action="store_true")
+    common(r)
+    r.set_defaults(func=cmd_run)
+
+    rp = sub.add_parser("report", help="tables and plots from stored results")
+    rp.add_argument("suite", nargs="?", help="suite name or YAML file (default: the latest run of any suite)")
+    rp.add_argument("--run", help="a specific run id (see results/runs/)")
+    rp.add_argument("--out", default="reports")
+    common(rp, data=False)
+    rp.set_defaults(func=cmd_report)
+
+    t = sub.add_parser("trial", help="run one trial inline (debugging)")
+    t.add_argument("method")
+    t.add_argument("dataset")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--variant", default="default")
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    t.add_argument("--force", action="store_true")
+    common(t)
+    t.set_defaults(func=cmd_trial)
+
+    ls = sub.add_parser("list", help="methods and datasets, or one method's config")
+    ls.add_argument("method", nargs="?")
+    ls.set_defaults(func=cmd_list)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

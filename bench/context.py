@@ -1,0 +1,154 @@
+"""What a running method may use from the harness: seed, device, logger, artifacts, curves, stages."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from filelock import FileLock
+
+from bench.errors import NonFiniteLossError
+
+
+def stable_hash(obj: Any, n: int = 16) -> str:
+    """Hash of a JSON-able object, independent of dict order."""
+    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:n]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class TrialContext:
+    """Handed to ``ClusteringMethod.run``.
+
+    * ``seed``, ``device``, ``logger``, ``artifact_dir`` (per trial, kept between resumptions).
+    * ``log_epoch(epoch, loss=..., eval_pred=...)`` appends to the learning curve; when ``eval_pred``
+      is given the harness scores it against labels the method never sees. The curve is for plots
+      and audits only; it never picks the result.
+    * ``check_finite(loss)`` raises on NaN/inf so the trial fails cleanly instead of clustering noise.
+    * ``cached_stage(name, config, build)`` shares an expensive stage (e.g. a pretrained autoencoder)
+      between methods and runs with the same (stage config, data md5, seed, code version).
+    """
+
+    def __init__(self, *, seed: int, device: torch.device | str, artifact_dir: Path, stage_dir: Path,
+                 data_md5: str, code_version: str, scorer: Callable[[np.ndarray], dict[str, float]] | None = None,
+                 logger: logging.Logger | None = None, log_every_s: float = 30.0):
+        self.seed = int(seed)
+        self.device = torch.device(device)
+        self.artifact_dir = Path(artifact_dir)
+        self.stage_dir = Path(stage_dir)
+        self.data_md5 = data_md5
+        self.code_version = code_version
+        self.logger = logger or logging.getLogger("bench.trial")
+        self.curve: list[dict[str, Any]] = []
+        self.stage_hits: dict[str, str] = {}
+        self._scorer = scorer
+        self._log_every_s = log_every_s
+        self._last_log = 0.0
+
+    # -- randomness ------------------------------------------------------------------------
+    def generator(self, device: torch.device | str | None = None, offset: int = 0) -> torch.Generator:
+        """A torch.Generator seeded from the trial seed (offset gives independent streams)."""
+        gen = torch.Generator(device=device or self.device)
+        gen.manual_seed(self.seed * 1_000_003 + offset)
+        return gen
+
+    # -- curves ----------------------------------------------------------------------------
+    def log_epoch(self, epoch: int | float, *, eval_pred: Any = None, **scalars: Any) -> None:
+        row: dict[str, Any] = {"epoch": epoch}
+        for key, val in scalars.items():
+            if isinstance(val, torch.Tensor):
+                val = val.detach().float().item()
+            row[key] = float(val) if isinstance(val, (int, float, np.floating, np.integer)) else val
+        if eval_pred is not None and self._scorer is not None:
+            pred = eval_pred.detach().cpu().numpy() if isinstance(eval_pred, torch.Tensor) else np.asarray(eval_pred)
+            row.update({f"eval_{k}": v for k, v in self._scorer(pred.astype(np.int64).ravel()).items()})
+        self.curve.append(row)
+        now = time.monotonic()
+        if now - self._last_log >= self._log_every_s:
+            self._last_log = now
+            shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+            self.logger.info("seed %d: %s", self.seed, shown)
+
+    def check_finite(self, value: Any, what: str = "loss") -> None:
+        v = value.detach().float().item() if isinstance(value, torch.Tensor) else float(value)
+        if not math.isfinite(v):
+            raise NonFiniteLossError(f"{what} became {v} (seed {self.seed}); lower the learning rate or "
+                                     "check the input scaling")
+
+    # -- checkpoints (resume after a killed command) ----------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.artifact_dir / "checkpoint.pt"
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        """Atomically replace this trial's checkpoint. The artifact folder is keyed by the trial key,
+        so re-running the same trial (same config, data, seed, code) finds it again."""
+        atomic_write_bytes(self.checkpoint_path, _torch_bytes(state))
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        """The last checkpoint of this exact trial, or None. Unreadable checkpoints are ignored."""
+        if not self.checkpoint_path.exists():
+            return None
+        try:
+            return torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - a torn or foreign file: start over, say so
+            self.logger.warning("ignoring unreadable checkpoint %s: %s", self.checkpoint_path, exc)
+            return None
+
+    # -- shared stages ---------------------------------------------------------------------
+    def stage_path(self, name: str, config: dict[str, Any]) -> Path:
+        key = stable_hash({"stage": name, "config": config, "data_md5": self.data_md5, "seed": self.seed,
+                           "code": self.code_version})
+        return self.stage_dir / name / f"{key}.pt"
+
+    def cached_stage(self, name: str, config: dict[str, Any], build: Callable[[], Any]) -> Any:
+        """Return the stage's output, building it at most once across concurrent trials.
+
+        The artifact is keyed by (stage name, stage config, data md5, seed, code version), written
+        atomically, and guarded by a file lock so two trials needing it do not train it twice.
+        """
+        path = self.stage_path(name, config)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(path) + ".lock"):
+            if path.exists():
+                self.stage_hits[name] = "reused"
+                self.logger.info("stage %s: reusing %s", name, path.name)
+                return torch.load(path, map_location="cpu", weights_only=False)
+            out = build()
+            buf = _torch_bytes(out)
+            atomic_write_bytes(path, buf)
+            self.stage_hits[name] = "built"
+            return out
+
+
+def _torch_bytes(obj: Any) -> bytes:
+    import io
+
+    bio = io.BytesIO()
+    torch.save(obj, bio)
+    return bio.getvalue()

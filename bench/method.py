@@ -1,0 +1,149 @@
+"""The one interface every clustering method implements.
+
+A method is a small class in one file under ``methods/``::
+
+    @register_method
+    class DEC(ClusteringMethod):
+        name = "dec"
+        paper = "Xie et al., ICML 2016"
+        selection_rule = "final assignment when < tol of labels change between target updates"
+
+        class Config(MethodConfig):
+            lr: float = 0.01          # paper: SGD lr 0.01, momentum 0.9
+            ...
+
+        def run(self, data: ClusteringData, ctx: TrialContext) -> ClusterOutput: ...
+
+The harness resolves the config (paper defaults <- per-dataset defaults <- variant <- suite
+overrides), gives the method the images **without labels**, and evaluates what it returns.
+Methods never see ground truth: per-epoch metrics for learning curves go through
+``ctx.log_epoch(eval_pred=...)``, which scores them on the harness side and only stores them.
+That makes "picked the best epoch by ACC" impossible by construction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict
+
+Split = Literal["train", "test", "all"]
+
+
+class MethodConfig(BaseModel):
+    """Base of every method's typed config. Unknown keys are errors, types are checked."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+@dataclasses.dataclass
+class ClusteringData:
+    """What a method gets: images of the train and eval splits, and the number of clusters.
+
+    Images are ``[N, C, H, W]`` tensors, ``uint8`` in 0..255 (or ``float32`` in [0, 1] for datasets
+    that ship floats, e.g. USPS). When the protocol trains and evaluates on the same images
+    (DEC, CC: train+test), ``x_eval is x_train`` and ``same_split`` is True.
+    """
+
+    dataset: str
+    x_train: torch.Tensor
+    x_eval: torch.Tensor
+    n_clusters: int
+    train_split: Split
+    eval_split: Split
+    md5: str
+
+    @property
+    def same_split(self) -> bool:
+        return self.train_split == self.eval_split
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+
+    @staticmethod
+    def float01(x: torch.Tensor) -> torch.Tensor:
+        """Images as float32 in [0, 1], whatever their stored dtype."""
+        if x.dtype == torch.uint8:
+            return x.float().div_(255.0)
+        return x.float()
+
+
+@dataclasses.dataclass
+class ClusterOutput:
+    """What a method returns: one cluster id per eval image, and optional extras.
+
+    ``labels``: int array/tensor of length ``len(data.x_eval)``.
+    ``embeddings``: optional ``[N_eval, D]`` features (saved as an artifact when asked).
+    ``info``: small JSON-able facts for the record (iterations run, stop reason, ...).
+    """
+
+    labels: Any
+    embeddings: Any = None
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def labels_numpy(self) -> np.ndarray:
+        lab = self.labels
+        if isinstance(lab, torch.Tensor):
+            lab = lab.detach().cpu().numpy()
+        return np.asarray(lab).astype(np.int64).ravel()
+
+
+class ClusteringMethod:
+    """Base class: declare ``name``, ``Config``, ``paper``, ``selection_rule``; implement ``run``."""
+
+    name: ClassVar[str]
+    paper: ClassVar[str] = ""
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    #: Named presets of config overrides, e.g. CC's head ablations. "default" is the paper recipe.
+    variants: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
+    #: Per-dataset recipe differences from the official code (e.g. DEC's update interval).
+    dataset_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: The paper's split protocol. Suites may override it; the record always states it.
+    train_split: ClassVar[Split] = "all"
+    eval_split: ClassVar[Split] = "all"
+    #: How the reported assignment is chosen, without labels. Stated in every record.
+    selection_rule: ClassVar[str] = "final iterate"
+    #: Default share of one GPU per trial when the suite does not say (small MLPs pack well).
+    gpu_share: ClassVar[float] = 1.0
+    #: True when ``run_seeds`` trains several seeds in one model (one trial, many records).
+    supports_seed_batch: ClassVar[bool] = False
+
+    def __init__(self, config: MethodConfig):
+        self.config = config
+
+    def run(self, data: ClusteringData, ctx: "TrialContext") -> ClusterOutput:  # noqa: F821
+        raise NotImplementedError
+
+    def run_seeds(self, data: ClusteringData, ctxs: list["TrialContext"]) -> list[ClusterOutput]:  # noqa: F821
+        """Several seeds at once. Methods that set ``supports_seed_batch`` override this to train
+        them together (e.g. one batched model on one GPU); each seed keeps its own RNG stream,
+        stopping rule and record."""
+        return [self.run(data, ctx) for ctx in ctxs]
+
+    @classmethod
+    def protocol_fields(cls, config: MethodConfig) -> dict[str, Any]:
+        """Image size, stem, epochs and batch for the record, read from the config by name.
+
+        Methods whose config names these differently override this.
+        """
+        out: dict[str, Any] = {}
+        for key in ("image_size", "stem", "backbone", "epochs", "batch_size"):
+            if key in type(config).model_fields:
+                out[key] = getattr(config, key)
+        return out
+
+
+from bench.context import TrialContext  # noqa: E402  (import at end: context imports nothing from here)
+
+__all__ = [
+    "ClusterOutput",
+    "ClusteringData",
+    "ClusteringMethod",
+    "MethodConfig",
+    "Split",
+    "TrialContext",
+]

@@ -1,0 +1,111 @@
+"""Methods by name, timm-style: ``@register_method`` on the class, ``get_method("dec")`` to find it.
+
+Every module directly under ``methods/`` is imported on first lookup, so adding a method is adding
+one file. Third-party packages can add methods too, through the ``clusterbench.methods`` entry-point
+group (each entry point names a module to import).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import pkgutil
+from importlib.metadata import entry_points
+from typing import Any
+
+from pydantic import ValidationError
+
+from bench.errors import BenchError
+from bench.method import ClusteringMethod, MethodConfig
+
+_METHODS: dict[str, type[ClusteringMethod]] = {}
+_discovered = False
+
+
+def register_method(cls: type[ClusteringMethod]) -> type[ClusteringMethod]:
+    """Class decorator: make a method findable by its ``name``."""
+    name = getattr(cls, "name", None)
+    if not name or not isinstance(name, str):
+        raise TypeError(f"{cls.__qualname__} needs a class attribute `name`")
+    if name in _METHODS and _METHODS[name] is not cls:
+        raise TypeError(f"two methods are registered as {name!r}: {_METHODS[name].__module__} and {cls.__module__}")
+    if "default" not in cls.variants:
+        raise TypeError(f"method {name!r}: `variants` must contain 'default' (the paper recipe)")
+    _METHODS[name] = cls
+    return cls
+
+
+def _discover() -> None:
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    import methods
+
+    for mod in pkgutil.iter_modules(methods.__path__):
+        if mod.ispkg or mod.name.startswith("_"):
+            continue  # methods/common holds shared parts, not methods
+        importlib.import_module(f"methods.{mod.name}")
+    for ep in entry_points(group="clusterbench.methods"):
+        importlib.import_module(ep.value)
+
+
+def method_names() -> list[str]:
+    _discover()
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> type[ClusteringMethod]:
+    _discover()
+    try:
+        return _METHODS[name]
+    except KeyError:
+        raise BenchError(f"unknown method {name!r}{_did_you_mean(name, _METHODS)}; known methods: "
+                         f"{', '.join(sorted(_METHODS))} (`bench list` shows them)") from None
+
+
+def _did_you_mean(name: str, options) -> str:
+    close = difflib.get_close_matches(str(name), list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def resolve_config(method: str, variant: str = "default", dataset: str | None = None,
+                   overrides: dict[str, Any] | None = None) -> MethodConfig:
+    """Paper defaults <- per-dataset defaults <- variant <- user overrides, validated.
+
+    Raises BenchError naming the bad key or value in one line.
+    """
+    cls = get_method(method)
+    if variant not in cls.variants:
+        raise BenchError(f"method {method!r} has no variant {variant!r}{_did_you_mean(variant, cls.variants)}; "
+                         f"variants: {', '.join(cls.variants)}")
+    merged: dict[str, Any] = {}
+    if dataset is not None:
+        merged.update(cls.dataset_defaults.get(dataset, {}))
+    merged.update(cls.variants[variant])
+    merged.update(overrides or {})
+    fields = cls.Config.model_fields
+    for key in merged:
+        if key not in fields:
+            raise BenchError(f"method {method!r} has no config key {key!r}{_did_you_mean(key, fields)}; "
+                             f"keys: {', '.join(fields)}")
+    try:
+        return cls.Config(**merged)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise BenchError(f"method {method!r}, config key {loc!r}: {err['msg']} (got {err.get('input')!r})") from None
+
+
+def describe_method(name: str) -> str:
+    """Human-readable config listing for `bench list NAME`."""
+    cls = get_method(name)
+    lines = [f"{cls.name}: {cls.paper}", f"  splits: train={cls.train_split} eval={cls.eval_split}",
+             f"  selection rule: {cls.selection_rule}", f"  variants: {', '.join(cls.variants)}", "  config:"]
+    for key, field in cls.Config.model_fields.items():
+        ann = getattr(field.annotation, "__name__", str(field.annotation))
+        desc = f"  # {field.description}" if field.description else ""
+        lines.append(f"    {key}: {ann} = {field.default!r}{desc}")
+    if cls.dataset_defaults:
+        lines.append(f"  per-dataset defaults: {cls.dataset_defaults}")
+    return "\n".join(lines)

@@ -1,0 +1,259 @@
+"""Stored records -> paper-style tables (Markdown, LaTeX, CSV) and plots.
+
+Rows are methods (and variants), columns dataset x metric, cells ``mean ± std`` over the seeds
+that finished, in percent as the papers print them, with ``n`` per dataset. Failed or interrupted
+seeds never enter a mean: they are counted next to ``n`` and listed with their errors. Each row
+states its protocol (splits, sizes, stem, epochs, batch), data md5 and code version beneath the table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from bench.context import stable_hash
+from bench.records import METRICS, ResultRecord
+
+METRIC_LABEL = {"acc": "ACC", "nmi": "NMI", "ari": "ARI"}
+
+
+def records_frame(records: Iterable[ResultRecord]) -> pd.DataFrame:
+    rows = []
+    for r in records:
+        rows.append({
+            "method": r.method, "variant": r.variant, "dataset": r.dataset, "seed": r.seed, "status": r.status,
+            "error": r.error, **{m: r.metrics.get(m, np.nan) for m in METRICS},
+            "wall_s": r.timings.get("wall_s", np.nan), "peak_gpu_mem_mb": r.resources.get("peak_gpu_mem_mb"),
+            "config_hash": stable_hash(r.config, 8), "protocol": protocol_text(r.protocol),
+            "data_md5": r.data_md5, "code_version": r.env.get("code_version"), "selection_rule": r.selection_rule,
+            "key": r.key,
+        })
+    cols = ["method", "variant", "dataset", "seed", "status", "error", *METRICS, "wall_s", "peak_gpu_mem_mb",
+            "config_hash", "protocol", "data_md5", "code_version", "selection_rule", "key"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def protocol_text(p: dict[str, Any]) -> str:
+    parts = [f"train={p.get('train_split')}", f"eval={p.get('eval_split')}", f"K={p.get('n_clusters')}"]
+    for k in ("image_size", "stem", "backbone", "epochs", "batch_size", "pretrain_iters"):
+        if p.get(k) not in (None, ""):
+            parts.append(f"{k}={p[k]}")
+    return ", ".join(parts)
+
+
+def row_labels(df: pd.DataFrame) -> pd.Series:
+    """method [variant], plus a config hash when one (method, variant, dataset) has several configs."""
+    multi = df.groupby(["method", "variant", "dataset"])["config_hash"].transform("nunique") > 1
+    label = df["method"] + np.where(df["variant"] != "default", " [" + df["variant"] + "]", "")
+    return label + np.where(multi, " #" + df["config_hash"], "")
+
+
+def summarize(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (row label, dataset): n ok, n failed, mean and std (ddof=1) of each metric."""
+    if df.empty:
+        return pd.DataFrame()
+    df = df.assign(row=row_labels(df))
+    out = []
+    for (row, ds), g in df.groupby(["row", "dataset"], sort=False):
+        ok = g[g["status"] == "ok"]
+        rec: dict[str, Any] = {"row": row, "method": g["method"].iloc[0], "variant": g["variant"].iloc[0],
+                               "dataset": ds, "n": len(ok), "n_failed": int((g["status"] != "ok").sum())}
+        for m in METRICS:
+            vals = ok[m].astype(float)
+            rec[f"{m}_mean"] = vals.mean() if len(vals) else np.nan
+            rec[f"{m}_std"] = vals.std(ddof=1) if len(vals) > 1 else np.nan
+        rec["wall_s_mean"] = ok["wall_s"].astype(float).mean() if len(ok) else np.nan
+        rec["protocol"] = "; ".join(sorted(set(g["protocol"])))
+        rec["data_md5"] = ", ".join(sorted(set(g["data_md5"])))
+        rec["code_version"] = ", ".join(sorted({str(c) for c in g["code_version"] if c}))
+        rec["selection_rule"] = g["selection_rule"].iloc[0]
+        rec["seeds"] = ",".join(str(s) for s in sorted(ok["seed"]))
+        rec["errors"] = sorted({str(e) for e in g.loc[g["status"] != "ok", "error"] if e})
+        out.append(rec)
+    return pd.DataFrame(out)
+
+
+def _cell(mean: float, std: float, scale: float = 100.0, digits: int = 1) -> str:
+    if np.isnan(mean):
+        return "–"
+    if np.isnan(std):
+        return f"{mean * scale:.{digits}f}"
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def _select(summary: pd.DataFrame, rows: list[dict[str, Any]] | None, datasets: list[str] | None):
+    if rows:
+        pieces = []
+        for r in rows:
+            sel = summary[(summary["method"] == r["method"]) & (summary["variant"] == r.get("variant", "default"))]
+            pieces.append(sel.assign(row=r.get("label") or sel["row"]))
+        summary = pd.concat(pieces) if pieces else summary.iloc[0:0]
+    ds = datasets or list(dict.fromkeys(summary["dataset"]))
+    return summary[summary["dataset"].isin(ds)], ds
+
+
+def markdown_table(summary: pd.DataFrame, *, rows=None, datasets=None, metrics=METRICS) -> str:
+    summary, ds_order = _select(summary, rows, datasets)
+    header = ["Method"] + [f"{d} {METRIC_LABEL[m]}" for d in ds_order for m in metrics] + [f"{d} n" for d in ds_order]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in dict.fromkeys(summary["row"]):
+        cells = [row]
+        sub = summary[summary["row"] == row].set_index("dataset")
+        for d in ds_order:
+            for m in metrics:
+                cells.append(_cell(sub.at[d, f"{m}_mean"], sub.at[d, f"{m}_std"]) if d in sub.index else "")
+        for d in ds_order:
+            if d in sub.index:
+                n, nf = int(sub.at[d, "n"]), int(sub.at[d, "n_failed"])
+                cells.append(f"{n}" + (f" (+{nf} failed)" if nf else ""))
+            else:
+                cells.append("")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def latex_table(summary: pd.DataFrame, *, rows=None, datasets=None, metrics=METRICS, caption: str = "") -> str:
+    """booktabs table, best mean per column in bold, values in percent."""
+    summary, ds_order = _select(summary, rows, datasets)
+    row_names = list(dict.fromkeys(summary["row"]))
+    best = {}
+    for d in ds_order:
+        for m in metrics:
+            col = summary[summary["dataset"] == d][f"{m}_mean"]
+            best[(d, m)] = col.max() if len(col) else np.nan
+    colspec = "l" + "c" * (len(ds_order) * len(metrics))
+    out = ["\\begin{table}[t]", "\\centering", f"\\begin{{tabular}}{{{colspec}}}", "\\toprule",
+           " & " + " & ".join(f"\\multicolumn{{{len(metrics)}}}{{c}}{{{_tex(d)}}}" for d in ds_order) + " \\\\"]
+    rules = [f"\\cmidrule(lr){{{2 + i * len(metrics)}-{1 + (i + 1) * len(metrics)}}}" for i in range(len(ds_order))]
+    out.append("".join(rules))
+    out.append("Method & " + " & ".join(METRIC_LABEL[m] for _ in ds_order for m in metrics) + " \\\\")
+    out.append("\\midrule")
+    for row in row_names:
+        sub = summary[summary["row"] == row].set_index("dataset")
+        cells = []
+        for d in ds_order:
+            for m in metrics:
+                if d not in sub.index or np.isnan(sub.at[d, f"{m}_mean"]):
+                    cells.append("--")
+                    continue
+                mean, std = sub.at[d, f"{m}_mean"], sub.at[d, f"{m}_std"]
+                txt = f"{mean * 100:.1f}" + ("" if np.isnan(std) else f"$\\pm${std * 100:.1f}")
+                cells.append(f"\\textbf{{{txt}}}" if np.isclose(mean, best[(d, m)]) else txt)
+        out.append(f"{_tex(row)} & " + " & ".join(cells) + " \\\\")
+    out += ["\\bottomrule", "\\end{tabular}"]
+    if caption:
+        out.append(f"\\caption{{{_tex(caption)}}}")
+    out.append("\\end{table}")
+    return "\n".join(out)
+
+
+def _tex(s: str) -> str:
+    return str(s).replace("\\", "\\textbackslash{}").replace("_", "\\_").replace("&", "\\&").replace("%", "\\%") \
+        .replace("#", "\\#")
+
+
+def notes(summary: pd.DataFrame) -> str:
+    lines = ["Protocol, data and code of each row (mean ± std over n seeds; failed seeds are not averaged):", ""]
+    for _, r in summary.iterrows():
+        lines.append(f"- **{r['row']}** on {r['dataset']}: {r['protocol']}; seeds {r['seeds'] or '–'}; "
+                     f"data md5 `{r['data_md5']}`; code `{r['code_version']}`; selection: {r['selection_rule']}; "
+                     f"mean wall {r['wall_s_mean']:.1f} s")
+    failures = summary[summary["n_failed"] > 0]
+    if len(failures):
+        lines += ["", "Failed or interrupted seeds (excluded from the means):", ""]
+        for _, r in failures.iterrows():
+            lines.append(f"- {r['row']} on {r['dataset']}: {r['n_failed']} seed(s): {'; '.join(r['errors'])}")
+    return "\n".join(lines)
+
+
+def plot_bars(summary: pd.DataFrame, path: Path, metrics=METRICS) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(dict.fromkeys(summary["dataset"]))
+    fig, axes = plt.subplots(1, len(datasets), figsize=(max(5.0, 4.5 * len(datasets)), 3.6), squeeze=False)
+    for ax, ds in zip(axes[0], datasets):
+        sub = summary[summary["dataset"] == ds]
+        x = np.arange(len(sub))
+        width = 0.8 / len(metrics)
+        for i, m in enumerate(metrics):
+            ax.bar(x + (i - (len(metrics) - 1) / 2) * width, sub[f"{m}_mean"] * 100, width,
+                   yerr=np.nan_to_num(sub[f"{m}_std"] * 100), capsize=3, label=METRIC_LABEL[m])
+        ax.set_xticks(x, sub["row"], rotation=20, ha="right")
+        ax.set_ylim(0, 100)
+        ax.set_title(f"{ds} (mean ± std over seeds)")
+        ax.set_ylabel("%")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_curves(records: list[ResultRecord], path: Path) -> bool:
+    """Eval ACC along training, one line per seed, one panel per (row, dataset). For reading only."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[tuple[str, str], list[ResultRecord]] = {}
+    for r in records:
+        if any("eval_acc" in row for row in r.curve):
+            label = r.method + ("" if r.variant == "default" else f" [{r.variant}]")
+            groups.setdefault((label, r.dataset), []).append(r)
+    if not groups:
+        return False
+    fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.2), squeeze=False)
+    for ax, ((label, ds), recs) in zip(axes[0], groups.items()):
+        for r in recs:
+            pts = [(row["epoch"], row["eval_acc"]) for row in r.curve if "eval_acc" in row]
+            ax.plot(*zip(*pts), marker=".", lw=1, label=f"seed {r.seed}" + ("" if r.ok else f" ({r.status})"))
+        ax.set_title(f"{label} on {ds}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("eval ACC (not used for selection)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_report(records: list[ResultRecord], out_dir: Path, *, title: str,
+                 tables: list[dict[str, Any]] | None = None, run: dict[str, Any] | None = None) -> dict[str, Path]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    df = records_frame(records)
+    summary = summarize(df)
+    paths = {"csv": out_dir / "results.csv", "summary_csv": out_dir / "summary.csv", "markdown": out_dir / "table.md",
+             "latex": out_dir / "table.tex", "plot": out_dir / "results.png"}
+    df.to_csv(paths["csv"], index=False)
+    if summary.empty:
+        paths["markdown"].write_text(f"# {title}\n\nNo results.\n")
+        return paths
+    summary.drop(columns=["errors"]).to_csv(paths["summary_csv"], index=False)
+    md = [f"# {title}", ""]
+    if run:
+        md += [f"Run `{run.get('run_id')}`, started {run.get('started_at')}, finished {run.get('finished_at')} "
+               f"({run.get('status')}).", ""]
+    specs = tables or [{"title": "All results", "rows": None, "datasets": None, "metrics": list(METRICS)}]
+    tex = []
+    for spec in specs:
+        md += [f"## {spec['title']}", "",
+               markdown_table(summary, rows=spec.get("rows"), datasets=spec.get("datasets"),
+                              metrics=spec.get("metrics") or METRICS), ""]
+        tex.append(latex_table(summary, rows=spec.get("rows"), datasets=spec.get("datasets"),
+                               metrics=spec.get("metrics") or METRICS, caption=spec["title"]))
+    md += [notes(summary), ""]
+    paths["markdown"].write_text("\n".join(md))
+    paths["latex"].write_text("\n\n".join(tex) + "\n")
+    plot_bars(summary, paths["plot"])
+    if plot_curves(records, out_dir / "curves.png"):
+        paths["curves"] = out_dir / "curves.png"
+    return paths

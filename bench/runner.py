@@ -1,0 +1,232 @@
+"""Suite -> trial units -> records, inline or through Ray Tune.
+
+Planning happens on the driver and checks everything before anything runs: method, variant and
+dataset names, every config key and type, the data files' md5s. Then each (method, variant,
+dataset) gets one unit per seed (or per batch of seeds for methods that batch them), identical
+trials already stored are skipped unless ``force``, and the units run:
+
+* inline, one after another in this process (debugging, tests), or
+* as a Ray Tune grid: local Ray by default, ``address=`` joins an existing cluster. Each trial asks
+  for ``cpus_per_trial`` CPUs and a (fractional) GPU share; Ray packs fractional trials onto GPUs.
+
+A run manifest (bench.store) records the plan at the start and each trial's outcome at the end,
+including trials whose worker died before writing a record (status "interrupted").
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import secrets
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.data import default_cache_dir, dvc_manifest, get_dataset_spec, verify_files, combined_md5, md5_file
+from bench.errors import BenchError
+from bench.records import ResultRecord, trial_key
+from bench.registry import get_method, resolve_config
+from bench.store import ResultStore
+from bench.suite import SuiteSpec
+from bench.trial import TrialUnit, execute_unit, utcnow
+
+log = logging.getLogger("bench.runner")
+
+
+@dataclass
+class Plan:
+    run_id: str
+    units: list[TrialUnit]
+    skipped: list[str] = field(default_factory=list)  # keys reused from the store
+    entries: list[dict[str, Any]] = field(default_factory=list)  # one per (trial, seed), for the manifest
+
+
+def dataset_md5(name: str, data_root: Path) -> str:
+    spec = get_dataset_spec(name)
+    if spec.bundled_file is not None:
+        return md5_file(spec.bundled_file())
+    return combined_md5(verify_files(spec, data_root, dvc_manifest(data_root.parent)))
+
+
+def _gpu_count(address: str | None) -> float:
+    if address is None:
+        import torch
+
+        return float(torch.cuda.device_count())
+    import ray
+
+    return float(ray.cluster_resources().get("GPU", 0))
+
+
+def plan_suite(suite: SuiteSpec, store: ResultStore, data_root: Path, *, force: bool = False,
+               gpus_available: float = 0.0, code: dict[str, Any] | None = None,
+               cache_dir: Path | None = None) -> Plan:
+    from bench.provenance import code_version
+
+    code = code or code_version()
+    run_id = f"{suite.name}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
+    md5s = {}
+    for ds in suite.datasets:
+        md5s[ds] = dataset_md5(ds, data_root)  # raises on unknown name, missing file, md5 mismatch
+    plan = Plan(run_id=run_id, units=[])
+    for entry in suite.methods:
+        cls = get_method(entry.name)
+        datasets = entry.datasets or suite.datasets
+        unknown = [d for d in datasets if d not in suite.datasets]
+        if unknown:
+            raise BenchError(f"method {entry.name!r} lists datasets {unknown} that are not in the suite's datasets "
+                             f"{suite.datasets}")
+        for variant in entry.variants:
+            for ds in datasets:
+                overrides = {**entry.config, **entry.config_by_dataset.get(ds, {})}
+                config = resolve_config(entry.name, variant, ds, overrides).model_dump(mode="json")
+                protocol = {
+                    "train_split": suite.protocol.train_split or cls.train_split,
+                    "eval_split": suite.protocol.eval_split or cls.eval_split,
+                    "n_clusters": get_dataset_spec(ds).n_classes,
+                    **cls.protocol_fields(cls.Config(**config)),
+                }
+                gpus = entry.gpus_per_trial if entry.gpus_per_trial is not None else suite.resources.gpus_per_trial
+                if gpus is None:
+                    gpus = cls.gpu_share if gpus_available > 0 and suite.device != "cpu" else 0.0
+                todo: list[tuple[int, str]] = []
+                for seed in suite.seeds:
+                    key = trial_key(method=entry.name, variant=variant, dataset=ds, seed=seed, config=config,
+                                    protocol=protocol, data_md5=md5s[ds], code_version=str(code["code_version"]))
+                    plan.entries.append({"key": key, "method": entry.name, "variant": variant, "dataset": ds,
+                                         "seed": seed, "config": config, "protocol": protocol,
+                                         "data_md5": md5s[ds]})
+                    if not force and store.has_ok(key):
+                        plan.skipped.append(key)
+                    else:
+                        todo.append((seed, key))
+                batch = max(1, entry.seed_batch or 1) if cls.supports_seed_batch else 1
+                for i in range(0, len(todo), batch):
+                    chunk = todo[i:i + batch]
+                    plan.units.append(TrialUnit(
+                        method=entry.name, variant=variant, dataset=ds, seeds=[s for s, _ in chunk],
+                        keys=[k for _, k in chunk], config=config, protocol=protocol, data_md5=md5s[ds], code=code,
+                        store_root=str(store.root), data_root=str(data_root),
+                        cache_dir=str(cache_dir or default_cache_dir()), device=suite.device,
+                        deterministic=suite.deterministic, cpus=suite.resources.cpus_per_trial, gpus=float(gpus),
+                        suite=suite.name, run_id=run_id))
+    return plan
+
+
+def run_suite(suite: SuiteSpec, *, store: ResultStore, data_root: Path, inline: bool = False,
+              address: str | None = None, force: bool = False, suite_path: str | None = None,
+              code: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Plan, run and record a suite. Returns the finished run manifest."""
+    if address and inline:
+        raise BenchError("--inline runs in this process; it cannot be combined with --address")
+    if address:
+        _ray_init(address)
+    gpus = _gpu_count(address) if not inline else _gpu_count(None)
+    plan = plan_suite(suite, store, data_root, force=force, gpus_available=gpus, code=code)
+    manifest: dict[str, Any] = {
+        "run_id": plan.run_id, "suite": suite.name, "suite_path": suite_path, "spec": suite.model_dump(mode="json"),
+        "started_at": utcnow(), "finished_at": None, "status": "running", "mode": "inline" if inline else "ray",
+        "ray_address": address, "code": plan.units[0].code if plan.units else code,
+        "trials": [{**e, "status": "reused" if e["key"] in plan.skipped else "pending"} for e in plan.entries],
+    }
+    store.write_run(manifest)
+    n_seeds = sum(len(u.seeds) for u in plan.units)
+    print(f"run {plan.run_id}: {n_seeds} trial(s) to run, {len(plan.skipped)} reused from {store.root}", flush=True)
+    interrupted = False
+    try:
+        if inline:
+            for i, unit in enumerate(plan.units, 1):
+                print(f"[{i}/{len(plan.units)}] {unit.method}/{unit.variant} on {unit.dataset}, seeds {unit.seeds}",
+                      flush=True)
+                execute_unit(unit)
+        elif plan.units:
+            _run_with_ray(plan, suite, store, address)
+    except KeyboardInterrupt:
+        interrupted = True
+        print("interrupted: finished trials are kept; unfinished ones are recorded as interrupted", file=sys.stderr)
+    finally:
+        _finish_manifest(manifest, plan, store, interrupted)
+    return manifest
+
+
+def _finish_manifest(manifest: dict[str, Any], plan: Plan, store: ResultStore, interrupted: bool) -> None:
+    """Fill each trial's outcome; a trial with no record from this run is 'interrupted', never dropped."""
+    for entry in manifest["trials"]:
+        rec = store.get(entry["key"])
+        if entry["status"] == "reused" and rec is not None:
+            entry["metrics"] = rec.metrics
+            entry["reused_from"] = rec.run_id
+            continue
+        if rec is None or rec.run_id != plan.run_id:
+            reason = "run interrupted before this trial finished" if interrupted else \
+                "worker lost before writing a record (killed, out of memory, or node failure)"
+            rec = ResultRecord(key=entry["key"], suite=manifest["suite"], run_id=plan.run_id,
+                               method=entry["method"], variant=entry["variant"], dataset=entry["dataset"],
+                               seed=entry["seed"], config=entry["config"], protocol=entry["protocol"],
+                               data_md5=entry["data_md5"], status="interrupted", error=reason,
+                               env=dict(manifest.get("code") or {}))
+            store.put(rec)
+        entry["status"] = rec.status
+        entry["metrics"] = rec.metrics
+        entry["error"] = rec.error
+    manifest["finished_at"] = utcnow()
+    manifest["status"] = "interrupted" if interrupted else "finished"
+    store.write_run(manifest)
+
+
+def _ray_init(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # we pass absolute paths; keep cwd
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
+                              "log_to_driver": True, "configure_logging": True}
+    try:
+        ray.init(address=address, **kwargs) if address else ray.init(**kwargs)
+    except Exception as exc:  # noqa: BLE001
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        raise BenchError(f"could not start or join {where}: {exc}; check `ray status`, or use --inline") from None
+
+
+def _ray_trainable(config: dict[str, Any]) -> None:
+    from ray import tune
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    recs = execute_unit(config["unit"])
+    ok = [r for r in recs if r.ok]
+    out: dict[str, Any] = {"n_ok": len(ok), "n_failed": len(recs) - len(ok)}
+    if ok:
+        for m in ("acc", "nmi", "ari"):
+            out[m] = sum(r.metrics[m] for r in ok) / len(ok)
+    tune.report(out)
+
+
+def _run_with_ray(plan: Plan, suite: SuiteSpec, store: ResultStore, address: str | None) -> None:
+    from ray import tune
+
+    _ray_init(address)
+    units = [u.model_dump(mode="json") for u in plan.units]
+    trainable = tune.with_resources(_ray_trainable, lambda cfg: {"cpu": cfg["unit"]["cpus"], "gpu": cfg["unit"]["gpus"]})
+
+    def name(trial) -> str:
+        u = trial.config["unit"]
+        return f"{u['method']}-{u['variant']}-{u['dataset']}-s{'_'.join(map(str, u['seeds']))}"
+
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"unit": tune.grid_search(units)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=suite.resources.max_concurrent_trials,
+                                    trial_name_creator=name, trial_dirname_creator=name),
+        run_config=tune.RunConfig(name=plan.run_id, storage_path=str(store.root / "ray"),
+                                  failure_config=tune.FailureConfig(max_failures=0), verbose=1),
+    )
+    results = tuner.fit()
+    for res in results:
+        if res.error is not None:
+            u = res.config["unit"] if res.config else {}
+            log.error("trial %s/%s on %s seeds %s lost: %s", u.get("method"), u.get("variant"), u.get("dataset"),
+                      u.get("seeds"), str(res.error).splitlines()[0] if str(res.error) else type(res.error).__name__)

@@ -1,0 +1,200 @@
+"""One trial unit: load data once, run a method for one seed (or a batch of seeds), score, record.
+
+A unit is plain JSON-able data (:class:`TrialUnit`) so Ray can ship it to any worker. The worker
+writes each seed's :class:`~bench.records.ResultRecord` itself, atomically, the moment that seed
+finishes; a crash later in the unit loses nothing already written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import random
+import resource
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+
+from bench.context import TrialContext
+from bench.data import load_dataset
+from bench.errors import BenchError
+from bench.method import ClusteringData, ClusterOutput
+from bench.metrics import evaluate
+from bench.provenance import environment
+from bench.records import ResultRecord
+from bench.registry import get_method, resolve_config
+from bench.store import ResultStore
+
+log = logging.getLogger("bench.trial")
+
+
+class TrialUnit(BaseModel):
+    """Everything a worker needs; resolved on the driver so all workers agree."""
+
+    method: str
+    variant: str = "default"
+    dataset: str
+    seeds: list[int]
+    keys: list[str]  # record key per seed
+    config: dict[str, Any]  # fully resolved
+    protocol: dict[str, Any]
+    data_md5: str
+    code: dict[str, Any]  # code_version, git_commit, git_dirty
+    store_root: str
+    data_root: str
+    cache_dir: str | None = None
+    device: str = "auto"
+    deterministic: bool = False
+    cpus: float = 1.0
+    gpus: float = 0.0
+    suite: str | None = None
+    run_id: str | None = None
+
+
+def utcnow() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested == "cpu":
+        return torch.device("cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise BenchError("device 'cuda' was asked for but torch sees no GPU; set device: auto or cpu in the suite")
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def _error_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:2000]
+
+
+def execute_unit(unit: TrialUnit | dict[str, Any]) -> list[ResultRecord]:
+    """Run every seed of the unit; always returns one record per seed (ok, failed or interrupted)."""
+    unit = unit if isinstance(unit, TrialUnit) else TrialUnit.model_validate(unit)
+    store = ResultStore(unit.store_root)
+    if unit.cpus >= 1:
+        torch.set_num_threads(max(1, int(unit.cpus)))
+    device = pick_device(unit.device)
+    cls = get_method(unit.method)
+    t_load = time.perf_counter()
+    base = dict(suite=unit.suite, run_id=unit.run_id, method=unit.method, variant=unit.variant,
+                dataset=unit.dataset, config=unit.config, protocol=unit.protocol, data_md5=unit.data_md5,
+                selection_rule=cls.selection_rule)
+    try:
+        loaded = load_dataset(unit.dataset, Path(unit.data_root), Path(unit.cache_dir) if unit.cache_dir else None)
+        if loaded.md5 != unit.data_md5:
+            raise BenchError(f"dataset {unit.dataset!r} changed between planning and running "
+                             f"(md5 {unit.data_md5} -> {loaded.md5}); re-run `bench run`")
+        x_train, _ = loaded.split(unit.protocol["train_split"])
+        x_eval, y_eval = loaded.split(unit.protocol["eval_split"])
+    except Exception as exc:  # a data error fails every seed of the unit, visibly
+        recs = [_failed(base, seed, key, exc, unit) for seed, key in zip(unit.seeds, unit.keys)]
+        for r in recs:
+            store.put(r)
+        return recs
+    load_s = time.perf_counter() - t_load
+    data = ClusteringData(dataset=unit.dataset, x_train=x_train, x_eval=x_eval,
+                          n_clusters=int(unit.protocol["n_clusters"]), train_split=unit.protocol["train_split"],
+                          eval_split=unit.protocol["eval_split"], md5=loaded.md5)
+    y_eval_np = y_eval.numpy()
+
+    def scorer(pred: np.ndarray) -> dict[str, float]:
+        return evaluate(y_eval_np, pred)
+
+    config = resolve_config(unit.method, unit.variant, unit.dataset, unit.config)
+    ctxs = [TrialContext(seed=s, device=device, artifact_dir=store.artifact_dir(k), stage_dir=store.stage_dir,
+                         data_md5=loaded.md5, code_version=str(unit.code["code_version"]), scorer=scorer,
+                         logger=log) for s, k in zip(unit.seeds, unit.keys)]
+    env = {**unit.code, **environment(str(device))}
+    batched = len(ctxs) > 1 and cls.supports_seed_batch
+    groups = [ctxs] if batched else [[c] for c in ctxs]
+    records: list[ResultRecord] = []
+    for group in groups:
+        started = utcnow()
+        t0 = time.perf_counter()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        seed_everything(group[0].seed, unit.deterministic)
+        method = cls(config.model_copy(deep=True))
+        outputs: list[ClusterOutput | BaseException]
+        try:
+            outputs = list(method.run_seeds(data, group) if batched else [method.run(data, group[0])])
+        except KeyboardInterrupt as exc:
+            for ctx in group:
+                rec = _failed(base, ctx.seed, _key(unit, ctx.seed), exc, unit, status="interrupted")
+                store.put(rec)
+            raise
+        except Exception as exc:  # noqa: BLE001 - any method error becomes a failed record
+            log.error("%s on %s seed(s) %s failed: %s", unit.method, unit.dataset, [c.seed for c in group],
+                      _error_line(exc))
+            log.debug("%s", traceback.format_exc())
+            outputs = [exc] * len(group)
+        fit_s = time.perf_counter() - t0
+        peak_gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+        for ctx, out in zip(group, outputs):
+            key = _key(unit, ctx.seed)
+            if isinstance(out, BaseException):
+                rec = _failed(base, ctx.seed, key, out, unit, curve=ctx.curve)
+            else:
+                rec = _scored(base, ctx, key, out, y_eval_np, unit)
+            rec.timings = {"started_at": started, "finished_at": utcnow(), "load_s": round(load_s, 3),
+                           "fit_s": round(fit_s, 3), "wall_s": round(fit_s + load_s, 3),
+                           "seeds_in_batch": len(group)}
+            rec.resources = {"device": str(device), "peak_rss_mb": round(_peak_rss_mb(), 1),
+                             "peak_gpu_mem_mb": None if peak_gpu is None else round(peak_gpu, 1),
+                             "cpus": unit.cpus, "gpus": unit.gpus}
+            rec.env = env
+            store.put(rec)
+            records.append(rec)
+            if rec.ok:
+                log.info("%s/%s on %s seed %d: ACC %.4f NMI %.4f ARI %.4f (%.1fs)", unit.method, unit.variant,
+                         unit.dataset, ctx.seed, rec.metrics["acc"], rec.metrics["nmi"], rec.metrics["ari"], fit_s)
+    return records
+
+
+def _key(unit: TrialUnit, seed: int) -> str:
+    return unit.keys[unit.seeds.index(seed)]
+
+
+def _scored(base: dict, ctx: TrialContext, key: str, out: ClusterOutput, y_eval: np.ndarray,
+            unit: TrialUnit) -> ResultRecord:
+    labels = out.labels_numpy()
+    if labels.shape[0] != y_eval.shape[0]:
+        exc = ValueError(f"method returned {labels.shape[0]} labels for {y_eval.shape[0]} eval images")
+        return _failed(base, ctx.seed, key, exc, unit, curve=ctx.curve)
+    ctx.artifact_dir.mkdir(parents=True, exist_ok=True)
+    np.save(ctx.artifact_dir / "pred.npy", labels.astype(np.int32))
+    info = dict(out.info)
+    if ctx.stage_hits:
+        info["stages"] = dict(ctx.stage_hits)
+    info["n_clusters_found"] = int(np.unique(labels).size)
+    return ResultRecord(key=key, seed=ctx.seed, status="ok", metrics=evaluate(y_eval, labels), curve=ctx.curve,
+                        info=info, **base)
+
+
+def _failed(base: dict, seed: int, key: str, exc: BaseException, unit: TrialUnit, status: str = "failed",
+            curve: list | None = None) -> ResultRecord:
+    return ResultRecord(key=key, seed=seed, status=status, error=_error_line(exc), curve=curve or [],
+                        env=dict(unit.code), **base)

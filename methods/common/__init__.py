@@ -1,0 +1,1 @@
+"""Pieces shared by several methods. Each lives here once; methods import them."""

@@ -1,0 +1,115 @@
+"""Launch-cheap minibatch training for small models on GPU-resident data.
+
+Small models (the d-500-500-2000-10 autoencoder) are bound by kernel launches, not arithmetic.
+Two things keep the GPU busy:
+
+* :class:`IndexStream` draws minibatch indices on the device, as back-to-back random permutations
+  (every sample once per pass, no host round trip, no dropped remainder).
+* :class:`GraphedStep` captures forward, backward and optimizer step once as a CUDA graph and
+  replays it; per step the host only copies the next index slice and launches the graph. The loss
+  is summed on the device and read (one sync) only when asked. On a CPU it runs eagerly.
+
+The loss closure must read every tensor it uses through stable storage (update targets in place
+with ``copy_``), because a graph replays fixed addresses.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+
+class IndexStream:
+    """Minibatch indices from consecutive random permutations of ``range(n)`` (seeded)."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator, device: torch.device):
+        self.n, self.batch_size, self.gen, self.device = n, min(batch_size, n), generator, device
+        self._buf = torch.empty(0, dtype=torch.long, device=device)
+        self._pos = 0
+
+    def next(self) -> torch.Tensor:
+        if self._pos + self.batch_size > self._buf.numel():
+            rest = self._buf[self._pos:]
+            perm = torch.randperm(self.n, generator=self.gen, device=self.gen.device).to(self.device)
+            self._buf = torch.cat([rest, perm])
+            self._pos = 0
+        out = self._buf[self._pos:self._pos + self.batch_size]
+        self._pos += self.batch_size
+        return out
+
+
+class GraphedStep:
+    """``step(idx)`` runs ``loss = loss_fn(idx); loss.backward(); optimizer.step()``.
+
+    On CUDA with ``use_graph`` the three are captured once (after ``warmup`` eager steps on a side
+    stream, which are real training steps) and replayed. Changing the learning rate re-captures.
+    """
+
+    def __init__(self, loss_fn: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
+                 batch_size: int, device: torch.device, use_graph: bool = True, warmup: int = 3):
+        self.loss_fn, self.opt, self.device = loss_fn, optimizer, device
+        self.use_graph = use_graph and device.type == "cuda"
+        self.warmup = warmup
+        self.idx = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.loss_sum = torch.zeros((), device=device)
+        self.n_summed = 0
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._eager_left = warmup
+
+    def _eager(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.loss_fn(self.idx)
+        loss.backward()
+        self.opt.step()
+        self.loss_sum += loss.detach()
+
+    def _capture(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            loss = self.loss_fn(self.idx)
+            loss.backward()
+            self.opt.step()
+            self.loss_sum += loss.detach()
+        self._graph = graph
+
+    def step(self, idx: torch.Tensor) -> None:
+        self.idx.copy_(idx, non_blocking=True)
+        self.n_summed += 1
+        if not self.use_graph:
+            self._eager()
+            return
+        if self._graph is None:
+            if self._eager_left > 0:  # warm up on a side stream, as graph capture requires
+                self._eager_left -= 1
+                side = torch.cuda.Stream(self.device)
+                side.wait_stream(torch.cuda.current_stream(self.device))
+                with torch.cuda.stream(side):
+                    self._eager()
+                torch.cuda.current_stream(self.device).wait_stream(side)
+                return
+            # capture also runs the step once: capture records without executing, so replay now
+            self._capture()
+        self._graph.replay()
+
+    def set_lr(self, lr: float) -> None:
+        changed = any(g["lr"] != lr for g in self.opt.param_groups)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        if changed and self._graph is not None:  # lr is baked into the captured kernels
+            self._graph = None
+            self._eager_left = self.warmup
+
+    def mean_loss(self, reset: bool = True) -> torch.Tensor:
+        """Mean loss since the last reset, as a device tensor (reading it syncs)."""
+        out = self.loss_sum / max(1, self.n_summed)
+        if reset:
+            self.loss_sum.zero_()  # in place: a captured graph adds into this storage
+            self.n_summed = 0
+        return out
+
+
+def step_decay(base_lr: float, step: int, every: int, gamma: float = 0.1) -> float:
+    """Caffe's "step" policy: lr = base * gamma ^ floor(step / every)."""
+    return base_lr * gamma ** (step // every) if every > 0 else base_lr

@@ -1,0 +1,31 @@
+"""Developer sessions. They reuse the current interpreter (`-db none` is not needed): the heavy
+dependencies (torch, ray) take minutes to install, so sessions run in the active environment."""
+
+import nox
+
+nox.options.default_venv_backend = "none"
+nox.options.sessions = ["lint", "tests"]
+
+
+@nox.session
+def tests(session):
+    """The test suite (what CI runs)."""
+    session.run("python", "-m", "pytest", "-q", *session.posargs)
+
+
+@nox.session
+def lint(session):
+    session.run("ruff", "check", "bench", "methods", "tests", "noxfile.py")
+
+
+@nox.session
+def demo(session):
+    """The embedded default suite end to end: k-means and DEC on the bundled digits, CPU."""
+    session.run("bench", "run", *session.posargs)
+
+
+@nox.session
+def bench(session):
+    """Speed benchmarks (pytest-benchmark). On a GPU machine they measure the CUDA paths."""
+    session.run("python", "-m", "pytest", "tests/benchmarks", "--benchmark-enable", "--benchmark-only",
+                "-q", *session.posargs)
