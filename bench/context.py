@@ -69,6 +69,7 @@ class TrialContext:
         self._scorer = scorer
         self._log_every_s = log_every_s
         self._last_log = 0.0
+        self._t0 = time.monotonic()
 
     # -- randomness ------------------------------------------------------------------------
     def generator(self, device: torch.device | str | None = None, offset: int = 0) -> torch.Generator:
@@ -79,7 +80,7 @@ class TrialContext:
 
     # -- curves ----------------------------------------------------------------------------
     def log_epoch(self, epoch: int | float, *, eval_pred: Any = None, **scalars: Any) -> None:
-        row: dict[str, Any] = {"epoch": epoch}
+        row: dict[str, Any] = {"epoch": epoch, "elapsed_s": round(time.monotonic() - self._t0, 3)}
         for key, val in scalars.items():
             if isinstance(val, torch.Tensor):
                 val = val.detach().float().item()
