@@ -1,15 +1,20 @@
 """Methods by name, timm-style: ``@register_method`` on the class, ``get_method("dec")`` to find it.
 
 Every module directly under ``methods/`` is imported on first lookup, so adding a method is adding
-one file. Third-party packages can add methods too, through the ``clusterbench.methods`` entry-point
-group (each entry point names a module to import).
+one file. Methods can also live outside the repo: in an installed package, through the
+``clusterbench.methods`` entry-point group (each entry point names a module to import), or in
+modules / ``.py`` files named in ``BENCH_PLUGINS`` (os.pathsep-separated; passed on to Ray workers).
 """
 
 from __future__ import annotations
 
 import difflib
 import importlib
+import importlib.util
+import os
 import pkgutil
+import sys
+from pathlib import Path
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -48,6 +53,22 @@ def _discover() -> None:
         importlib.import_module(f"methods.{mod.name}")
     for ep in entry_points(group="clusterbench.methods"):
         importlib.import_module(ep.value)
+    for item in filter(None, os.environ.get("BENCH_PLUGINS", "").split(os.pathsep)):
+        _import_plugin(item)
+
+
+def _import_plugin(item: str) -> None:
+    """A module name or a path to a .py file that registers methods (BENCH_PLUGINS)."""
+    if item.endswith(".py"):
+        path = Path(item).expanduser().resolve()
+        if not path.exists():
+            raise BenchError(f"BENCH_PLUGINS names {path}, which does not exist; fix or unset BENCH_PLUGINS")
+        spec = importlib.util.spec_from_file_location(f"bench_plugin_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    else:
+        importlib.import_module(item)
 
 
 def method_names() -> list[str]:

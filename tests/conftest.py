@@ -1,0 +1,28 @@
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+REAL_DATA = ROOT / "data"
+
+os.environ.setdefault("BENCH_CODE_VERSION", "test-code")  # records made by tests carry a fixed code version
+
+
+@pytest.fixture
+def store(tmp_path):
+    from bench.store import ResultStore
+
+    return ResultStore(tmp_path / "store")
+
+
+def have_real(*rel: str) -> bool:
+    return all((REAL_DATA / r).exists() for r in rel)
+
+
+def skip_without(*rel: str):
+    missing = [r for r in rel if not (REAL_DATA / r).exists()]
+    return pytest.mark.skipif(bool(missing), reason=f"real data file(s) {missing} absent under data/: run `dvc pull`")
+
+# test-only methods (NaN loss, wrong output length, a worker that dies), visible to Ray workers too
+os.environ["BENCH_PLUGINS"] = str(Path(__file__).resolve().parent / "plugins" / "fake_methods.py")

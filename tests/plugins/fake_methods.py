@@ -1,0 +1,61 @@
+"""Test-only methods (loaded through BENCH_PLUGINS, also inside Ray workers)."""
+
+import os
+
+import torch
+
+from bench.method import ClusteringMethod, ClusterOutput, MethodConfig
+from bench.registry import register_method
+
+
+@register_method
+class FirstPixel(ClusteringMethod):
+    """Deterministic and instant: clusters by a binned pixel value; for plumbing tests."""
+
+    name = "test_first_pixel"
+    selection_rule = "none (test method)"
+
+    class Config(MethodConfig):
+        pixel: int = 20
+
+    def run(self, data, ctx):
+        v = data.x_eval.flatten(1)[:, self.config.pixel].long()
+        ctx.log_epoch(1, loss=0.5)
+        return ClusterOutput(labels=(v * data.n_clusters) // 256)
+
+
+@register_method
+class NaNLoss(ClusteringMethod):
+    name = "test_nan"
+
+    class Config(MethodConfig):
+        nan_on_seed: int = 1
+
+    def run(self, data, ctx):
+        ctx.log_epoch(1, loss=1.0)
+        loss = torch.tensor(float("nan")) if ctx.seed == self.config.nan_on_seed else torch.tensor(0.1)
+        ctx.check_finite(loss)
+        return ClusterOutput(labels=torch.zeros(len(data.x_eval), dtype=torch.long))
+
+
+@register_method
+class WrongLength(ClusteringMethod):
+    name = "test_wrong_length"
+
+    def run(self, data, ctx):
+        return ClusterOutput(labels=torch.zeros(3, dtype=torch.long))
+
+
+@register_method
+class KillsWorker(ClusteringMethod):
+    """Ends its process abruptly on one seed, as the OOM killer would."""
+
+    name = "test_killer"
+
+    class Config(MethodConfig):
+        kill_on_seed: int = 1
+
+    def run(self, data, ctx):
+        if ctx.seed == self.config.kill_on_seed:
+            os._exit(9)
+        return ClusterOutput(labels=torch.zeros(len(data.x_eval), dtype=torch.long))

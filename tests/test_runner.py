@@ -1,0 +1,114 @@
+"""Suite -> trials -> records -> store -> report, inline (Ray has its own test file)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from bench.cli import main
+from bench.records import ResultRecord
+from bench.report import summarize, records_frame, write_report
+from bench.runner import plan_suite, run_suite, _finish_manifest
+from bench.suite import parse_suite
+
+
+def suite(**kw):
+    base = {"name": "t", "seeds": [0, 1], "datasets": ["digits"], "methods": ["kmeans"]}
+    base.update(kw)
+    return parse_suite(base)
+
+
+def test_inline_run_writes_records_with_provenance(store):
+    man = run_suite(suite(methods=[{"name": "kmeans", "config": {"n_init": 2}}]), store=store, data_root=store.root,
+                    inline=True)
+    recs = store.run_records(man)
+    assert [r.seed for r in recs] == [0, 1] and all(r.ok for r in recs)
+    r = recs[0]
+    assert 0.6 < r.metrics["acc"] <= 1.0 and set(r.metrics) == {"acc", "nmi", "ari"}
+    assert r.config["n_init"] == 2 and r.config["max_iter"] == 300  # fully resolved config
+    assert r.protocol["train_split"] == "all" and r.protocol["n_clusters"] == 10
+    assert r.data_md5 and r.env["code_version"] == "test-code" and r.env["torch"]
+    assert r.timings["wall_s"] > 0 and r.resources["peak_rss_mb"] > 0 and r.selection_rule
+    assert (store.artifact_dir(r.key) / "pred.npy").exists()
+    assert not list(store.records_dir.glob("*.tmp")) and not list(store.records_dir.glob(".*"))
+    assert man["status"] == "finished" and {t["status"] for t in man["trials"]} == {"ok"}
+
+
+def test_identical_trial_is_reused_unless_forced(store):
+    s = suite(methods=["test_first_pixel"])
+    first = run_suite(s, store=store, data_root=store.root, inline=True)
+    second = run_suite(s, store=store, data_root=store.root, inline=True)
+    assert [t["status"] for t in second["trials"]] == ["reused", "reused"]
+    assert [t["key"] for t in first["trials"]] == [t["key"] for t in second["trials"]]
+    forced = run_suite(s, store=store, data_root=store.root, inline=True, force=True)
+    assert [t["status"] for t in forced["trials"]] == ["ok", "ok"]
+    # a changed config or code version is a different trial
+    other = plan_suite(suite(methods=[{"name": "test_first_pixel", "config": {"pixel": 21}}]), store, store.root)
+    assert not set(e["key"] for e in other.entries) & set(t["key"] for t in first["trials"])
+    newer = plan_suite(s, store, store.root, code={"code_version": "v2"})
+    assert not newer.skipped
+
+
+def test_nan_loss_fails_that_seed_only_and_is_never_averaged(store, tmp_path):
+    man = run_suite(suite(methods=["test_nan", "test_first_pixel"], seeds=[0, 1, 2]), store=store,
+                    data_root=store.root, inline=True)
+    by = {(t["method"], t["seed"]): t for t in man["trials"]}
+    assert by[("test_nan", 1)]["status"] == "failed"
+    assert "NonFiniteLossError" in by[("test_nan", 1)]["error"] and "seed 1" in by[("test_nan", 1)]["error"]
+    assert by[("test_nan", 0)]["status"] == "ok" and by[("test_first_pixel", 1)]["status"] == "ok"
+    summary = summarize(records_frame(store.run_records(man))).set_index("row")
+    assert summary.at["test_nan", "n"] == 2 and summary.at["test_nan", "n_failed"] == 1
+    ok_acc = [store.get(by[("test_nan", s)]["key"]).metrics["acc"] for s in (0, 2)]
+    assert summary.at["test_nan", "acc_mean"] == pytest.approx(np.mean(ok_acc))
+    paths = write_report(store.run_records(man), tmp_path / "rep", title="t")
+    md = paths["markdown"].read_text()
+    assert "2 (+1 failed)" in md and "NonFiniteLossError" in md
+
+
+def test_wrong_label_count_is_a_failed_record(store):
+    man = run_suite(suite(methods=["test_wrong_length"], seeds=[0]), store=store, data_root=store.root, inline=True)
+    assert man["trials"][0]["status"] == "failed" and "3 labels for 1797" in man["trials"][0]["error"]
+
+
+def test_trial_without_a_record_becomes_interrupted_not_dropped(store):
+    s = suite(methods=["test_first_pixel"], seeds=[0, 1])
+    plan = plan_suite(s, store, store.root)
+    manifest = {"run_id": plan.run_id, "suite": "t", "code": {"code_version": "test-code"},
+                "trials": [{**e, "status": "pending"} for e in plan.entries]}
+    from bench.trial import execute_unit
+
+    execute_unit(plan.units[0])  # seed 0 finishes; seed 1's worker "dies" before writing
+    _finish_manifest(manifest, plan, store, interrupted=False)
+    statuses = [t["status"] for t in manifest["trials"]]
+    assert statuses == ["ok", "interrupted"]
+    lost = store.get(plan.entries[1]["key"])
+    assert lost.status == "interrupted" and "worker lost" in lost.error
+    # the next run re-runs the interrupted seed and reuses the finished one
+    again = run_suite(s, store=store, data_root=store.root, inline=True)
+    assert [t["status"] for t in again["trials"]] == ["reused", "ok"]
+
+
+def test_records_roundtrip_and_schema(store):
+    run_suite(suite(methods=["test_first_pixel"], seeds=[3]), store=store, data_root=store.root, inline=True)
+    path = next(store.records_dir.glob("*.json"))
+    data = json.loads(path.read_text())
+    assert data["schema"] == 1 and data["seed"] == 3 and data["status"] == "ok"
+    assert ResultRecord.model_validate(data).key == path.stem
+
+
+def test_cli_run_report_and_trial(tmp_path, capsys):
+    s = tmp_path / "s.yaml"
+    s.write_text("name: cli\nseeds: 2\ndatasets: [digits]\nmethods: [test_first_pixel, test_nan]\n"
+                 "tables:\n  - title: T\n    rows: [{method: test_first_pixel, label: First pixel}]\n")
+    args = ["--store", str(tmp_path / "st"), "--out", str(tmp_path / "rep")]
+    assert main(["run", str(s), "--inline", *args]) == 1  # one seed failed (NaN) -> non-zero
+    out = capsys.readouterr().out
+    assert "| First pixel |" in out and (tmp_path / "rep/cli/results.png").exists()
+    assert (tmp_path / "rep/cli/table.tex").read_text().count("\\toprule") == 1
+    assert main(["report", "cli", *args]) == 0
+    assert "First pixel" in (tmp_path / "rep/cli/table.md").read_text()
+    assert main(["trial", "test_first_pixel", "digits", "--set", "pixel=30", "--store", str(tmp_path / "st")]) == 0
+    assert '"status": "ok"' in capsys.readouterr().out
+    assert main(["trial", "test_first_pixel", "digits", "--set", "pixel", "--store", str(tmp_path / "st")]) == 2
+    assert main(["report", "nosuch", "--store", str(tmp_path / "st")]) == 2
+    assert main(["list"]) == 0 and "dec" in capsys.readouterr().out
