@@ -20,8 +20,8 @@ import os
 import pickle
 import shutil
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -289,7 +289,8 @@ def _Unchecked(cls):
 
 
 register_dataset(DatasetSpec(
-    "usps", 10, {"USPS/usps.h5": "355df6b942eb766252e0340bc019b0b9", "USPS/usps.t.bz2": "8ea070ee2aca1ac39742fdd1ef5ed118"},
+    "usps", 10,
+    {"USPS/usps.h5": "355df6b942eb766252e0340bc019b0b9", "USPS/usps.t.bz2": "8ea070ee2aca1ac39742fdd1ef5ed118"},
     _read_usps, "USPS, 7,291 train + 2,007 test 16x16 digits (usps.h5; labels cross-checked with usps.t.bz2)"))
 
 

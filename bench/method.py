@@ -115,10 +115,10 @@ class ClusteringMethod:
     def __init__(self, config: MethodConfig):
         self.config = config
 
-    def run(self, data: ClusteringData, ctx: "TrialContext") -> ClusterOutput:  # noqa: F821
+    def run(self, data: ClusteringData, ctx: TrialContext) -> ClusterOutput:  # noqa: F821
         raise NotImplementedError
 
-    def run_seeds(self, data: ClusteringData, ctxs: list["TrialContext"]) -> list[ClusterOutput]:  # noqa: F821
+    def run_seeds(self, data: ClusteringData, ctxs: list[TrialContext]) -> list[ClusterOutput]:  # noqa: F821
         """Several seeds at once. Methods that set ``supports_seed_batch`` override this to train
         them together (e.g. one batched model on one GPU); each seed keeps its own RNG stream,
         stopping rule and record."""

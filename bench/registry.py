@@ -14,8 +14,8 @@ import importlib.util
 import os
 import pkgutil
 import sys
-from pathlib import Path
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError

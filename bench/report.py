@@ -8,8 +8,9 @@ states its protocol (splits, sizes, stem, epochs, batch), data md5 and code vers
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd

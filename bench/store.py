@@ -14,8 +14,9 @@ truncated record. On a Ray cluster the root must be storage that every node moun
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from pydantic import ValidationError
 

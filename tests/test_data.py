@@ -3,7 +3,6 @@
 import bz2
 import gzip
 import hashlib
-import io
 import pickle
 import struct
 import tarfile

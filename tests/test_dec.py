@@ -85,7 +85,8 @@ def test_pretrained_stage_is_shared_across_methods_and_runs(tmp_path):
 
 def _build_stage(args):
     stage_dir, log = args
-    ctx = TrialContext(seed=0, device="cpu", artifact_dir=stage_dir, stage_dir=stage_dir, data_md5="m", code_version="c")
+    ctx = TrialContext(seed=0, device="cpu", artifact_dir=stage_dir, stage_dir=stage_dir, data_md5="m",
+                       code_version="c")
 
     def build():
         with open(log, "a") as fh:

@@ -7,8 +7,8 @@ import pytest
 
 from bench.cli import main
 from bench.records import ResultRecord
-from bench.report import summarize, records_frame, write_report
-from bench.runner import plan_suite, run_suite, _finish_manifest
+from bench.report import records_frame, summarize, write_report
+from bench.runner import _finish_manifest, plan_suite, run_suite
 from bench.suite import parse_suite
 
 

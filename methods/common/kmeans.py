@@ -25,7 +25,8 @@ def _sq_dists(x: torch.Tensor, x_sq: torch.Tensor, c: torch.Tensor) -> torch.Ten
     return (x_sq[:, None] - 2.0 * (x @ c.T) + (c * c).sum(1)[None, :]).clamp_min_(0.0)
 
 
-def _assign(x: torch.Tensor, x_sq: torch.Tensor, c: torch.Tensor, chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+def _assign(x: torch.Tensor, x_sq: torch.Tensor, c: torch.Tensor,
+            chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
     labels, mins = [], []
     for s in range(0, x.shape[0], chunk):
         d = _sq_dists(x[s:s + chunk], x_sq[s:s + chunk], c)
@@ -76,7 +77,7 @@ def kmeans(x: torch.Tensor, k: int, *, n_init: int = 10, max_iter: int = 300, to
     for _ in range(n_init):
         c = kmeans_plusplus(x, x_sq, k, gen)
         n_iter = 0
-        for n_iter in range(1, max_iter + 1):
+        for n_iter in range(1, max_iter + 1):  # noqa: B007 - the count is reported
             labels, _ = _assign(x, x_sq, c)
             counts = torch.bincount(labels, minlength=k).to(x.dtype)
             sums = torch.zeros_like(c).index_add_(0, labels, x)
