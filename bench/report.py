@@ -186,11 +186,12 @@ def plot_bars(summary: pd.DataFrame, path: Path, metrics=METRICS) -> None:
             ax.bar(x + (i - (len(metrics) - 1) / 2) * width, sub[f"{m}_mean"] * 100, width,
                    yerr=np.nan_to_num(sub[f"{m}_std"] * 100), capsize=3, label=METRIC_LABEL[m])
         ax.set_xticks(x, sub["row"], rotation=20, ha="right")
-        ax.set_ylim(0, 100)
+        ax.set_ylim(0, 112)  # headroom for the legend row
+        ax.set_yticks(range(0, 101, 20))
         ax.set_title(f"{ds} (mean ± std over seeds)")
         ax.set_ylabel("%")
         ax.grid(axis="y", alpha=0.3)
-    axes[0][0].legend(loc="upper left", fontsize=8)
+    axes[0][0].legend(loc="upper center", ncol=len(metrics), fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
