@@ -1,0 +1,1 @@
+"""Speed benchmarks runnable as scripts (python -m bench.perf.<name>)."""

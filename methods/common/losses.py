@@ -1,0 +1,110 @@
+"""Losses of the contrastive clustering family, as pure functions (no state, no module).
+
+Each docstring gives the paper's equation and the official code it follows. Inputs are float
+tensors; compute the losses in float32 (call them outside ``autocast`` or on ``.float()`` inputs).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _entropy_term(p: Tensor) -> Tensor:
+    """``log K + sum_k q_k log q_k`` with ``q`` the column sums of ``p`` normalised: log K - H(q) >= 0."""
+    q = p.sum(0)
+    q = q / q.sum()
+    return math.log(q.numel()) + (q * torch.log(q.clamp_min(1e-30))).sum()
+
+
+def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
+    """Instance-level NT-Xent (SimCLR Eq. 1; CC Eq. 2-3, ``InstanceLoss`` in CC's ``modules/contrastive_loss.py``).
+
+    With z = normalise([z1; z2]) (2N rows) and s_ij = z_i . z_j / tau,
+    l_i = -log( exp(s_{i,i+-N}) / sum_{k != i} exp(s_ik) ): one positive and 2N-2 negatives per row.
+    Returns the mean of l_i over the 2N rows. ``z1``, ``z2``: [N, D], not necessarily normalised.
+    """
+    n = z1.shape[0]
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    sim = z @ z.t() / temperature
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    target = (torch.arange(2 * n, device=z.device) + n) % (2 * n)  # row i's positive is its other view
+    return F.cross_entropy(sim, target)
+
+
+def cluster_contrastive(p1: Tensor, p2: Tensor, temperature: float = 1.0) -> Tensor:
+    """CC's cluster-level contrastive loss plus its entropy term (CC Eq. 4-6; ``ClusterLoss`` in the official code).
+
+    ``p1``, ``p2``: [N, K] soft assignments (rows are softmax probabilities) of the two views. The K
+    columns y_k (as N-vectors) of both views form 2K items; with s = cos(y_a, y_b) / tau,
+    l_k = -log( exp(s(y1_k, y2_k)) / sum_{b != a} exp(s(y_a, y_b)) ) averaged over the 2K items (Eq. 5),
+    plus, for each view, log K + sum_k q_k log q_k with q_k = sum_i p_ik / sum p (i.e. log K - H(Y), Eq. 6
+    with the official code's constant log K). Returns the total (contrastive + both entropy terms).
+    """
+    k = p1.shape[1]
+    entropy = _entropy_term(p1) + _entropy_term(p2)
+    c = F.normalize(torch.cat([p1.t(), p2.t()]), dim=1)  # cosine similarity = dot of unit columns
+    sim = c @ c.t() / temperature
+    sim = sim.masked_fill(torch.eye(2 * k, dtype=torch.bool, device=c.device), float("-inf"))
+    target = (torch.arange(2 * k, device=c.device) + k) % (2 * k)
+    return F.cross_entropy(sim, target) + entropy
+
+
+def pica_pui(p1: Tensor, p2: Tensor, entropy_weight: float = 2.0) -> Tensor:
+    """PICA's partition uncertainty index loss (PICA Eq. 3-6; ``PUILoss`` in the official ``pica/losses.py``).
+
+    ``p1``, ``p2``: [N, K] soft assignments of the original and the perturbed images. With column-normalised
+    q1_k = p1[:, k] / ||p1[:, k]||, q2_k likewise, the PUI matrix M = Q1^T Q2 (K x K, cosine similarities);
+    the loss is the cross-entropy of each row of M against its diagonal, mean over K rows, plus
+    ``entropy_weight`` x (log K + sum_k q_k log q_k), q = column sums of ``p1`` normalised (the official
+    code regularises the first input only).
+    """
+    pui = F.normalize(p1.t(), dim=1) @ F.normalize(p2, dim=0)
+    target = torch.arange(pui.shape[0], device=pui.device)
+    return F.cross_entropy(pui, target) + entropy_weight * _entropy_term(p1)
+
+
+def instance_discrimination(features: Tensor, memory: Tensor, indices: Tensor, temperature: float = 1.0) -> Tensor:
+    """IDFD's instance discrimination loss with a non-parametric memory bank (IDFD Eq. 1-2, after Wu et al. 2018).
+
+    P(i | v) = exp(v_i^T v / tau) / sum_{j=1}^{n} exp(v_j^T v / tau) over all n memory entries v_j;
+    L_ID = -mean_i log P(idx_i | f_i), with f = features L2-normalised here. The memory is a constant
+    (no gradient); refresh it with :func:`update_memory` after the step.
+    """
+    f = F.normalize(features, dim=1)
+    logits = f @ memory.detach().t() / temperature
+    return F.cross_entropy(logits, indices)
+
+
+@torch.no_grad()
+def update_memory(memory: Tensor, features: Tensor, indices: Tensor, momentum: float = 0.5) -> None:
+    """In place: v_idx <- normalise(momentum * v_idx + (1 - momentum) * normalise(f)) (IDFD official code)."""
+    f = F.normalize(features.detach().to(memory.dtype), dim=1)
+    new = F.normalize(memory.index_select(0, indices) * momentum + f * (1.0 - momentum), dim=1)
+    memory.index_copy_(0, indices, new)
+
+
+def feature_decorrelation(features: Tensor, temperature: float = 2.0) -> Tensor:
+    """IDFD's softmax feature decorrelation loss (IDFD Eq. 4-5; ``Loss`` in the official ``main.py``).
+
+    With V = [f^1 ... f^d] the d feature columns (each an N-vector over the batch) L2-normalised,
+    Q(l | f) = exp(f^l^T f / tau2) / sum_m exp(f^m^T f / tau2), L_FD = -mean_l log Q(l | f^l).
+    IDFD applies it to the L2-normalised (row-wise) features; the column normalisation is done here.
+    """
+    v = F.normalize(features, dim=0)
+    logits = v.t() @ v / temperature
+    return F.cross_entropy(logits, torch.arange(logits.shape[0], device=logits.device))
+
+
+def feature_orthogonality(features: Tensor) -> Tensor:
+    """IDFO's orthogonality constraint (IDFD Eq. 3): L_FO = ||V^T V - I||_F^2 over column-normalised features.
+
+    V: the d feature columns of the batch, each L2-normalised; the loss is the squared Frobenius norm
+    of the off-diagonal correlations (the diagonal is exactly 1 after normalisation).
+    """
+    v = F.normalize(features, dim=0)
+    gram = v.t() @ v
+    return (gram - torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)).square().sum()
