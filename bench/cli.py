@@ -4,6 +4,9 @@
     bench report [SUITE_NAME | SUITE.yaml] [--run RUN_ID] [--store DIR] [--out DIR]
     bench trial METHOD DATASET [--seed N] [--variant V] [--set key=value ...]
     bench list [METHOD]
+    bench audit [--claims DIR] [--store DIR] [--out DIR]
+    bench history [SUITE] [--rebuild] [--store DIR]
+    bench regress SUITE [--store DIR] [--out DIR]     (exit 1 on a regression)
 
 User errors print one line (``error: ...``) and exit 2; failed trials make ``run`` exit 1.
 """
@@ -24,7 +27,7 @@ from bench.errors import BenchError
 DEFAULT_SUITE = Path(__file__).resolve().parent.parent / "suites" / "default.yaml"
 
 
-def _store(args) -> "ResultStore":  # noqa: F821
+def _store(args) -> ResultStore:  # noqa: F821
     from bench.store import ResultStore
 
     return ResultStore(args.store)
@@ -174,7 +177,64 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="methods and datasets, or one method's config")
     ls.add_argument("method", nargs="?")
     ls.set_defaults(func=cmd_list)
+    _add_audit_history_regress(sub, common)
     return p
+
+
+# -- claims audit, results history, nightly regression (bench.audit, bench.history, bench.regress) ------
+def cmd_audit(args) -> int:
+    from bench.audit import audit, markdown, write_audit
+    from bench.claims import load_claims
+
+    claims = load_claims(args.claims)
+    store = _store(args)
+    records = list(store.records())
+    rows = audit(claims, records)
+    paths = write_audit(rows, records, Path(args.out))
+    print(markdown(rows))
+    print(f"\naudit: {paths['markdown']}, {paths['latex']}, {paths['csv']}, {paths['scatter']}"
+          + (f", {paths['curves']}" if "curves" in paths else ""))
+    return 0
+
+
+def cmd_history(args) -> int:
+    from bench.history import history_table
+
+    print(history_table(_store(args), args.suite, args.db, rebuild=args.rebuild))
+    return 0
+
+
+def cmd_regress(args) -> int:
+    from bench.regress import regress_suite
+
+    out = Path(args.out) / args.suite
+    code, md = regress_suite(_store(args), args.suite, out_dir=out, db_path=args.db, window=args.window)
+    print(md)
+    print(f"summary: {out / 'regress.md'}; trend plots: {out}/trend_*.png")
+    return code
+
+
+def _add_audit_history_regress(sub, common) -> None:
+    a = sub.add_parser("audit", help="papers' claims (claims/*.yaml) vs reproduced results of the same protocol")
+    a.add_argument("--claims", default=None, help="claims folder or file (default: the repo's claims/)")
+    a.add_argument("--out", default="reports/audit", help="where audit.md/.tex/.csv and plots go")
+    common(a, data=False)
+    a.set_defaults(func=cmd_audit)
+
+    h = sub.add_parser("history", help="list the stored runs of a suite (history database)")
+    h.add_argument("suite", nargs="?", help="suite name (default: all suites)")
+    h.add_argument("--db", default=None, help="history database (default: STORE/history.db)")
+    h.add_argument("--rebuild", action="store_true", help="re-import every runs/*.json manifest from scratch")
+    common(h, data=False)
+    h.set_defaults(func=cmd_history)
+
+    g = sub.add_parser("regress", help="latest run of a suite vs its history; exit 1 on a regression")
+    g.add_argument("suite", help="suite name")
+    g.add_argument("--db", default=None, help="history database (default: STORE/history.db)")
+    g.add_argument("--window", type=int, default=30, help="previous runs compared (default: 30)")
+    g.add_argument("--out", default="reports/regress", help="regress.md and trend plots go to OUT/SUITE/")
+    common(g, data=False)
+    g.set_defaults(func=cmd_regress)
 
 
 def main(argv: list[str] | None = None) -> int:

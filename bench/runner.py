@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.data import default_cache_dir, dvc_manifest, get_dataset_spec, verify_files, combined_md5, md5_file
+from bench.data import combined_md5, default_cache_dir, dvc_manifest, get_dataset_spec, md5_file, verify_files
 from bench.errors import BenchError
+from bench.history import append_run_safely
 from bench.records import ResultRecord, trial_key
 from bench.registry import get_method, resolve_config
 from bench.store import ResultStore
@@ -33,6 +34,8 @@ from bench.suite import SuiteSpec
 from bench.trial import TrialUnit, execute_unit, utcnow
 
 log = logging.getLogger("bench.runner")
+#: environment the workers need to see as the driver does (plugins, code version, data and cache paths)
+PASSED_ENV = ("BENCH_PLUGINS", "BENCH_CODE_VERSION", "BENCH_DATA", "BENCH_CACHE")
 
 
 @dataclass
@@ -174,6 +177,7 @@ def _finish_manifest(manifest: dict[str, Any], plan: Plan, store: ResultStore, i
     manifest["finished_at"] = utcnow()
     manifest["status"] = "interrupted" if interrupted else "finished"
     store.write_run(manifest)
+    append_run_safely(store, manifest)  # history database (bench.history); the JSON above stays canonical
 
 
 def _ray_init(address: str | None) -> None:
@@ -183,8 +187,10 @@ def _ray_init(address: str | None) -> None:
         return
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # we pass absolute paths; keep cwd
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    passed = {k: v for k, v in os.environ.items() if k in PASSED_ENV}
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
-                              "log_to_driver": True, "configure_logging": True}
+                              "log_to_driver": True, "configure_logging": True,
+                              "runtime_env": {"env_vars": passed} if passed else None}
     try:
         ray.init(address=address, **kwargs) if address else ray.init(**kwargs)
     except Exception as exc:  # noqa: BLE001
@@ -210,7 +216,8 @@ def _run_with_ray(plan: Plan, suite: SuiteSpec, store: ResultStore, address: str
 
     _ray_init(address)
     units = [u.model_dump(mode="json") for u in plan.units]
-    trainable = tune.with_resources(_ray_trainable, lambda cfg: {"cpu": cfg["unit"]["cpus"], "gpu": cfg["unit"]["gpus"]})
+    trainable = tune.with_resources(
+        _ray_trainable, lambda cfg: {"cpu": cfg["unit"]["cpus"], "gpu": cfg["unit"]["gpus"]})
 
     def name(trial) -> str:
         u = trial.config["unit"]

@@ -1,0 +1,86 @@
+"""Claims audit: protocol matching, failed seeds, best-of-n, verdicts, outputs (on the synthetic fixture)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.audit import audit, latex, markdown, verdict, write_audit
+from bench.claims import Claim, load_claims
+from bench.store import ResultStore
+
+FIXTURE = Path(__file__).parent / "fixtures" / "audit_store"
+
+
+def _claim(**kw) -> Claim:
+    base = dict(method="cc", variant="default", dataset="cifar10", metric="acc", value=0.80, paper="P", table="T",
+                source="S")
+    return Claim(**{**base, **kw})
+
+
+def test_verdict_rule():
+    rng = np.random.default_rng(0)
+    same = 0.80 + rng.normal(0, 0.01, 5)
+    assert verdict(_claim(), same)[0] == "consistent"
+    assert verdict(_claim(), same - 0.03)[0] == "below claim"
+    assert verdict(_claim(), same + 0.03)[0] == "above claim"
+    # significant but within the 1-point tolerance: consistent
+    tight = 0.795 + rng.normal(0, 0.0005, 10)
+    assert verdict(_claim(), tight)[0] == "consistent"
+    assert verdict(_claim(), np.array([0.7]))[0] == "insufficient seeds"
+    # a claim with a large std of its own is not contradicted by a 3-point gap
+    assert verdict(_claim(std=0.057, n_runs=10, report="mean"), same - 0.03)[0] == "consistent"
+    # best-of-n: the best seed is compared, not the mean
+    best = _claim(report="best", n_runs=5)
+    assert verdict(best, np.array([0.77, 0.78, 0.79, 0.80, 0.805]))[0] == "consistent"
+    assert verdict(best, np.array([0.70, 0.705, 0.71, 0.70, 0.702]))[0] == "below claim"
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return audit(load_claims(), list(ResultStore(FIXTURE).records()))
+
+
+def test_fixture_cases(rows):
+    def find(method, variant, dataset, metric, report=None):
+        return [r for r in rows if (r.claim.method, r.claim.variant, r.claim.dataset, r.claim.metric) ==
+                (method, variant, dataset, metric) and (report is None or r.claim.report == report)]
+
+    cc = find("cc", "default", "cifar10", "acc")[0]
+    assert cc.status == "mismatch" and cc.verdict == "protocol mismatch: image_size claim 224 vs run 32"
+    assert math.isnan(cc.delta) and cc.n == 5  # numbers shown separately, never judged
+    dec_stl = find("dec", "default", "stl10", "acc")[0]
+    assert dec_stl.verdict.startswith("protocol mismatch: features claim hog")
+    pica = find("pica", "default", "stl10", "acc", "mean")[0]
+    assert pica.n == 5 and len(pica.failed) == 2 and "failed" in pica.failed[0] and "interrupted" in pica.failed[1]
+    pica_best = find("pica", "default", "cifar10", "acc", "best")[0]
+    assert pica_best.reproduced == pytest.approx(pica_best.best) and pica_best.best > pica_best.mean
+    assert find("scan", "default", "cifar10", "acc", "mean")[0].verdict == "below claim"
+    assert find("idfd", "default", "cifar10", "acc")[0].verdict == "above claim"
+    assert find("depict", "default", "usps", "acc")[0].verdict == "insufficient seeds"
+    assert find("deepcluster", "default", "cifar10", "acc")[0].verdict == "no results"
+    assert all(r.verdict == "no results" for r in rows if r.claim.dataset == "imagenet10")
+    assert all(r.synthetic for r in rows if r.status != "no results")
+
+
+def test_every_claim_with_results_is_in_the_table(rows, tmp_path):
+    md = markdown(rows)
+    shown = [r for r in rows if r.status != "no results"]
+    table_lines = [ln for ln in md.splitlines() if ln.startswith("| ") and not ln.startswith("| method")]
+    assert len(table_lines) == len(shown) > 150
+    assert "WARNING" in md and "synthetic" in md
+    paths = write_audit(rows, list(ResultStore(FIXTURE).records()), tmp_path)
+    for key in ("markdown", "latex", "csv", "scatter", "curves"):
+        assert paths[key].exists() and paths[key].stat().st_size > 0
+    csv_lines = paths["csv"].read_text().splitlines()
+    assert len(csv_lines) == len(rows) + 1  # every claim, with or without results
+
+
+def test_latex_booktabs_bold_best(rows):
+    tex = latex(rows)
+    assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex
+    block = tex.split("\\begin{table}")[1]
+    assert "\\textbf{" in block
