@@ -1,0 +1,169 @@
+"""PICA: Deep Semantic Clustering by Partition Confidence Maximisation (Huang, Gong & Zhu, CVPR 2020).
+
+Recipe from the official code (Raymond-sci/PICA: main.py, pica/{networks,losses,utils}.py,
+configs/{base,cifar100}.yaml; claims.md section 6):
+
+* ResNet-34 trunk with a CIFAR-style stem: 3x3 stride-1 conv, BN, ReLU, MaxPool(2, 2, pad 1);
+  the input is the 2-channel Sobel response of the grey image (``net_sobel``).
+* Linear + softmax heads [70 (over-clustering), K]; each epoch trains the heads one after the
+  other, a full pass over the data each; the evaluation reads the last (K) head.
+* Each batch pairs B "original" images (Resize(40) + RandomCrop(32), normalised) with
+  ``data_nrepeat`` = 3 perturbed copies of each (RandomResizedCrop(32, scale 0.2-1), ColorJitter
+  0.4 x 4 always, grayscale 0.2, flip, normalised); the loss is PUI(originals repeated 3x,
+  perturbed) + 2.0 x (log K + sum q log q).
+* Adam lr 1e-4, weight decay 0, constant, 200 epochs, batch 256, no drop_last.
+* Evaluation view: Resize(40) + CenterCrop(32); argmax of the K head. The CIFAR-100 config is the
+  only 32-px one released; CIFAR-10 reuses it (with CIFAR-10 mean/std from the augmentation preset).
+* Train + test for training and evaluation (CIFAR). STL-10's extra unlabeled split for the
+  over-clustering head is not available to the harness (deviation; both heads use train + test).
+
+Labels are never looked at; the result is the final epoch's.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, TrialContext
+from bench.registry import register_method
+from methods._contrastive import EpochLoop, LoopConfig, autocast, epoch_batches, eval_pass, to_device_images
+from methods.common.augment import GPUAugment, pica_spec, resize_eval
+from methods.common.backbones import resnet
+from methods.common.losses import pica_pui
+
+
+class Sobel(torch.nn.Module):
+    """Grey (mean of the channels) -> horizontal and vertical Sobel responses, 2 channels, fixed weights."""
+
+    def __init__(self):
+        super().__init__()
+        kx = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])
+        self.register_buffer("weight", torch.stack([kx, kx.t()]).unsqueeze(1))  # [2, 1, 3, 3]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grey = x.mean(1, keepdim=True)
+        return F.conv2d(grey, self.weight.to(grey.dtype), padding=1)
+
+
+class PICANet(torch.nn.Module):
+    def __init__(self, backbone: str, in_channels: int, sobel: bool, heads: list[int]):
+        super().__init__()
+        self.sobel = Sobel() if sobel else None
+        self.backbone = resnet(backbone, stem="cifar", in_channels=2 if sobel else in_channels)
+        self.backbone.maxpool = torch.nn.MaxPool2d(kernel_size=2, stride=2, padding=1)  # PICA's stem keeps a pool
+        self.heads = torch.nn.ModuleList(torch.nn.Linear(self.backbone.out_dim, k) for k in heads)
+
+    def forward(self, x: torch.Tensor, head: int) -> torch.Tensor:
+        if self.sobel is not None:
+            x = self.sobel(x)
+        return torch.softmax(self.heads[head](self.backbone(x)), dim=1)
+
+
+def _crop(x: torch.Tensor, size: int, gen: torch.Generator | None) -> torch.Tensor:
+    """Per-sample random crop (``gen``) or the centre crop (``gen=None``) of ``size`` x ``size``."""
+    b, c, h, w = x.shape
+    if gen is None:
+        top, left = (h - size) // 2, (w - size) // 2
+        return x[:, :, top:top + size, left:left + size]
+    tops = torch.randint(0, h - size + 1, (b,), generator=gen, device=gen.device).to(x.device)
+    lefts = torch.randint(0, w - size + 1, (b,), generator=gen, device=gen.device).to(x.device)
+    rows = (tops[:, None] + torch.arange(size, device=x.device)[None, :])  # [B, size]
+    cols = (lefts[:, None] + torch.arange(size, device=x.device)[None, :])
+    idx_r = rows[:, None, :, None].expand(b, c, size, w)
+    x = x.gather(2, idx_r)
+    idx_c = cols[:, None, None, :].expand(b, c, size, size)
+    return x.gather(3, idx_c)
+
+
+@register_method
+class PICA(ClusteringMethod):
+    name = "pica"
+    paper = "Huang, Gong & Zhu, Deep Semantic Clustering by Partition Confidence Maximisation, CVPR 2020"
+    selection_rule = "final epoch; argmax of the K head (the over-clustering head only trains the trunk)"
+    train_split = "all"
+    eval_split = "all"
+    gpu_share = 1.0
+    # STL-10 config: batch 128, 96 px with Resize(112) (README/issue #2)
+    dataset_defaults = {"stl10": {"batch_size": 128, "image_size": 96, "resize": 112}}
+
+    class Config(LoopConfig):
+        backbone: Literal["resnet18", "resnet34"] = "resnet34"
+        stem: Literal["cifar"] = "cifar"  # 3x3/1 conv + MaxPool(2, 2, pad 1), see PICANet
+        sobel: bool = True
+        image_size: int = Field(32, ge=8)
+        resize: int = Field(40, ge=8, description="originals: Resize(resize) + RandomCrop(image_size); "
+                                                  "eval: the centre crop")
+        overclustering: int = Field(70, ge=0, description="size of the first head (0: no over-clustering head)")
+        epochs: int = Field(200, ge=1)
+        batch_size: int = Field(256, ge=1)
+        data_nrepeat: int = Field(3, ge=1, description="perturbed copies of each image per batch")
+        entropy_weight: float = Field(2.0, ge=0, description="lambda of the partition-entropy term")
+        lr: float = Field(1e-4, gt=0, description="Adam, constant")
+        weight_decay: float = Field(0.0, ge=0)
+
+    def run(self, data: ClusteringData, ctx: TrialContext) -> ClusterOutput:
+        cfg = self.config
+        dev = ctx.device
+        torch.backends.cudnn.benchmark = dev.type == "cuda"
+        x_train = to_device_images(data.x_train, dev)
+        x_eval = x_train if data.same_split else data.x_eval
+        n, in_ch = x_train.shape[0], x_train.shape[1]
+        heads = ([cfg.overclustering] if cfg.overclustering else []) + [data.n_clusters]
+        net = PICANet(cfg.backbone, in_ch, cfg.sobel, heads).to(dev)
+        if dev.type == "cuda":
+            net = net.to(memory_format=torch.channels_last)
+        opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        spec = pica_spec(cfg.image_size)
+        augment = GPUAugment(spec, channels_last=dev.type == "cuda")  # grey images: hue/saturation skip
+        g_batch, g_aug = ctx.generator(offset=1), ctx.generator(offset=2)
+        loop = EpochLoop(ctx, cfg, modules={"net": net}, optimizer=opt, generators={"batch": g_batch, "aug": g_aug})
+
+        def original(xb: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+            return _crop(resize_eval(xb, cfg.resize, spec.mean, spec.std), cfg.image_size, gen)
+
+        labels = None
+        for epoch in loop.epochs(cfg.epochs):
+            net.train()
+            head_losses = []
+            for h in range(len(heads)):
+                loss_sum = torch.zeros((), device=dev)
+                n_steps = 0
+                for idx in epoch_batches(n, cfg.batch_size, g_batch, dev, drop_last=False):
+                    xb = x_train.index_select(0, idx)
+                    xo = original(xb, g_aug)
+                    xp = augment(xb.repeat(cfg.data_nrepeat, 1, 1, 1), generator=g_aug)
+                    if dev.type == "cuda":
+                        xo = xo.contiguous(memory_format=torch.channels_last)
+                        xp = xp.contiguous(memory_format=torch.channels_last)
+                    with autocast(dev, cfg.precision):
+                        po, pp = net(xo, h), net(xp, h)
+                    loss = pica_pui(po.float().repeat(cfg.data_nrepeat, 1), pp.float(), cfg.entropy_weight)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    loss_sum += loss.detach()
+                    n_steps += 1
+                head_losses.append(loss_sum / max(1, n_steps))
+            train_s = loop.train_seconds()
+            labels = self._cluster(net, x_eval, original, ctx) if loop.wants_eval(epoch, cfg.epochs) else None
+            scalars = {f"loss_head{k}": v for k, v in zip(heads, head_losses)}
+            loop.end_epoch(epoch, cfg.epochs, train_s=train_s, eval_pred=labels, loss=head_losses[-1], **scalars)
+        if labels is None:
+            labels = self._cluster(net, x_eval, original, ctx)
+        loop.finish()
+        return ClusterOutput(labels=labels, info={**loop.info(), "heads": heads})
+
+    @torch.no_grad()
+    def _cluster(self, net: PICANet, x_eval: torch.Tensor, original, ctx: TrialContext) -> torch.Tensor:
+        cfg = self.config
+        net.eval()
+        try:
+            p = eval_pass(lambda v: net(v, len(net.heads) - 1), x_eval, lambda xb: original(xb, None),
+                          cfg.eval_batch_size, ctx.device, cfg.precision)
+        finally:
+            net.train()
+        return p.argmax(1)

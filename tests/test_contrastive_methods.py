@@ -1,0 +1,231 @@
+"""SimCLR + k-means, CC (and its ablations), PICA and IDFD on tiny synthetic images, CPU only.
+
+Each method trains for 1-2 epochs (2 steps each) on 16 random 8x8 images with a ResNet-18 CIFAR stem; the tests
+check the method contract (one label per eval image in range, a finite loss curve, the eval
+metrics logged on the curve), the ablation switches, checkpoint/resume (a run interrupted after
+epoch 1 and resumed ends with exactly the labels of an uninterrupted run), the time budget, the
+paper-table suites and their rendering.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bench.context import TrialContext
+from bench.errors import BenchError
+from bench.method import ClusteringData
+from bench.metrics import evaluate
+from bench.records import ResultRecord
+from bench.registry import get_method, resolve_config
+from bench.report import write_report
+from bench.suite import load_suite
+from methods._contrastive import EpochLoop, TimeBudgetExceeded, cosine_lr, epoch_batches, multistep_lr
+
+ROOT = Path(__file__).resolve().parent.parent
+N, K = 16, 3
+TINY = {"backbone": "resnet18", "stem": "cifar", "image_size": 8, "epochs": 1, "batch_size": 8, "eval_every": 1,
+        "eval_batch_size": 16}
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)
+
+
+def tiny_data(same_split: bool = True) -> tuple[ClusteringData, np.ndarray]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (N, 3, 8, 8), generator=g, dtype=torch.uint8)
+    y = np.arange(N) % K
+    if same_split:
+        return ClusteringData("synthetic", x, x, K, "all", "all", "md5"), y
+    x_eval = torch.randint(0, 256, (10, 3, 8, 8), generator=g, dtype=torch.uint8)
+    return ClusteringData("synthetic", x, x_eval, K, "train", "test", "md5"), np.arange(10) % K
+
+
+def make_ctx(tmp: Path, y: np.ndarray, seed: int = 0) -> TrialContext:
+    return TrialContext(seed=seed, device="cpu", artifact_dir=tmp / "artifact", stage_dir=tmp / "stages",
+                        data_md5="md5", code_version="test", scorer=lambda p: evaluate(y, p))
+
+
+def run_method(name: str, variant: str, tmp: Path, *, same_split: bool = True, seed: int = 0, **overrides):
+    data, y = tiny_data(same_split)
+    cfg = resolve_config(name, variant, None, {**TINY, **overrides})
+    ctx = make_ctx(tmp, y, seed)
+    torch.manual_seed(seed)
+    out = get_method(name)(cfg).run(data, ctx)
+    return out, ctx, data
+
+
+def assert_contract(out, ctx, data, epochs: int = 1) -> np.ndarray:
+    labels = out.labels_numpy()
+    assert labels.shape == (data.x_eval.shape[0],)
+    assert labels.min() >= 0 and labels.max() < data.n_clusters
+    assert [row["epoch"] for row in ctx.curve] == list(range(1, epochs + 1))
+    for row in ctx.curve:
+        assert math.isfinite(row["loss"]) and row["epoch_s"] >= 0
+        assert 0.0 <= row["eval_acc"] <= 1.0  # scored on the harness side, every epoch (eval_every=1)
+    assert out.info["epochs_run"] == epochs and out.info["resumed_from_epoch"] is None
+    assert not ctx.checkpoint_path.exists(), "a finished trial must not leave a checkpoint to resume"
+    return labels
+
+
+@pytest.mark.parametrize("variant,heads,pair", [("default", "ich+cch", "ta+tb"), ("ich_only", "ich", "ta+tb"),
+                                                ("cch_only", "cch", "ta+tb"), ("aug_x_x", "ich+cch", "x+x")])
+def test_cc_variants_train_and_cluster(tmp_path, variant, heads, pair):
+    out, ctx, data = run_method("cc", variant, tmp_path, kmeans_n_init=2)
+    assert (out.info["heads"], out.info["aug_pair"]) == (heads, pair)
+    assert_contract(out, ctx, data)
+    keys = set(ctx.curve[-1])
+    assert ("loss_instance" in keys) == (heads != "cch")
+    assert ("loss_cluster" in keys) == (heads != "ich")
+    if heads == "ich":  # k-means on the ICH outputs uses every cluster; argmax of a fresh head may not
+        assert len(np.unique(out.labels_numpy())) == K
+
+
+def test_simclr_kmeans_train_test_protocol(tmp_path):
+    out, ctx, data = run_method("simclr_kmeans", "default", tmp_path, same_split=False, epochs=2, kmeans_n_init=1)
+    assert_contract(out, ctx, data, epochs=2)
+    assert out.info["kmeans_features"] == "head"
+    lrs = [row["lr"] for row in ctx.curve]
+    assert lrs[0] == pytest.approx(0.4) and lrs[1] < lrs[0]  # SCAN's cosine, set at the start of each epoch
+    cls = get_method("simclr_kmeans")
+    assert (cls.train_split, cls.eval_split) == ("train", "test")
+
+
+@pytest.mark.parametrize("variant,loss", [("default", "idfd"), ("id", "id"), ("idfo", "idfo")])
+def test_idfd_variants(tmp_path, variant, loss):
+    out, ctx, data = run_method("idfd", variant, tmp_path, kmeans_n_init=1)
+    assert_contract(out, ctx, data)
+    assert out.info["loss"] == loss
+    feat = [row["loss_feature"] for row in ctx.curve]
+    assert all(f == 0.0 for f in feat) if loss == "id" else all(f > 0 for f in feat)
+
+
+def test_pica_heads_and_sobel(tmp_path):
+    out, ctx, data = run_method("pica", "default", tmp_path, overclustering=5, data_nrepeat=2)
+    assert_contract(out, ctx, data)
+    assert out.info["heads"] == [5, K]
+    assert {"loss_head5", f"loss_head{K}"} <= set(ctx.curve[-1])
+    from methods.pica import Sobel
+
+    flat = torch.full((1, 3, 6, 6), 0.5)
+    assert torch.allclose(Sobel()(flat)[..., 1:-1, 1:-1], torch.zeros(1, 2, 4, 4))  # no edges in a flat image
+
+
+@pytest.mark.parametrize("method,variant", [("cc", "default"), ("idfd", "default")])
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, method, variant):
+    """Kill after epoch 1 (time budget 0), re-run the same trial: it resumes at epoch 2 and ends with the
+    labels of a run that was never interrupted (model, optimizer, RNG streams, memory bank restored)."""
+    full, ctx_full, _ = run_method(method, variant, tmp_path / "full", epochs=2)
+    with pytest.raises(TimeBudgetExceeded, match="run the same command again to resume from epoch 2"):
+        run_method(method, variant, tmp_path / "cut", epochs=2, max_minutes=0)
+    assert (tmp_path / "cut" / "artifact" / "checkpoint.pt").exists()
+    resumed, ctx_res, _ = run_method(method, variant, tmp_path / "cut", epochs=2)
+    assert resumed.info["resumed_from_epoch"] == 1 and resumed.info["epochs_run"] == 2
+    np.testing.assert_array_equal(resumed.labels_numpy(), full.labels_numpy())
+    assert [r["epoch"] for r in ctx_res.curve] == [1, 2]  # the curve before the kill is kept
+    assert ctx_res.curve[1]["loss"] == pytest.approx(ctx_full.curve[1]["loss"], rel=1e-5)
+
+
+def test_checkpoint_of_another_config_is_ignored(tmp_path):
+    with pytest.raises(TimeBudgetExceeded):
+        run_method("cc", "ich_only", tmp_path, epochs=2, max_minutes=0)
+    out, ctx, _ = run_method("cc", "ich_only", tmp_path, epochs=2, lr=1e-3)  # other arithmetic: must not resume
+    assert out.info["resumed_from_epoch"] is None and [r["epoch"] for r in ctx.curve] == [1, 2]
+
+
+def test_epoch_helpers():
+    g = torch.Generator().manual_seed(0)
+    batches = list(epoch_batches(10, 4, g, torch.device("cpu")))
+    assert [len(b) for b in batches] == [4, 4]  # drop_last
+    assert len(set(torch.cat(batches).tolist())) == 8
+    assert [len(b) for b in epoch_batches(10, 4, g, torch.device("cpu"), drop_last=False)] == [4, 4, 2]
+    assert [len(b) for b in epoch_batches(3, 8, g, torch.device("cpu"))] == [3]  # tiny data: one batch of all
+    assert cosine_lr(0.4, 0, 500, 1e-3) == pytest.approx(0.4)
+    assert cosine_lr(0.4, 500, 500, 1e-3) == pytest.approx(0.4e-3)
+    assert multistep_lr(0.03, 599, [600, 950], 0.1) == pytest.approx(0.03)
+    assert multistep_lr(0.03, 950, [600, 950], 0.1) == pytest.approx(0.0003)
+
+
+def test_paper_recipes_are_the_defaults():
+    cc = resolve_config("cc")
+    assert (cc.backbone, cc.stem, cc.image_size, cc.epochs, cc.batch_size, cc.lr, cc.weight_decay) == \
+        ("resnet34", "imagenet", 224, 1000, 256, 3e-4, 0.0)
+    assert (cc.instance_temperature, cc.cluster_temperature, cc.jitter_strength) == (0.5, 1.0, 0.5)
+    assert resolve_config("cc", dataset="stl10").jitter_strength == 1.0
+    s = resolve_config("simclr_kmeans")
+    assert (s.backbone, s.stem, s.image_size, s.epochs, s.batch_size, s.lr, s.temperature) == \
+        ("resnet18", "cifar", 32, 500, 512, 0.4, 0.1)
+    i = resolve_config("idfd")
+    assert (i.epochs, i.batch_size, i.lr, i.lr_milestones, i.temperature, i.fd_temperature, i.kmeans_n_init) == \
+        (2000, 128, 0.03, [600, 950, 1300, 1650], 1.0, 2.0, 20)
+    p = resolve_config("pica")
+    assert (p.backbone, p.sobel, p.overclustering, p.epochs, p.batch_size, p.data_nrepeat, p.entropy_weight) == \
+        ("resnet34", True, 70, 200, 256, 3, 2.0)
+    proto = get_method("cc").protocol_fields(cc)
+    assert proto == {"image_size": 224, "stem": "imagenet", "backbone": "resnet34", "epochs": 1000,
+                     "batch_size": 256}
+    assert resolve_config("cc", "cifar32").image_size == 32
+
+
+def test_bad_config_is_one_clear_error():
+    with pytest.raises(BenchError, match="heads"):
+        resolve_config("cc", overrides={"heads": "both"})
+    with pytest.raises(BenchError, match="no variant"):
+        resolve_config("idfd", "idfd_plus")
+
+
+def _record(method, variant, dataset, acc, seed=0):
+    return ResultRecord(key=f"{method}-{variant}-{dataset}-{seed}", method=method, variant=variant, dataset=dataset,
+                        seed=seed, config={}, protocol={"train_split": "all", "eval_split": "all"}, data_md5="m",
+                        status="ok", metrics={"acc": acc, "nmi": acc / 2, "ari": acc / 3})
+
+
+@pytest.mark.parametrize("suite,rows", [
+    ("cc_table", ["CC"]),
+    ("cc_heads_ablation", ["ICH + CCH", "ICH only", "CCH only"]),
+    ("cc_aug_ablation", ["Ta(x) + Tb(x)", "Ta(x) + x", "x + x"]),
+    ("idfd_variants", ["ID", "IDFO", "IDFD"]),
+])
+def test_paper_table_suites_render(tmp_path, suite, rows):
+    spec = load_suite(ROOT / "suites" / f"{suite}.yaml")
+    table = spec.tables[0]
+    assert [r.label for r in table.rows] == rows
+    for r in table.rows:  # every row names a registered method and variant
+        resolve_config(r.method, r.variant)
+    records = [_record(r.method, r.variant, ds, 0.5 + 0.1 * i)
+               for i, r in enumerate(table.rows) for ds in (table.datasets or spec.datasets)]
+    paths = write_report(records, tmp_path, title=suite, tables=[table.model_dump()])
+    md, tex = paths["markdown"].read_text(), paths["latex"].read_text()
+    for i, label in enumerate(rows):
+        line = next(line for line in md.splitlines() if line.startswith(f"| {label} |"))
+        assert f"{(0.5 + 0.1 * i) * 100:.1f}" in line
+        assert label.replace("_", "\\_") in tex
+    starts = [md.index(f"| {label} |") for label in rows]
+    assert starts == sorted(starts)  # the paper's row order
+
+
+def test_short_gpu_suites_state_their_schedule():
+    cc = load_suite(ROOT / "suites" / "cc_cifar10_short.yaml")
+    by_variant = {m.variants[0]: m.config for m in cc.methods}
+    assert by_variant["default"]["epochs"] < 1000 and by_variant["cifar32"]["epochs"] < 1000
+    assert all(c["max_minutes"] for c in by_variant.values())  # stops cleanly inside a 10-minute command
+    simclr = load_suite(ROOT / "suites" / "simclr_cifar10_short.yaml")
+    assert simclr.methods[0].name == "simclr_kmeans" and simclr.methods[0].config["epochs"] < 500
+
+
+def test_epoch_loop_starts_at_epoch_one_without_checkpoint(tmp_path):
+    net = torch.nn.Linear(2, 2)
+    ctx = make_ctx(tmp_path, np.zeros(2, dtype=int))
+    cfg = resolve_config("cc", overrides=TINY)
+    loop = EpochLoop(ctx, cfg, modules={"net": net}, optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
+                     generators={"g": torch.Generator().manual_seed(0)})
+    assert loop.start_epoch == 0 and list(loop.epochs(3)) == [1, 2, 3]
