@@ -29,3 +29,7 @@ def bench(session):
     """Speed benchmarks (pytest-benchmark). On a GPU machine they measure the CUDA paths."""
     session.run("python", "-m", "pytest", "tests/benchmarks", "--benchmark-enable", "--benchmark-only",
                 "-q", *session.posargs)
+    import torch
+
+    if torch.cuda.is_available():  # the full DEC recipe, 1 seed vs 10 batched (minutes; GPU only)
+        session.run("python", "-m", "bench.perf.dec_seeds", "--seeds", "1", "10")

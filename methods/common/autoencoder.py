@@ -10,19 +10,24 @@ Pretraining follows DEC's official Caffe scripts (piiswrong/dec, dec/pretrain.py
 
 Both use SGD, momentum 0.9, no weight decay, lr 0.1 divided by 10 every 20,000 iterations, batch
 256, MSE; 50,000 iterations per layer and 100,000 for fine-tuning in the paper recipe.
+
+Several seeds train as one :class:`BatchedMLPAutoencoder` (weights ``[S, in, out]``, one
+``baddbmm`` per layer for all seeds); the cached stage stays one artifact per seed.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
+from filelock import FileLock
 from pydantic import Field
 from torch import nn
 
-from bench.context import TrialContext
+from bench.context import TrialContext, _torch_bytes, atomic_write_bytes
 from bench.method import MethodConfig
-from methods.common.train import GraphedStep, IndexStream, step_decay
+from methods.common.train import GraphedStep, SeedIndexStreams, matmul_tf32, step_decay
 
 
 def _linear(n_in: int, n_out: int, std: float) -> nn.Linear:
@@ -77,71 +82,222 @@ def encode_all(model: MLPAutoencoder, x: torch.Tensor, chunk: int = 16384, upto:
     return torch.cat(outs)
 
 
-def _train(loss_fn, params, x_n: int, cfg: dict[str, Any], iters: int, ctx: TrialContext, stage: str,
-           gen: torch.Generator) -> None:
+def _gather(h: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows ``idx [S, B]`` of ``h``: shared ``[N, d]`` (the input) or per seed ``[S, N, d]``."""
+    s, b = idx.shape
+    if h.dim() == 2:
+        return h.index_select(0, idx.reshape(-1)).view(s, b, h.shape[-1])
+    n = h.shape[1]
+    offs = torch.arange(s, device=idx.device).unsqueeze(1) * n
+    return h.reshape(s * n, h.shape[-1]).index_select(0, (idx + offs).reshape(-1)).view(s, b, h.shape[-1])
+
+
+def per_seed_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of each seed's ``[S, B, d]`` slice: a vector of S losses."""
+    return (a - b).pow(2).flatten(1).mean(1)
+
+
+class BatchedMLPAutoencoder(nn.Module):
+    """S independent MLP autoencoders (one per seed) with weights stacked on a leading seed axis.
+
+    A layer is one ``baddbmm`` for all seeds, so S seeds cost about the launches of one; seeds
+    never mix (each seed's weights only see its own minibatch and its own loss). ``state(s)`` and
+    ``from_states`` convert to and from :class:`MLPAutoencoder` state dicts, so the cached stage is
+    one artifact per seed whether it was trained alone or in a batch.
+    """
+
+    def __init__(self, dims: list[int], n_seeds: int):
+        super().__init__()
+        self.dims, self.n_seeds = list(dims), int(n_seeds)
+        n = len(dims) - 1
+        self.enc_w = nn.ParameterList(nn.Parameter(torch.zeros(n_seeds, dims[i], dims[i + 1])) for i in range(n))
+        self.enc_b = nn.ParameterList(nn.Parameter(torch.zeros(n_seeds, 1, dims[i + 1])) for i in range(n))
+        self.dec_w = nn.ParameterList(nn.Parameter(torch.zeros(n_seeds, dims[i + 1], dims[i])) for i in range(n))
+        self.dec_b = nn.ParameterList(nn.Parameter(torch.zeros(n_seeds, 1, dims[i])) for i in range(n))
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.enc_w)
+
+    @classmethod
+    def from_states(cls, dims: list[int], states: list[dict[str, torch.Tensor]]) -> BatchedMLPAutoencoder:
+        model = cls(dims, len(states))
+        with torch.no_grad():
+            for i in range(model.n_layers):
+                model.enc_w[i].copy_(torch.stack([st[f"encoder.{i}.weight"].T for st in states]))
+                model.enc_b[i].copy_(torch.stack([st[f"encoder.{i}.bias"][None] for st in states]))
+                model.dec_w[i].copy_(torch.stack([st[f"decoder.{i}.weight"].T for st in states]))
+                model.dec_b[i].copy_(torch.stack([st[f"decoder.{i}.bias"][None] for st in states]))
+        return model
+
+    @classmethod
+    def initial(cls, dims: list[int], init_std: float, seeds: list[int]) -> BatchedMLPAutoencoder:
+        """Each seed's initial weights exactly as ``MLPAutoencoder`` draws them after ``manual_seed(seed)``."""
+        states = []
+        for seed in seeds:
+            torch.manual_seed(seed)
+            states.append(MLPAutoencoder(dims, init_std).state_dict())
+        return cls.from_states(dims, states)
+
+    def state(self, s: int) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for i in range(self.n_layers):
+            out[f"encoder.{i}.weight"] = self.enc_w[i][s].detach().T.contiguous().cpu()
+            out[f"encoder.{i}.bias"] = self.enc_b[i][s, 0].detach().clone().cpu()
+            out[f"decoder.{i}.weight"] = self.dec_w[i][s].detach().T.contiguous().cpu()
+            out[f"decoder.{i}.bias"] = self.dec_b[i][s, 0].detach().clone().cpu()
+        return out
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        return [*self.enc_w, *self.enc_b]
+
+    def decoder_parameters(self) -> list[nn.Parameter]:
+        return [*self.dec_w, *self.dec_b]
+
+    def enc_layer(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        if h.dim() == 2:  # input shared by all seeds: [N, d] -> [S, N, out]
+            return torch.matmul(h, self.enc_w[i]) + self.enc_b[i]
+        return torch.baddbmm(self.enc_b[i], h, self.enc_w[i])
+
+    def dec_layer(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.dec_b[i], h, self.dec_w[i])
+
+    def encode(self, x: torch.Tensor, upto: int | None = None) -> torch.Tensor:
+        n = self.n_layers if upto is None else upto
+        for i in range(n):
+            x = self.enc_layer(i, x)
+            if i < self.n_layers - 1:
+                x = torch.relu(x)
+        return x
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        for i in reversed(range(self.n_layers)):
+            z = self.dec_layer(i, z)
+            if i > 0:
+                z = torch.relu(z)
+        return z
+
+    @torch.no_grad()
+    def encode_all(self, x: torch.Tensor, upto: int | None = None, chunk: int = 8192) -> torch.Tensor:
+        """``[S, N, d]`` codes (or the output of the first ``upto`` layers) of ``x`` ([N, D] shared or
+        [S, N, D] per seed), in chunks of rows."""
+        dim = 0 if x.dim() == 2 else 1
+        outs = [self.encode(x.narrow(dim, s, min(chunk, x.shape[dim] - s)), upto)
+                for s in range(0, x.shape[dim], chunk)]
+        if not outs:
+            return torch.zeros(self.n_seeds, 0, self.dims[upto or -1], device=x.device)
+        return torch.cat(outs, 1)
+
+
+def _train(loss_fn, params, x_n: int, cfg: dict[str, Any], iters: int, ctxs: list[TrialContext], stage: str,
+           gens: list[torch.Generator]) -> None:
+    device = ctxs[0].device
     opt = torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=0.0)
-    step = GraphedStep(loss_fn, opt, cfg["batch_size"], ctx.device, use_graph=cfg.get("cuda_graphs", True))
-    stream = IndexStream(x_n, cfg["batch_size"], gen, ctx.device)
+    step = GraphedStep(loss_fn, opt, (len(ctxs), cfg["batch_size"]), device, use_graph=cfg.get("cuda_graphs", True),
+                       n_losses=len(ctxs))
+    stream = SeedIndexStreams(x_n, cfg["batch_size"], gens, device)
     log_every = max(1, min(iters, cfg.get("log_every", 1000)))
+    iters_per_epoch = max(1, -(-x_n // cfg["batch_size"]))
     for it in range(iters):
         step.set_lr(step_decay(cfg["lr"], it, cfg["lr_step"]))
         step.step(stream.next())
         if (it + 1) % log_every == 0 or it + 1 == iters:
-            loss = step.mean_loss()
-            ctx.check_finite(loss, f"{stage} loss")
-            ctx.log_epoch((it + 1) / max(1, -(-x_n // cfg["batch_size"])), stage=stage, iteration=it + 1, loss=loss)
+            losses = step.mean_loss().tolist()  # one sync for all seeds
+            for ctx, loss in zip(ctxs, losses):
+                ctx.check_finite(loss, f"{stage} loss")
+                ctx.log_epoch((it + 1) / iters_per_epoch, stage=stage, iteration=it + 1, loss=loss)
+
+
+def pretrain_stacked_batched(x: torch.Tensor, cfg: dict[str, Any],
+                             ctxs: list[TrialContext]) -> list[dict[str, torch.Tensor]]:
+    """Greedy layer-wise denoising pretraining, then end-to-end fine-tuning, for every seed of
+    ``ctxs`` at once. Returns one ``MLPAutoencoder`` state dict per seed.
+
+    ``cfg``: dims, dropout, lr, lr_step, momentum, batch_size, iters_per_layer, finetune_iters,
+    init_std, cuda_graphs, tf32, log_every. ``x`` is the scaled input ``[N, D]`` on the device.
+    Each seed has its own initial weights (``manual_seed(seed)``, as the single-seed code) and its own
+    minibatch order (``ctx.generator(offset=101)``); dropout masks come from the device's global
+    generator, so a seed trained in a batch is statistically, not bitwise, the same as alone.
+    """
+    device = ctxs[0].device
+    gens = [ctx.generator(offset=101) for ctx in ctxs]
+    model = BatchedMLPAutoencoder.initial(cfg["dims"], cfg["init_std"], [ctx.seed for ctx in ctxs]).to(device)
+    drop = cfg["dropout"]
+    n_layers = model.n_layers
+    with matmul_tf32(cfg.get("tf32", False)):
+        for i in range(n_layers):
+            h_in = model.encode_all(x, upto=i) if i > 0 else x  # clean output of the frozen layers below
+            last = i == n_layers - 1
+
+            def layer_loss(idx: torch.Tensor, i=i, h_in=h_in, first=i == 0, last=last) -> torch.Tensor:
+                target = _gather(h_in, idx)
+                h = target if first else nn.functional.dropout(target, drop, training=True)
+                h = model.enc_layer(i, h)
+                if not last:
+                    h = nn.functional.dropout(torch.relu(h), drop, training=True)
+                rec = model.dec_layer(i, h)
+                if not first:
+                    rec = torch.relu(rec)
+                return per_seed_mse(rec, target)
+
+            params = [model.enc_w[i], model.enc_b[i], model.dec_w[i], model.dec_b[i]]
+            _train(layer_loss, params, x.shape[0], cfg, cfg["iters_per_layer"], ctxs, f"pretrain_layer{i + 1}", gens)
+            del h_in
+
+        def finetune_loss(idx: torch.Tensor) -> torch.Tensor:
+            xb = _gather(x, idx)
+            return per_seed_mse(model.decode(model.encode(xb)), xb)
+
+        _train(finetune_loss, list(model.parameters()), x.shape[0], cfg, cfg["finetune_iters"], ctxs, "finetune",
+               gens)
+    return [model.state(s) for s in range(len(ctxs))]
 
 
 def pretrain_stacked(x: torch.Tensor, cfg: dict[str, Any], ctx: TrialContext) -> dict[str, torch.Tensor]:
-    """Greedy layer-wise denoising pretraining, then end-to-end fine-tuning. Returns a state dict.
+    """One seed of :func:`pretrain_stacked_batched`. Returns a ``MLPAutoencoder`` state dict."""
+    return pretrain_stacked_batched(x, cfg, [ctx])[0]
 
-    ``cfg``: dims, dropout, lr, lr_step, momentum, batch_size, iters_per_layer, finetune_iters,
-    init_std, cuda_graphs, log_every. ``x`` is the scaled input on ``ctx.device``.
+
+STAGE_KEYS = ("dims", "dropout", "lr", "lr_step", "momentum", "batch_size", "iters_per_layer", "finetune_iters",
+              "init_std", "input_scale", "train_split", "tf32")
+
+
+def pretrained_autoencoders(x: torch.Tensor, cfg: dict[str, Any], ctxs: list[TrialContext]) -> BatchedMLPAutoencoder:
+    """The stacked autoencoders of several seeds, each built once and shared, as one batched model.
+
+    One stage artifact per seed, keyed by (stage config, data md5, seed, code version) through
+    ``ctx.stage_path``, so DEC, IDEC and AE + k-means with the same seed get the same weights
+    (ClustPy's fairness device) whether they run seeds one by one or batched. The seeds' file locks
+    are taken in a fixed (sorted) order, so concurrent trials wait instead of training a stage twice
+    and cannot deadlock; artifacts are written atomically. Missing seeds are trained together.
     """
-    gen = ctx.generator(offset=101)
-    torch.manual_seed(ctx.seed)  # weight init draws from the global generator
-    model = MLPAutoencoder(cfg["dims"], cfg["init_std"]).to(ctx.device)
-    n_layers = len(model.encoder)
-    drop = cfg["dropout"]
-    for i in range(n_layers):
-        enc, dec = model.encoder[i], model.decoder[i]
-        h_in = encode_all(model, x, upto=i) if i > 0 else x  # clean output of the frozen layers below
-        last = i == n_layers - 1
-
-        def layer_loss(idx: torch.Tensor, enc=enc, dec=dec, h_in=h_in, first=i == 0, last=last) -> torch.Tensor:
-            target = h_in.index_select(0, idx)
-            h = target if first else nn.functional.dropout(target, drop, training=True)
-            h = enc(h)
-            if not last:
-                h = nn.functional.dropout(torch.relu(h), drop, training=True)
-            rec = dec(h)
-            if not first:
-                rec = torch.relu(rec)
-            return nn.functional.mse_loss(rec, target)
-
-        _train(layer_loss, list(enc.parameters()) + list(dec.parameters()), x.shape[0], cfg,
-               cfg["iters_per_layer"], ctx, f"pretrain_layer{i + 1}", gen)
-        del h_in
-
-    def finetune_loss(idx: torch.Tensor) -> torch.Tensor:
-        xb = x.index_select(0, idx)
-        return nn.functional.mse_loss(model(xb)[1], xb)
-
-    _train(finetune_loss, list(model.parameters()), x.shape[0], cfg, cfg["finetune_iters"], ctx, "finetune", gen)
-    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    key_cfg = {k: cfg.get(k) for k in STAGE_KEYS}
+    paths = [ctx.stage_path("sdae", key_cfg) for ctx in ctxs]
+    states: list[dict[str, torch.Tensor] | None] = [None] * len(ctxs)
+    with contextlib.ExitStack() as locks:
+        for path in sorted(set(paths)):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            locks.enter_context(FileLock(str(path) + ".lock"))
+        for j, (ctx, path) in enumerate(zip(ctxs, paths)):
+            if path.exists():
+                states[j] = torch.load(path, map_location="cpu", weights_only=False)
+                ctx.stage_hits["sdae"] = "reused"
+                ctx.logger.info("stage sdae (seed %d): reusing %s", ctx.seed, path.name)
+        missing = [j for j in range(len(ctxs)) if states[j] is None]
+        if missing:
+            built = pretrain_stacked_batched(x, cfg, [ctxs[j] for j in missing])
+            for j, state in zip(missing, built):
+                atomic_write_bytes(paths[j], _torch_bytes(state))
+                states[j] = state
+                ctxs[j].stage_hits["sdae"] = "built"
+    return BatchedMLPAutoencoder.from_states(cfg["dims"], states).to(ctxs[0].device)  # type: ignore[arg-type]
 
 
 def pretrained_autoencoder(x: torch.Tensor, cfg: dict[str, Any], ctx: TrialContext) -> MLPAutoencoder:
-    """The stacked autoencoder for this (config, data, seed, code), built once and shared.
-
-    DEC, IDEC and AE + k-means with the same seed get the same weights (ClustPy's fairness device),
-    through the trial context's stage cache.
-    """
-    key_cfg = {k: cfg[k] for k in ("dims", "dropout", "lr", "lr_step", "momentum", "batch_size", "iters_per_layer",
-                                   "finetune_iters", "init_std", "input_scale", "train_split")}
-    state = ctx.cached_stage("sdae", key_cfg, lambda: pretrain_stacked(x, cfg, ctx))
+    """One seed's cached stacked autoencoder as a plain :class:`MLPAutoencoder`."""
+    batched = pretrained_autoencoders(x, cfg, [ctx])
     model = MLPAutoencoder(cfg["dims"], cfg["init_std"])
-    model.load_state_dict(state)
+    model.load_state_dict(batched.state(0))
     return model.to(ctx.device)
 
 
@@ -160,10 +316,13 @@ class AutoencoderConfig(MethodConfig):
     finetune_iters: int = Field(100000, ge=0)
     init_std: float = Field(0.01, gt=0, description="Gaussian init of every layer, as the official code")
     cuda_graphs: bool = Field(True, description="capture training steps as CUDA graphs (GPU only; same math)")
+    # Deviation: Caffe multiplied in full fp32. TF32 tensor cores (10-bit mantissa products, fp32
+    # accumulation) make the 10-seed batched model fit the speed target; GPU only, part of the stage key.
+    tf32: bool = Field(True, description="allow TF32 matrix products on the GPU (no effect on a CPU)")
 
     def ae_cfg(self, input_dim: int, train_split: str) -> dict:
         return {"dims": [input_dim, *self.hidden_dims], "dropout": self.pretrain_dropout, "lr": self.pretrain_lr,
                 "lr_step": self.pretrain_lr_step, "momentum": self.pretrain_momentum,
                 "batch_size": self.pretrain_batch_size, "iters_per_layer": self.pretrain_iters_per_layer,
                 "finetune_iters": self.finetune_iters, "init_std": self.init_std, "input_scale": self.input_scale,
-                "train_split": train_split, "cuda_graphs": self.cuda_graphs}
+                "train_split": train_split, "cuda_graphs": self.cuda_graphs, "tf32": self.tf32}

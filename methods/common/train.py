@@ -11,11 +11,18 @@ Two things keep the GPU busy:
 
 The loss closure must read every tensor it uses through stable storage (update targets in place
 with ``copy_``), because a graph replays fixed addresses.
+
+Seed batching: a closure may train S independent models at once (weights stacked on a leading seed
+axis, see ``methods.common.autoencoder.BatchedMLPAutoencoder``). It then returns the S per-seed
+losses as a vector; the step back-propagates their sum, which gives every seed exactly the gradient
+of its own loss (parameters are disjoint), and the running loss is kept per seed.
+:class:`SeedIndexStreams` draws the ``[S, batch]`` indices, each seed from its own generator.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -39,6 +46,39 @@ class IndexStream:
         return out
 
 
+class SeedIndexStreams:
+    """``[S, batch]`` minibatch indices: row s is exactly what ``IndexStream(n, batch, gens[s])`` yields.
+
+    Permutations are drawn ahead in blocks so that a step costs one slice of a device buffer.
+    """
+
+    def __init__(self, n: int, batch_size: int, generators: list[torch.Generator], device: torch.device,
+                 block: int = 8):
+        self.n, self.batch_size, self.gens, self.device = n, min(batch_size, n), list(generators), device
+        self.block = max(1, block)
+        self._buf = torch.empty(len(self.gens), 0, dtype=torch.long, device=device)
+        self._pos = 0
+
+    def _refill(self) -> None:
+        rest = self._buf[:, self._pos:]
+        rows = []
+        for s, gen in enumerate(self.gens):
+            perms = [torch.randperm(self.n, generator=gen, device=gen.device).to(self.device)
+                     for _ in range(self.block)]
+            rows.append(torch.cat([rest[s], *perms]))
+        self._buf = torch.stack(rows)
+        self._pos = 0
+
+    def next(self) -> torch.Tensor:
+        # IndexStream appends one permutation whenever the rest is shorter than a batch; drawing
+        # `block` permutations at once only changes when they are drawn, not the sequence.
+        if self._pos + self.batch_size > self._buf.shape[1]:
+            self._refill()
+        out = self._buf[:, self._pos:self._pos + self.batch_size]
+        self._pos += self.batch_size
+        return out
+
+
 class GraphedStep:
     """``step(idx)`` runs ``loss = loss_fn(idx); loss.backward(); optimizer.step()``.
 
@@ -47,34 +87,46 @@ class GraphedStep:
     """
 
     def __init__(self, loss_fn: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
-                 batch_size: int, device: torch.device, use_graph: bool = True, warmup: int = 3):
-        self.loss_fn, self.opt, self.device = loss_fn, optimizer, device
+                 batch_size: int | tuple[int, ...], device: torch.device, use_graph: bool = True, warmup: int = 3,
+                 n_losses: int | None = None, after_fn: Callable[[torch.Tensor], None] | None = None):
+        """``batch_size``: the index shape (an int, or ``(S, batch)`` for seed-batched closures).
+        ``n_losses``: S when the closure returns a vector of per-seed losses. ``after_fn(idx)``
+        runs after the optimizer step, inside the graph (e.g. DEPICT's clean re-prediction)."""
+        self.loss_fn, self.opt, self.device, self.after_fn = loss_fn, optimizer, device, after_fn
         self.use_graph = use_graph and device.type == "cuda"
         self.warmup = warmup
-        self.idx = torch.zeros(batch_size, dtype=torch.long, device=device)
-        self.loss_sum = torch.zeros((), device=device)
+        shape = (batch_size,) if isinstance(batch_size, int) else tuple(batch_size)
+        self.idx = torch.zeros(shape, dtype=torch.long, device=device)
+        self.loss_sum = torch.zeros(() if n_losses is None else (n_losses,), device=device)
         self.n_summed = 0
         self._graph: torch.cuda.CUDAGraph | None = None
         self._eager_left = warmup
 
-    def _eager(self) -> None:
-        self.opt.zero_grad(set_to_none=True)
+    def _body(self) -> None:
         loss = self.loss_fn(self.idx)
-        loss.backward()
+        loss.sum().backward()
         self.opt.step()
         self.loss_sum += loss.detach()
+        if self.after_fn is not None:
+            with torch.no_grad():
+                self.after_fn(self.idx)
+
+    def _eager(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        self._body()
 
     def _capture(self) -> None:
         self.opt.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            loss = self.loss_fn(self.idx)
-            loss.backward()
-            self.opt.step()
-            self.loss_sum += loss.detach()
+            self._body()
         self._graph = graph
 
     def step(self, idx: torch.Tensor) -> None:
+        if idx.shape != self.idx.shape:  # e.g. a dataset smaller than one batch
+            if self._graph is not None:
+                raise ValueError(f"batch shape changed from {tuple(self.idx.shape)} to {tuple(idx.shape)}")
+            self.idx = torch.zeros_like(idx)
         self.idx.copy_(idx, non_blocking=True)
         self.n_summed += 1
         if not self.use_graph:
@@ -102,7 +154,8 @@ class GraphedStep:
             self._eager_left = self.warmup
 
     def mean_loss(self, reset: bool = True) -> torch.Tensor:
-        """Mean loss since the last reset, as a device tensor (reading it syncs)."""
+        """Mean loss since the last reset (per seed for batched closures), as a device tensor
+        (reading it syncs)."""
         out = self.loss_sum / max(1, self.n_summed)
         if reset:
             self.loss_sum.zero_()  # in place: a captured graph adds into this storage
@@ -113,3 +166,17 @@ class GraphedStep:
 def step_decay(base_lr: float, step: int, every: int, gamma: float = 0.1) -> float:
     """Caffe's "step" policy: lr = base * gamma ^ floor(step / every)."""
     return base_lr * gamma ** (step // every) if every > 0 else base_lr
+
+
+@contextlib.contextmanager
+def matmul_tf32(enabled: bool) -> Iterator[None]:
+    """Let fp32 matrix products use TF32 tensor cores (GPU only) inside the block, then restore.
+
+    Captured CUDA graphs keep the kernels chosen at capture time, so wrap capture and replay alike.
+    """
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old

@@ -1,0 +1,332 @@
+"""DEPICT: Deep Embedded Regularized Clustering (Ghasedi Dizaji, Herandi, Deng, Cai & Huang, ICCV 2017).
+
+Recipe from the official code (herandy/DEPICT, DEPICT.py + functions.py, Theano/Lasagne):
+
+* Convolutional autoencoder with a noisy and a clean encoder path. Encoder: dropout 0.1 on the
+  input -> Conv(50, k4, s2, p0) -> LeakyReLU(0.01) -> dropout 0.1 -> Conv(50, k5, s2, p2) ->
+  LeakyReLU -> dropout 0.0 -> Dense(K, tanh): the embedding has as many units as clusters.
+  Decoder mirrors it: Dense(LeakyReLU) -> Deconv(50, k5, s2, crop 2) -> LeakyReLU ->
+  Deconv(C, k4, s2, crop 0) -> tanh. Glorot-uniform weights, zero biases. Pixels scaled to [-1, 1].
+* Reconstruction loss (noisy path): pixel MSE + 0.1 x MSE of each decoder layer against the clean
+  encoder layer it mirrors (the layer-wise terms; clustering and reconstruction are weighted 1:1).
+* Stage 1, autoencoder: Adam lr 1e-4, batch 100, up to 4,000 epochs on a 90% split, early stop
+  after 100 epochs without a better clean reconstruction loss on the held-out 10%, keep the best.
+* Initial labels (MNIST-full, as the official code): k-means (k-means++, 40 restarts) on the clean
+  embedding. The softmax head is initialised with the L2-normalised centroids (bias 0) and
+  pre-fitted with cross-entropy to those labels plus reconstruction (fresh Adam 1e-4, <= 1,000
+  epochs, stop after 5 epochs without a better NMI between the held-out predictions and their
+  initial labels; label-free), keeping the best.
+* Stage 2, joint training: loss = CE(soft target, noisy prediction) + reconstruction, fresh Adam
+  1e-4, batch 100, on all images. The target of each image is its clean prediction q refreshed right
+  after its minibatch step, normalised once per epoch by the cluster-frequency prior
+  (q^2 / sum_i q, rows re-normalised: DEPICT's KL(Q || P~) with the balance term). Training stops
+  when the targets change by a mean squared difference < 1e-7 between epochs, or at 4,000 epochs.
+* Reported assignment: argmax of the clean head when training stops (no label is looked at).
+
+Deviations are written next to the defaults they change.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from pydantic import Field
+from sklearn.metrics import normalized_mutual_info_score
+from torch import nn
+from torch.nn import functional as F
+
+from bench.errors import BenchError
+from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, MethodConfig, TrialContext
+from bench.registry import register_method
+from methods.common.kmeans import kmeans
+from methods.common.train import GraphedStep, matmul_tf32
+
+
+def _deconv_output_padding(n_out: int, n_in: int, k: int, s: int, p: int) -> int:
+    op = n_out - ((n_in - 1) * s - 2 * p + k)
+    if not 0 <= op < s:
+        raise BenchError(f"depict: kernel {k}/stride {s}/padding {p} cannot map a {n_in}-pixel map back to {n_out} "
+                         "pixels; set kernel_sizes/paddings for this image size")
+    return op
+
+
+class DepictAutoencoder(nn.Module):
+    def __init__(self, image_shape: tuple[int, int, int], n_clusters: int, filters: list[int], kernels: list[int],
+                 strides: list[int], paddings: list[int], dropouts: list[float], leak: float = 0.01):
+        super().__init__()
+        c, h, w = image_shape
+        self.dropouts, self.leak = list(dropouts), leak
+        self.conv1 = nn.Conv2d(c, filters[0], kernels[0], strides[0], paddings[0])
+        self.conv2 = nn.Conv2d(filters[0], filters[1], kernels[1], strides[1], paddings[1])
+        h1, w1 = [(n + 2 * paddings[0] - kernels[0]) // strides[0] + 1 for n in (h, w)]
+        h2, w2 = [(n + 2 * paddings[1] - kernels[1]) // strides[1] + 1 for n in (h1, w1)]
+        if min(h1, w1, h2, w2) < 1:
+            raise BenchError(f"depict: images of {h}x{w} pixels are too small for kernels {kernels}")
+        self.code_shape = (filters[1], h2, w2)
+        flat = filters[1] * h2 * w2
+        self.enc_fc = nn.Linear(flat, n_clusters)
+        self.dec_fc = nn.Linear(n_clusters, flat)
+        self.deconv1 = nn.ConvTranspose2d(filters[1], filters[0], kernels[1], strides[1], paddings[1],
+                                          output_padding=_deconv_output_padding(h1, h2, kernels[1], strides[1],
+                                                                                paddings[1]))
+        self.deconv0 = nn.ConvTranspose2d(filters[0], c, kernels[0], strides[0], paddings[0],
+                                          output_padding=_deconv_output_padding(h, h1, kernels[0], strides[0],
+                                                                                paddings[0]))
+        self.head = nn.Linear(n_clusters, n_clusters)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+                nn.init.xavier_uniform_(m.weight)  # Lasagne's GlorotUniform (same fans for conv/deconv)
+                nn.init.zeros_(m.bias)
+
+    def _act(self, x: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(x, self.leak)
+
+    def encode(self, x: torch.Tensor, noisy: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        d0, d1, d2 = self.dropouts
+        h = F.dropout(x, d0, training=noisy)
+        e1 = self._act(self.conv1(h))
+        e2 = self._act(self.conv2(F.dropout(e1, d1, training=noisy)))
+        z = torch.tanh(self.enc_fc(F.dropout(e2, d2, training=noisy).flatten(1)))
+        return e1, e2, z
+
+    def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        r2 = self._act(self.dec_fc(z)).view(-1, *self.code_shape)
+        r1 = self._act(self.deconv1(r2))
+        r0 = torch.tanh(self.deconv0(r1))
+        return r2, r1, r0
+
+    def noisy_losses(self, x: torch.Tensor, hidden_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reconstruction loss of the noisy path, noisy head logits).
+
+        The layer-wise targets are the clean encoder's layers; as in the Theano code they are not
+        detached (gradients flow into both paths)."""
+        e1c, e2c, _ = self.encode(x, noisy=False)
+        _, _, z = self.encode(x, noisy=True)
+        r2, r1, r0 = self.decode(z)
+        rec = F.mse_loss(r0, x) + hidden_weight * (F.mse_loss(r1, e1c) + F.mse_loss(r2, e2c))
+        return rec, self.head(z)
+
+    @torch.no_grad()
+    def clean_recon_loss(self, x: torch.Tensor, hidden_weight: float, chunk: int = 10000) -> float:
+        tot = 0.0
+        for s in range(0, x.shape[0], chunk):
+            xb = x[s:s + chunk]
+            e1, e2, z = self.encode(xb, noisy=False)
+            r2, r1, r0 = self.decode(z)
+            loss = F.mse_loss(r0, xb) + hidden_weight * (F.mse_loss(r1, e1) + F.mse_loss(r2, e2))
+            tot += float(loss) * xb.shape[0]
+        return tot / max(1, x.shape[0])
+
+    @torch.no_grad()
+    def clean_embed(self, x: torch.Tensor, chunk: int = 10000) -> torch.Tensor:
+        return torch.cat([self.encode(x[s:s + chunk], noisy=False)[2] for s in range(0, x.shape[0], chunk)])
+
+    @torch.no_grad()
+    def clean_prob(self, x: torch.Tensor, chunk: int = 10000) -> torch.Tensor:
+        return torch.softmax(self.head(self.clean_embed(x, chunk)), -1)
+
+
+def frequency_normalised(q: torch.Tensor) -> torch.Tensor:
+    """DEPICT's target: q_ik^2 / sum_i q_ik, then each row normalised to sum 1."""
+    t = q.pow(2) / q.sum(0, keepdim=True)
+    return t / t.sum(1, keepdim=True)
+
+
+@register_method
+class DEPICT(ClusteringMethod):
+    name = "depict"
+    paper = ("Ghasedi Dizaji, Herandi, Deng, Cai & Huang, Deep Clustering via Joint Convolutional Autoencoder "
+             "Embedding and Relative Entropy Minimization, ICCV 2017")
+    selection_rule = ("clean-path argmax when the targets change by MSE < stop_mse between epochs (else at the "
+                      "epoch cap); stage early stops use held-out reconstruction loss and NMI against the initial "
+                      "pseudo-labels, never ground truth")
+    train_split = "all"
+    eval_split = "all"
+    gpu_share = 0.2
+
+    class Config(MethodConfig):
+        filters: list[int] = Field(default_factory=lambda: [50, 50])
+        kernel_sizes: list[int] = Field(default_factory=lambda: [4, 5], description="MNIST/USPS: [4, 5]")
+        strides: list[int] = Field(default_factory=lambda: [2, 2])
+        paddings: list[int] = Field(default_factory=lambda: [0, 2], description="MNIST/USPS: [0, 2]")
+        dropouts: list[float] = Field(default_factory=lambda: [0.1, 0.1, 0.0],
+                                      description="noisy path: input, after conv1, after conv2")
+        leak: float = Field(0.01, ge=0, description="LeakyReLU slope")
+        hidden_loss_weight: float = Field(0.1, ge=0, description="weight of each layer-wise reconstruction term")
+        reconstruction_weight: float = Field(1.0, ge=0)
+        clustering_weight: float = Field(1.0, ge=0)
+        lr: float = Field(1e-4, gt=0, description="Adam, all stages")
+        batch_size: int = Field(100, ge=1)
+        val_fraction: float = Field(0.1, gt=0, lt=1, description="held-out share for the stage early stops")
+        pretrain_epochs: int = Field(4000, ge=0, description="autoencoder stage cap")
+        pretrain_patience: int = Field(100, ge=1, description="epochs without a better held-out loss")
+        init_n_init: int = Field(40, ge=1, description="k-means restarts for the initial labels")
+        init_epochs: int = Field(1000, ge=0, description="head pre-fit cap (CE to the k-means labels)")
+        init_patience: int = Field(5, ge=1, description="epochs without a better held-out NMI to the initial labels")
+        epochs: int = Field(4000, ge=1, description="joint training cap")
+        stop_mse: float = Field(1e-7, ge=0, description="stop when the targets' mean squared change is below this")
+        cuda_graphs: bool = Field(True, description="capture training steps as CUDA graphs (GPU only; same math)")
+        # Deviation: Theano multiplied in full fp32; TF32 tensor cores on the GPU (no effect on a CPU).
+        tf32: bool = True
+        # Deviation: the official 90/10 split is stratified by the ground-truth classes
+        # (train_test_split(..., stratify=y)); labels are not available here, so it is a seeded
+        # random split of the same size.
+
+    @classmethod
+    def protocol_fields(cls, config):
+        return {"image_size": None, "stem": f"conv{config.filters[0]}-conv{config.filters[1]}-fcK",
+                "epochs": config.epochs, "batch_size": config.batch_size,
+                "pretrain_epochs": config.pretrain_epochs}
+
+    def run(self, data: ClusteringData, ctx: TrialContext) -> ClusterOutput:
+        cfg = self.config
+        dev = ctx.device
+        with matmul_tf32(cfg.tf32):
+            return self._run(data, ctx, cfg, dev)
+
+    # ------------------------------------------------------------------------------------------
+    def _run(self, data: ClusteringData, ctx: TrialContext, cfg: DEPICT.Config, dev: torch.device) -> ClusterOutput:
+        if len(data.image_shape) != 3:
+            raise BenchError(f"depict needs images [N, C, H, W]; dataset {data.dataset} gives {data.image_shape}")
+        x = (data.float01(data.x_train) * 2.0 - 1.0).to(dev)  # official: (x - 127.5) / 127.5
+        n, k = x.shape[0], data.n_clusters
+        gen = ctx.generator(offset=31)
+        perm = torch.randperm(n, generator=gen, device=gen.device).to(dev)
+        n_val = max(1, int(round(cfg.val_fraction * n)))
+        val_idx, train_idx = perm[:n_val], perm[n_val:]
+        if train_idx.numel() < cfg.batch_size:
+            raise BenchError(f"depict: {train_idx.numel()} training images are fewer than one batch of "
+                             f"{cfg.batch_size}; lower batch_size")
+        x_val = x.index_select(0, val_idx)
+        torch.manual_seed(ctx.seed)  # weight init and dropout draw from the global generators
+        model = DepictAutoencoder(data.image_shape, k, cfg.filters, cfg.kernel_sizes, cfg.strides, cfg.paddings,
+                                  cfg.dropouts, cfg.leak).to(dev)
+        use_graph = cfg.cuda_graphs and dev.type == "cuda"
+        hw = cfg.hidden_loss_weight
+        info: dict[str, Any] = {}
+
+        def adam(params) -> torch.optim.Optimizer:
+            return torch.optim.Adam(params, lr=cfg.lr, capturable=use_graph)
+
+        def epochs_of(pool: torch.Tensor):
+            """Minibatch index tensors of one shuffled pass over ``pool`` (last partial batch dropped)."""
+            order = pool.index_select(0, torch.randperm(pool.numel(), generator=gen, device=gen.device).to(dev))
+            nb = pool.numel() // cfg.batch_size
+            return order[:nb * cfg.batch_size].view(nb, cfg.batch_size)
+
+        # ---- stage 1: autoencoder, early stop on held-out clean reconstruction -------------------
+        ae_params = [p for name, p in model.named_parameters() if not name.startswith("head.")]
+
+        def rec_loss(idx: torch.Tensor) -> torch.Tensor:
+            return model.noisy_losses(x.index_select(0, idx), hw)[0]
+
+        key_cfg = {k2: v for k2, v in cfg.model_dump().items()
+                   if k2 in ("filters", "kernel_sizes", "strides", "paddings", "dropouts", "leak", "hidden_loss_weight",
+                             "lr", "batch_size", "val_fraction", "pretrain_epochs", "pretrain_patience", "tf32")}
+
+        def pretrain() -> dict[str, Any]:
+            step = GraphedStep(rec_loss, adam(ae_params), cfg.batch_size, dev, use_graph=use_graph)
+            best, best_state, since, ep = math.inf, None, 0, 0
+            for ep in range(1, cfg.pretrain_epochs + 1):
+                for idx in epochs_of(train_idx):
+                    step.step(idx)
+                train_loss = float(step.mean_loss())
+                ctx.check_finite(train_loss, "DEPICT autoencoder loss")
+                val = model.clean_recon_loss(x_val, hw)
+                ctx.log_epoch(ep, stage="pretrain", loss=train_loss, val_loss=val)
+                since += 1
+                if val < best:
+                    best, since = val, 0
+                    best_state = {kk: v.detach().clone() for kk, v in model.state_dict().items()}
+                if since > cfg.pretrain_patience:
+                    break
+            state = best_state if best_state is not None else model.state_dict()
+            return {"state": {kk: v.detach().cpu() for kk, v in state.items()}, "epochs": ep, "best_val": best}
+
+        stage = ctx.cached_stage("depict_cae", key_cfg, pretrain)
+        model.load_state_dict(stage["state"])
+        info.update(pretrain_epochs_run=stage["epochs"], pretrain_best_val_loss=stage["best_val"])
+
+        # ---- initial labels: k-means on the clean embedding, head from the normalised centroids ----
+        z = model.clean_embed(x)
+        km = kmeans(z, k, n_init=cfg.init_n_init, generator=ctx.generator(offset=7))
+        with torch.no_grad():
+            model.head.weight.copy_(km.centers / km.centers.norm(dim=1, keepdim=True).clamp_min(1e-12))
+            model.head.bias.zero_()
+        y_init = km.labels
+        info["kmeans_init_inertia"] = km.inertia
+        ctx.log_epoch(0, stage="init_kmeans", inertia=km.inertia, eval_pred=y_init)
+
+        # ---- head pre-fit: CE to the initial labels + reconstruction, patience on held-out NMI ----
+        def init_loss(idx: torch.Tensor) -> torch.Tensor:
+            rec, logits = model.noisy_losses(x.index_select(0, idx), hw)
+            ce = F.cross_entropy(logits, y_init.index_select(0, idx))
+            return cfg.reconstruction_weight * rec + cfg.clustering_weight * ce
+
+        y_init_val = y_init.index_select(0, val_idx).cpu().numpy()
+
+        def val_nmi() -> float:
+            pred = model.clean_prob(x_val).argmax(1).cpu().numpy()
+            return float(normalized_mutual_info_score(y_init_val, pred))
+
+        if cfg.init_epochs > 0:
+            step = GraphedStep(init_loss, adam(list(model.parameters())), cfg.batch_size, dev, use_graph=use_graph)
+            best = val_nmi()
+            best_state = {kk: v.detach().clone() for kk, v in model.state_dict().items()}
+            since, ep = 0, 0
+            for ep in range(1, cfg.init_epochs + 1):
+                for idx in epochs_of(train_idx):
+                    step.step(idx)
+                loss = float(step.mean_loss())
+                ctx.check_finite(loss, "DEPICT initialisation loss")
+                nmi = val_nmi()
+                ctx.log_epoch(ep, stage="init_head", loss=loss, val_nmi_to_init=nmi)
+                since += 1
+                if nmi > best:
+                    best, since = nmi, 0
+                    best_state = {kk: v.detach().clone() for kk, v in model.state_dict().items()}
+                if since > cfg.init_patience:
+                    break
+            model.load_state_dict(best_state)
+            info.update(init_epochs_run=ep, init_best_val_nmi=best)
+
+        # ---- joint training with frequency-normalised soft targets ----------------------------------
+        y_prob = frequency_normalised(model.clean_prob(x))  # [N, K], read and refreshed in place
+        y_prev = torch.zeros_like(y_prob)
+
+        def joint_loss(idx: torch.Tensor) -> torch.Tensor:
+            rec, logits = model.noisy_losses(x.index_select(0, idx), hw)
+            target = y_prob.index_select(0, idx)
+            ce = -(target * F.log_softmax(logits, -1)).sum(1).mean()
+            return cfg.reconstruction_weight * rec + cfg.clustering_weight * ce
+
+        def refresh(idx: torch.Tensor) -> None:  # the clean prediction right after the step
+            _, _, zc = model.encode(x.index_select(0, idx), noisy=False)
+            y_prob.index_copy_(0, idx, torch.softmax(model.head(zc), -1))
+
+        step = GraphedStep(joint_loss, adam(list(model.parameters())), cfg.batch_size, dev, use_graph=use_graph,
+                           after_fn=refresh)
+        all_idx = torch.arange(n, device=dev)
+        stop_reason, ep, change = "epochs", 0, float("nan")
+        for ep in range(1, cfg.epochs + 1):
+            for idx in epochs_of(all_idx):
+                step.step(idx)
+            loss = float(step.mean_loss())
+            ctx.check_finite(loss, "DEPICT loss")
+            with torch.no_grad():
+                y_prob.copy_(frequency_normalised(y_prob))
+                change = float((y_prob - y_prev).pow(2).mean())
+                y_prev.copy_(y_prob)
+            ctx.log_epoch(ep, stage="joint", loss=loss, target_mse_change=change, eval_pred=y_prob.argmax(1))
+            if change < cfg.stop_mse:
+                stop_reason = "stop_mse"
+                break
+        eval_x = x if data.same_split else (data.float01(data.x_eval) * 2.0 - 1.0).to(dev)
+        labels = model.clean_prob(eval_x).argmax(1)
+        info.update(epochs=ep, stop_reason=stop_reason, last_target_mse_change=change)
+        return ClusterOutput(labels=labels, embeddings=None, info=info)
+
+
+__all__ = ["DEPICT", "DepictAutoencoder", "frequency_normalised"]

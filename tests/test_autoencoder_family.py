@@ -1,0 +1,190 @@
+"""Autoencoder family (AE + k-means, DEC, IDEC, DEPICT) and seed batching, on tiny synthetic data, CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bench.context import TrialContext
+from bench.method import ClusteringData
+from bench.metrics import evaluate
+from bench.registry import get_method, resolve_config
+from methods.common.autoencoder import (
+    BatchedMLPAutoencoder,
+    MLPAutoencoder,
+    pretrain_stacked_batched,
+    pretrained_autoencoders,
+)
+from methods.common.train import IndexStream, SeedIndexStreams
+from methods.dec import student_t, target_distribution
+from methods.depict import DepictAutoencoder, frequency_normalised
+
+TINY_AE = {"hidden_dims": [32, 32, 64, 3], "pretrain_iters_per_layer": 40, "finetune_iters": 200, "pretrain_lr": 0.01,
+           "pretrain_lr_step": 1000, "pretrain_batch_size": 32, "pretrain_dropout": 0.0, "init_std": 0.1}
+
+
+def blobs(n_per: int = 60, k: int = 3, side: int = 4, seed: int = 0) -> tuple[ClusteringData, np.ndarray]:
+    """k well separated Gaussian blobs, shaped as [N, 1, side, side] images in [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.rand(k, side * side, generator=g)
+    y = torch.arange(k).repeat_interleave(n_per)
+    x = (centers[y] + 0.03 * torch.randn(len(y), side * side, generator=g)).clamp(0, 1)
+    x = x.view(-1, 1, side, side)
+    data = ClusteringData(dataset="synthetic", x_train=x, x_eval=x, n_clusters=k, train_split="all",
+                          eval_split="all", md5=f"blobs-{seed}-{n_per}-{k}-{side}")
+    return data, y.numpy()
+
+
+def ctx(seed: int, root: Path) -> TrialContext:
+    return TrialContext(seed=seed, device="cpu", artifact_dir=root / "art" / str(seed), stage_dir=root / "stages",
+                        data_md5="blobs", code_version="test")
+
+
+def method(name: str, **overrides):
+    cls = get_method(name)
+    return cls(resolve_config(name, "default", "synthetic", overrides))
+
+
+def test_seed_index_streams_rows_are_each_seeds_own_index_stream():
+    gens = [torch.Generator().manual_seed(s) for s in (3, 4)]
+    ref = [IndexStream(50, 16, torch.Generator().manual_seed(s), torch.device("cpu")) for s in (3, 4)]
+    streams = SeedIndexStreams(50, 16, gens, torch.device("cpu"), block=2)
+    for _ in range(20):
+        got = streams.next()
+        assert got.shape == (2, 16)
+        for s in range(2):
+            assert torch.equal(got[s], ref[s].next())
+
+
+def test_batched_pretraining_equals_training_each_seed_alone(tmp_path):
+    """Seeds in one batched model never mix: without dropout the weights are bit-identical."""
+    x = torch.rand(120, 12)
+    cfg = {"dims": [12, 10, 8], "dropout": 0.0, "lr": 0.1, "lr_step": 1000, "momentum": 0.9, "batch_size": 16,
+           "iters_per_layer": 15, "finetune_iters": 20, "init_std": 0.1, "cuda_graphs": False, "tf32": False}
+    both = pretrain_stacked_batched(x, cfg, [ctx(0, tmp_path), ctx(1, tmp_path)])
+    alone = [pretrain_stacked_batched(x, cfg, [ctx(s, tmp_path)])[0] for s in (0, 1)]
+    for s in (0, 1):
+        for key, val in both[s].items():
+            torch.testing.assert_close(val, alone[s][key], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(both[0]["encoder.0.weight"], both[1]["encoder.0.weight"])  # seeds differ
+    # the per-seed state is a plain MLPAutoencoder state dict, round-tripping through the batched model
+    plain = MLPAutoencoder([12, 10, 8])
+    plain.load_state_dict(both[1])
+    batched = BatchedMLPAutoencoder.from_states([12, 10, 8], both)
+    torch.testing.assert_close(batched.encode_all(x)[1], plain.encode(x))
+
+
+def test_stage_is_one_artifact_per_seed_and_reused_batched_or_not(tmp_path):
+    x = torch.rand(80, 12)
+    cfg = {"dims": [12, 8, 4], "dropout": 0.2, "lr": 0.1, "lr_step": 1000, "momentum": 0.9, "batch_size": 16,
+           "iters_per_layer": 5, "finetune_iters": 5, "init_std": 0.1, "input_scale": 1.0, "train_split": "all",
+           "cuda_graphs": False, "tf32": False}
+    c0, c1 = ctx(0, tmp_path), ctx(1, tmp_path)
+    first = pretrained_autoencoders(x, cfg, [c0, c1])
+    assert c0.stage_hits == {"sdae": "built"} and c1.stage_hits == {"sdae": "built"}
+    assert len(list((tmp_path / "stages" / "sdae").glob("*.pt"))) == 2
+    again = ctx(1, tmp_path)
+    alone = pretrained_autoencoders(x, cfg, [again])  # a single-seed trial finds seed 1's artifact
+    assert again.stage_hits == {"sdae": "reused"}
+    torch.testing.assert_close(alone.enc_w[0][0], first.enc_w[0][1])
+    other = ctx(1, tmp_path)
+    pretrained_autoencoders(x, {**cfg, "finetune_iters": 6}, [other])  # another stage config: not reused
+    assert other.stage_hits == {"sdae": "built"}
+
+
+def test_dec_seed_batch_matches_seeds_alone_and_clusters_blobs(tmp_path):
+    data, y = blobs()
+    over = {**TINY_AE, "batch_size": 32, "update_interval": 10, "max_iters": 200, "n_init": 3}
+    batched = method("dec", **over).run_seeds(data, [ctx(0, tmp_path / "a"), ctx(2, tmp_path / "a")])
+    alone = [method("dec", **over).run(data, ctx(s, tmp_path / "b")) for s in (0, 2)]
+    for out_b, out_a in zip(batched, alone):
+        # each seed keeps its own stopping rule and labels whether batched or not
+        assert out_b.info["iterations"] == out_a.info["iterations"]
+        assert out_b.info["stop_reason"] == out_a.info["stop_reason"]
+        assert np.array_equal(out_b.labels_numpy(), out_a.labels_numpy())
+        assert evaluate(y, out_b.labels_numpy())["acc"] > 0.9
+    assert batched[0].info["seeds_trained_together"] == 2
+
+
+def test_ae_kmeans_and_idec_reuse_decs_autoencoder(tmp_path):
+    data, y = blobs(seed=1)
+    c_dec, c_ae, c_idec = ctx(0, tmp_path), ctx(0, tmp_path), ctx(0, tmp_path)
+    method("dec", **TINY_AE, update_interval=10, max_iters=50, n_init=3).run(data, c_dec)
+    ae = method("ae_kmeans", **TINY_AE, n_init=3).run(data, c_ae)
+    idec = method("idec", **TINY_AE, update_interval=10, max_iters=50, n_init=3).run(data, c_idec)
+    assert c_dec.stage_hits["sdae"] == "built"
+    assert c_ae.stage_hits["sdae"] == "reused" and c_idec.stage_hits["sdae"] == "reused"
+    assert evaluate(y, ae.labels_numpy())["acc"] > 0.9
+    assert evaluate(y, idec.labels_numpy())["acc"] > 0.9
+    # IDEC's loss has the reconstruction term: its curve logs a positive loss from the first update on
+    losses = [row["loss"] for row in c_idec.curve if "delta_label" in row and row["iteration"] > 0]
+    assert losses and all(v > 0 for v in losses)
+
+
+def test_idec_dataset_recipes_follow_the_official_readme():
+    mn = resolve_config("idec", "default", "mnist", {})
+    us = resolve_config("idec", "default", "usps", {})
+    assert (mn.optimizer, mn.lr, mn.update_interval, mn.gamma) == ("adam", 0.001, 140, 0.1)
+    assert (us.optimizer, us.lr, us.momentum, us.update_interval) == ("sgd", 0.1, 0.99, 30)
+    dec = resolve_config("dec", "default", "mnist", {})
+    assert (dec.update_interval, dec.lr, dec.tol, dec.n_init) == (160, 0.01, 0.001, 20)
+
+
+def test_dec_target_distribution_sharpens_and_batches():
+    q = torch.softmax(torch.randn(2, 50, 4), -1)  # two seeds
+    p = target_distribution(q)
+    torch.testing.assert_close(p.sum(-1), torch.ones(2, 50))
+    torch.testing.assert_close(p[1], target_distribution(q[1]))  # the seed axis is independent
+    assert (p.max(-1).values >= q.max(-1).values - 1e-6).all()  # squaring sharpens the assignment
+    z, mu = torch.randn(2, 7, 3), torch.randn(2, 4, 3)
+    torch.testing.assert_close(student_t(z, mu)[0], student_t(z[0], mu[0]))
+
+
+def test_depict_frequency_prior_balances_targets():
+    q = torch.tensor([[0.6, 0.4]] * 9 + [[0.3, 0.7]])  # cluster 0 dominates
+    t = frequency_normalised(q)
+    torch.testing.assert_close(t.sum(1), torch.ones(10))
+    # dividing by the cluster frequency lifts the rare cluster relative to plain squaring
+    sq = q.pow(2) / q.pow(2).sum(1, keepdim=True)
+    assert (t[:, 1] > sq[:, 1]).all()
+
+
+@pytest.mark.parametrize("side", [28, 16, 8])
+def test_depict_autoencoder_mirrors_official_shapes(side):
+    net = DepictAutoencoder((1, side, side), 10, [50, 50], [4, 5], [2, 2], [0, 2], [0.1, 0.1, 0.0])
+    x = torch.rand(3, 1, side, side) * 2 - 1
+    e1, e2, z = net.encode(x, noisy=False)
+    r2, r1, r0 = net.decode(z)
+    assert z.shape == (3, 10) and r0.shape == x.shape and r1.shape == e1.shape and r2.shape == e2.shape
+    if side == 28:
+        assert e1.shape[-1] == 13 and e2.shape[-1] == 7  # official MNIST maps: 28 -> 13 -> 7
+
+
+def test_depict_runs_label_free_and_stops_by_its_rule(tmp_path):
+    data, y = blobs(n_per=80, side=8, seed=2)
+    c = ctx(0, tmp_path)
+    out = method("depict", filters=[8, 8], batch_size=20, lr=1e-3, pretrain_epochs=8, init_epochs=4,
+                 epochs=10, init_n_init=3).run(data, c)
+    labels = out.labels_numpy()
+    assert labels.shape == (240,) and labels.max() < 3
+    assert out.info["stop_reason"] in ("stop_mse", "epochs") and 1 <= out.info["epochs"] <= 10
+    assert c.stage_hits == {"depict_cae": "built"}
+    stages = {row.get("stage") for row in c.curve}
+    assert {"pretrain", "init_kmeans", "init_head", "joint"} <= stages
+    assert evaluate(y, labels)["acc"] > 0.6  # three clean blobs; random labels would give ~0.33
+
+
+def test_dec_benchmark_script_prints_figures(tmp_path, capsys):
+    from bench.perf.dec_seeds import main
+
+    rc = main(["--dataset", "digits", "--subset", "200", "--seeds", "1", "2", "--device", "cpu",
+               "--set", "hidden_dims=[16,16,32,4]", "--set", "pretrain_iters_per_layer=5", "--set", "finetune_iters=5",
+               "--set", "max_iters=20", "--set", "update_interval=10", "--set", "n_init=2",
+               "--export-stages", str(tmp_path / "stages"), "--json", str(tmp_path / "b.json")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "seeds=  1" in out and "seeds=  2" in out and "ratio 2 seeds / 1 seed" in out
+    assert len(list((tmp_path / "stages" / "sdae").glob("*.pt"))) == 2  # the 2-seed batch's stages
