@@ -19,7 +19,9 @@ import datetime as dt
 import logging
 import os
 import secrets
+import signal
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,6 +140,8 @@ def run_suite(suite: SuiteSpec, *, store: ResultStore, data_root: Path, inline: 
     n_seeds = sum(len(u.seeds) for u in plan.units)
     print(f"run {plan.run_id}: {n_seeds} trial(s) to run, {len(plan.skipped)} reused from {store.root}", flush=True)
     interrupted = False
+    received: list[str] = []
+    restore = _trap_sigterm(received)
     try:
         if inline:
             for i, unit in enumerate(plan.units, 1):
@@ -150,11 +154,28 @@ def run_suite(suite: SuiteSpec, *, store: ResultStore, data_root: Path, inline: 
         interrupted = True
         print("interrupted: finished trials are kept; unfinished ones are recorded as interrupted", file=sys.stderr)
     finally:
-        _finish_manifest(manifest, plan, store, interrupted)
+        restore()
+        # Ray Tune may swallow the signal and return normally; the flag still tells us what happened
+        _finish_manifest(manifest, plan, store, interrupted or bool(received), reason=", ".join(received))
     return manifest
 
 
-def _finish_manifest(manifest: dict[str, Any], plan: Plan, store: ResultStore, interrupted: bool) -> None:
+def _trap_sigterm(received: list[str]):
+    """Turn SIGTERM (a job's time limit, `timeout`, a scheduler) into KeyboardInterrupt, so the run
+    records its unfinished trials as interrupted by the signal rather than as lost workers."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        received.append(signal.Signals(signum).name)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def _finish_manifest(manifest: dict[str, Any], plan: Plan, store: ResultStore, interrupted: bool,
+                     reason: str = "") -> None:
     """Fill each trial's outcome; a trial with no record from this run is 'interrupted', never dropped."""
     for entry in manifest["trials"]:
         rec = store.get(entry["key"])
@@ -163,12 +184,12 @@ def _finish_manifest(manifest: dict[str, Any], plan: Plan, store: ResultStore, i
             entry["reused_from"] = rec.run_id
             continue
         if rec is None or rec.run_id != plan.run_id:
-            reason = "run interrupted before this trial finished" if interrupted else \
-                "worker lost before writing a record (killed, out of memory, or node failure)"
+            why = "run interrupted" + (f" ({reason})" if reason else "") + " before this trial finished"
+            why = why if interrupted else "worker lost before writing a record (killed, out of memory, or node failure)"
             rec = ResultRecord(key=entry["key"], suite=manifest["suite"], run_id=plan.run_id,
                                method=entry["method"], variant=entry["variant"], dataset=entry["dataset"],
                                seed=entry["seed"], config=entry["config"], protocol=entry["protocol"],
-                               data_md5=entry["data_md5"], status="interrupted", error=reason,
+                               data_md5=entry["data_md5"], status="interrupted", error=why,
                                env=dict(manifest.get("code") or {}))
             store.put(rec)
         entry["status"] = rec.status

@@ -112,3 +112,11 @@ def test_cli_run_report_and_trial(tmp_path, capsys):
     assert main(["trial", "test_first_pixel", "digits", "--set", "pixel", "--store", str(tmp_path / "st")]) == 2
     assert main(["report", "nosuch", "--store", str(tmp_path / "st")]) == 2
     assert main(["list"]) == 0 and "dec" in capsys.readouterr().out
+
+
+def test_sigterm_records_the_rest_as_interrupted_and_keeps_finished(store):
+    man = run_suite(suite(methods=["test_sigterm"], seeds=[0, 1, 2]), store=store, data_root=store.root, inline=True)
+    assert [t["status"] for t in man["trials"]] == ["ok", "interrupted", "interrupted"]
+    assert man["status"] == "interrupted"
+    assert "SIGTERM" in man["trials"][2]["error"] and "worker lost" not in man["trials"][2]["error"]
+    assert store.get(man["trials"][0]["key"]).ok  # the finished seed's record is kept

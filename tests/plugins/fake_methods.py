@@ -59,3 +59,20 @@ class KillsWorker(ClusteringMethod):
         if ctx.seed == self.config.kill_on_seed:
             os._exit(9)
         return ClusterOutput(labels=torch.zeros(len(data.x_eval), dtype=torch.long))
+
+
+@register_method
+class SignalsItself(ClusteringMethod):
+    """Receives SIGTERM on one seed, as a job that hits its time limit does."""
+
+    name = "test_sigterm"
+
+    class Config(MethodConfig):
+        on_seed: int = 1
+
+    def run(self, data, ctx):
+        if ctx.seed == self.config.on_seed:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGTERM)
+        return ClusterOutput(labels=torch.zeros(len(data.x_eval), dtype=torch.long))
