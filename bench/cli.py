@@ -93,7 +93,8 @@ def cmd_report(args) -> int:
     return 0
 
 
-def _parse_set(items: list[str]) -> dict[str, Any]:
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """`--set key=value` pairs, values read as YAML (numbers, lists, booleans)."""
     out = {}
     for item in items:
         if "=" not in item:
@@ -110,7 +111,7 @@ def cmd_trial(args) -> int:
 
     suite = parse_suite({"name": f"trial-{args.method}", "seeds": [args.seed], "datasets": [args.dataset],
                          "methods": [{"name": args.method, "variants": [args.variant],
-                                      "config": _parse_set(args.set)}], "device": args.device}, "command line")
+                                      "config": parse_set(args.set)}], "device": args.device}, "command line")
     store = _store(args)
     manifest = run_suite(suite, store=store, data_root=_data_root(args), inline=True, force=args.force)
     for t in manifest["trials"]:

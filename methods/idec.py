@@ -21,14 +21,16 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, TrialContext
+from bench.method import ClusteringData, ClusterOutput, TrialContext
 from bench.registry import register_method
 from methods.common.autoencoder import pretrained_autoencoders
 from methods.dec import DEC, scaled_input
 
 
 @register_method
-class IDEC(ClusteringMethod):
+class IDEC(DEC):
+    """DEC's self-training with a reconstruction term; ``run`` and the protocol fields are DEC's."""
+
     name = "idec"
     paper = "Guo, Gao, Liu & Yin, Improved Deep Embedded Clustering with Local Structure Preservation, IJCAI 2017"
     selection_rule = "assignment at the first target update where < tol of labels changed (else at max_iters)"
@@ -53,16 +55,6 @@ class IDEC(ClusteringMethod):
         # Deviation: the official loop walks the data in a fixed order with a short last batch;
         # here each seed draws full batches from its own random permutations (fixed shapes for
         # CUDA graphs), as DEC does.
-
-    @classmethod
-    def protocol_fields(cls, config):
-        return DEC.protocol_fields(config)
-
-    def run(self, data: ClusteringData, ctx: TrialContext) -> ClusterOutput:
-        out = self.run_seeds(data, [ctx])[0]
-        if isinstance(out, BaseException):
-            raise out
-        return out
 
     def run_seeds(self, data: ClusteringData, ctxs: list[TrialContext]) -> list[ClusterOutput]:
         cfg = self.config

@@ -93,3 +93,15 @@ def test_repo_suites_parse():
         assert spec.seeds and spec.methods, path
 
 
+
+
+def test_every_registered_method_describes_itself_and_resolves_its_defaults():
+    from bench.registry import describe_method, method_names
+
+    names = method_names()
+    assert {"kmeans", "dec", "idec", "ae_kmeans", "depict", "simclr_kmeans", "cc", "pica", "idfd"} <= set(names)
+    for name in names:
+        cls = get_method(name)
+        assert name in describe_method(name) and cls.selection_rule
+        for variant in cls.variants:
+            resolve_config(name, variant)  # every variant's preset is a valid config

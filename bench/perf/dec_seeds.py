@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
+from bench.cli import parse_set
 from bench.context import TrialContext
 from bench.data import default_cache_dir, default_data_root, load_dataset
 from bench.errors import BenchError
@@ -37,16 +37,6 @@ from bench.metrics import evaluate
 from bench.provenance import code_version, environment
 from bench.registry import get_method, resolve_config
 from bench.trial import pick_device, seed_everything
-
-
-def _parse_set(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise BenchError(f"--set expects key=value, got {item!r}")
-        key, val = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(val)
-    return out
 
 
 def measure(method_name: str, data: ClusteringData, y: np.ndarray, seeds: list[int], overrides: dict,
@@ -109,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":  # CUDA context and cuBLAS start-up, outside the timed region
             torch.ones(8, 8, device=device).matmul(torch.ones(8, 8, device=device))
             torch.cuda.synchronize(device)
-        overrides = _parse_set(args.set)
+        overrides = parse_set(args.set)
         code = str(code_version()["code_version"])
         env = environment(str(device))
         print(f"# {args.method} full recipe on {args.dataset} ({x.shape[0]} images), device {device} "
