@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from bench.errors import BenchError
+from bench.errors import BenchError, yaml_error
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CLAIMS_DIR = PROJECT_ROOT / "claims"
@@ -132,9 +132,7 @@ def _line_index(text: str, path: str) -> tuple[int, list[int], list[dict[str, in
     try:
         root = yaml.compose(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise BenchError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        raise yaml_error(path, exc) from None
     rows: list[int] = []
     keys: list[dict[str, int]] = []
     claims_line = 1

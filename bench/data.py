@@ -193,16 +193,23 @@ def load_dataset(name: str, root: Path | None = None, cache_dir: Path | None = N
     spec = get_dataset_spec(name)
     root = Path(root) if root is not None else default_data_root()
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    if spec.bundled_file is not None:
-        md5 = md5_file(spec.bundled_file())
-        file_md5s = {spec.bundled_file().name: md5}
-    else:
-        if pinned is None:
-            pinned = dvc_manifest(root.parent)
-        file_md5s = verify_files(spec, root, pinned)
-        md5 = combined_md5(file_md5s)
+    md5, file_md5s = dataset_identity(spec, root, pinned)
     splits = spec.reader(root, cache_dir, file_md5s)
     return LoadedDataset(name=name, splits=splits, md5=md5, file_md5s=file_md5s)
+
+
+def dataset_identity(spec: DatasetSpec, root: Path, pinned: dict[str, str] | None = None
+                     ) -> tuple[str, dict[str, str]]:
+    """(dataset md5, per-file md5s) after checking every file; raises DataError on a missing or changed file.
+
+    ``pinned`` defaults to DVC's manifest for ``<root>/../data.dvc``."""
+    if spec.bundled_file is not None:
+        md5 = md5_file(spec.bundled_file())
+        return md5, {spec.bundled_file().name: md5}
+    if pinned is None:
+        pinned = dvc_manifest(root.parent)
+    file_md5s = verify_files(spec, root, pinned)
+    return combined_md5(file_md5s), file_md5s
 
 
 def _cached_copy(src: Path, md5: str, cache_dir: Path, opener=gzip.open) -> Path:

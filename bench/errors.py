@@ -22,3 +22,10 @@ class DataError(BenchError):
 
 class NonFiniteLossError(RuntimeError):
     """Training produced NaN or inf. The trial is recorded as failed; the other trials go on."""
+
+
+def yaml_error(path, exc: Exception) -> BenchError:
+    """A YAML syntax error as one line: ``file:line: not valid YAML (problem)``."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f":{mark.line + 1}" if mark else ""
+    return BenchError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', None) or exc})")

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.data import combined_md5, default_cache_dir, dvc_manifest, get_dataset_spec, md5_file, verify_files
+from bench.data import dataset_identity, default_cache_dir, get_dataset_spec
 from bench.errors import BenchError
 from bench.history import append_run_safely
 from bench.records import ResultRecord, trial_key
@@ -49,10 +49,7 @@ class Plan:
 
 
 def dataset_md5(name: str, data_root: Path) -> str:
-    spec = get_dataset_spec(name)
-    if spec.bundled_file is not None:
-        return md5_file(spec.bundled_file())
-    return combined_md5(verify_files(spec, data_root, dvc_manifest(data_root.parent)))
+    return dataset_identity(get_dataset_spec(name), data_root)[0]
 
 
 def _gpu_count(address: str | None) -> float:
@@ -128,7 +125,7 @@ def run_suite(suite: SuiteSpec, *, store: ResultStore, data_root: Path, inline: 
         raise BenchError("--inline runs in this process; it cannot be combined with --address")
     if address:
         _ray_init(address)
-    gpus = _gpu_count(address) if not inline else _gpu_count(None)
+    gpus = _gpu_count(None if inline else address)
     plan = plan_suite(suite, store, data_root, force=force, gpus_available=gpus, code=code)
     manifest: dict[str, Any] = {
         "run_id": plan.run_id, "suite": suite.name, "suite_path": suite_path, "spec": suite.model_dump(mode="json"),

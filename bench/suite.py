@@ -28,7 +28,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from bench.errors import BenchError
+from bench.errors import BenchError, yaml_error
 from bench.method import Split
 
 METRIC_NAMES = ("acc", "nmi", "ari")
@@ -138,7 +138,5 @@ def load_suite(path: str | Path) -> SuiteSpec:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise BenchError(f"{path}:{where} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        raise yaml_error(path, exc) from None
     return parse_suite(data, source=str(path))
