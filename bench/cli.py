@@ -1,6 +1,6 @@
 """``bench``: run suites, build reports, list methods and datasets.
 
-    bench run [SUITE.yaml] [--inline] [--address ADDR] [--force] [--store DIR] [--data DIR]
+    bench run [SUITE.yaml] [--inline] [--address ADDR] [--force] [--only M,...] [--store DIR] [--data DIR]
     bench report [SUITE_NAME | SUITE.yaml] [--run RUN_ID] [--store DIR] [--out DIR]
     bench trial METHOD DATASET [--seed N] [--variant V] [--set key=value ...]
     bench list [METHOD]
@@ -45,6 +45,8 @@ def cmd_run(args) -> int:
 
     path = Path(args.suite) if args.suite else DEFAULT_SUITE
     suite = load_suite(path)
+    if args.only:
+        suite = only_methods(suite, args.only)
     store = _store(args)
     manifest = run_suite(suite, store=store, data_root=_data_root(args), inline=args.inline, address=args.address,
                          force=args.force, suite_path=str(path))
@@ -55,6 +57,18 @@ def cmd_run(args) -> int:
     if not args.no_report:
         _report(store, manifest, suite.tables, Path(args.out) / suite.name)
     return 1 if n_bad else 0
+
+
+def only_methods(suite, names: list[str]):
+    """The suite restricted to the methods named (``--only dec,idec``; repeatable). Trial keys do not
+    depend on the suite, so a later full run reuses what a restricted run stored."""
+    wanted = {n.strip() for item in names for n in item.split(",") if n.strip()}
+    present = [m.name for m in suite.methods]
+    unknown = sorted(wanted - set(present))
+    if unknown:
+        raise BenchError(f"--only {', '.join(unknown)}: not a method of suite {suite.name!r} "
+                         f"(it has {', '.join(dict.fromkeys(present))})")
+    return suite.model_copy(update={"methods": [m for m in suite.methods if m.name in wanted]})
 
 
 def _report(store, manifest: dict[str, Any], tables, out_dir: Path) -> None:
@@ -152,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--inline", action="store_true", help="run trials one by one in this process, without Ray")
     r.add_argument("--address", help="join an existing Ray cluster (e.g. auto or ray://head:10001)")
     r.add_argument("--force", action="store_true", help="re-run trials even if an identical one is stored")
+    r.add_argument("--only", action="append", default=[], metavar="METHOD[,METHOD]",
+                   help="run only these methods of the suite (a later full run reuses their records)")
     r.add_argument("--out", default="reports", help="where the report goes (default: reports/)")
     r.add_argument("--no-report", action="store_true")
     common(r)

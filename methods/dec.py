@@ -32,7 +32,7 @@ from methods.common.autoencoder import (
     pretrained_autoencoders,
 )
 from methods.common.kmeans import kmeans
-from methods.common.train import GraphedStep, SeedIndexStreams, matmul_tf32
+from methods.common.train import GraphedStep, SeedIndexStreams, matmul_tf32, sgd
 
 
 def student_t(z: torch.Tensor, mu: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
@@ -128,7 +128,7 @@ class DEC(ClusteringMethod):
             params += ae.decoder_parameters()
         use_graph = cfg.cuda_graphs and dev.type == "cuda"
         opt = make_optimizer(params, use_graph) if make_optimizer else \
-            torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
+            sgd(params, cfg.lr, cfg.momentum, dev)
 
         def loss_fn(idx: torch.Tensor) -> torch.Tensor:
             xb = _gather(x, idx)

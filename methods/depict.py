@@ -42,6 +42,7 @@ from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, Method
 from bench.registry import register_method
 from methods.common.kmeans import kmeans
 from methods.common.train import GraphedStep, matmul_tf32
+from methods.common.train import adam as make_adam
 
 
 def _deconv_output_padding(n_out: int, n_in: int, k: int, s: int, p: int) -> int:
@@ -208,7 +209,7 @@ class DEPICT(ClusteringMethod):
         info: dict[str, Any] = {}
 
         def adam(params) -> torch.optim.Optimizer:
-            return torch.optim.Adam(params, lr=cfg.lr, capturable=use_graph)
+            return make_adam(params, cfg.lr, dev, capturable=use_graph)
 
         def epochs_of(pool: torch.Tensor):
             """Minibatch index tensors of one shuffled pass over ``pool`` (last partial batch dropped)."""

@@ -24,6 +24,7 @@ from pydantic import Field
 from bench.method import ClusteringData, ClusterOutput, TrialContext
 from bench.registry import register_method
 from methods.common.autoencoder import pretrained_autoencoders
+from methods.common.train import adam, sgd
 from methods.dec import DEC, scaled_input
 
 
@@ -60,12 +61,12 @@ class IDEC(DEC):
         cfg = self.config
         x = scaled_input(data.x_train, cfg.input_scale, ctxs[0].device)
         ae = pretrained_autoencoders(x, cfg.ae_cfg(x.shape[1], data.train_split), ctxs)
+        dev = ctxs[0].device
 
         def make_optimizer(params, capturable: bool) -> torch.optim.Optimizer:
             if cfg.optimizer == "adam":
-                return torch.optim.Adam(params, lr=cfg.lr, betas=(0.9, 0.999), eps=cfg.adam_eps,
-                                        capturable=capturable)
-            return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum)
+                return adam(params, cfg.lr, dev, capturable=capturable, betas=(0.9, 0.999), eps=cfg.adam_eps)
+            return sgd(params, cfg.lr, cfg.momentum, dev)
 
         dec = DEC(cfg)  # the shared self-training loop reads only DEC's fields, which IDEC's config has
         return dec.cluster(ae, x, data, ctxs, reconstruction_weight=1.0, kl_weight=cfg.gamma,

@@ -120,3 +120,19 @@ def test_sigterm_records_the_rest_as_interrupted_and_keeps_finished(store):
     assert man["status"] == "interrupted"
     assert "SIGTERM" in man["trials"][2]["error"] and "worker lost" not in man["trials"][2]["error"]
     assert store.get(man["trials"][0]["key"]).ok  # the finished seed's record is kept
+
+
+def test_run_only_some_methods_then_the_full_suite_reuses_them(tmp_path, capsys):
+    s = tmp_path / "s.yaml"
+    s.write_text("name: part\nseeds: 2\ndatasets: [digits]\nmethods: [test_first_pixel, kmeans]\n"
+                 "tables:\n  - title: T\n"
+                 "    rows: [{method: test_first_pixel, label: FP}, {method: kmeans, label: KM}]\n")
+    args = ["--inline", "--store", str(tmp_path / "st"), "--out", str(tmp_path / "rep")]
+    assert main(["run", str(s), "--only", "test_first_pixel", *args]) == 0
+    out = capsys.readouterr().out
+    assert "2 ok, 0 reused" in out
+    assert main(["run", str(s), *args]) == 0  # only k-means runs now; first-pixel records are reused
+    out = capsys.readouterr().out
+    assert "2 ok, 2 reused" in out and "| FP |" in out and "| KM |" in out
+    assert main(["run", str(s), "--only", "dec", *args]) == 2
+    assert "--only dec: not a method of suite 'part'" in capsys.readouterr().err

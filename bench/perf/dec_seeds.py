@@ -59,6 +59,9 @@ def measure(method_name: str, data: ClusteringData, y: np.ndarray, seeds: list[i
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    # end of the autoencoder stage (curve rows of pretrain_layer*/finetune carry elapsed time)
+    stage_ends = [row["elapsed_s"] for row in ctxs[0].curve
+                  if str(row.get("stage", "")).startswith(("pretrain", "finetune"))]
     accs, iters = [], []
     for out in outs:
         if isinstance(out, BaseException):
@@ -67,6 +70,7 @@ def measure(method_name: str, data: ClusteringData, y: np.ndarray, seeds: list[i
         accs.append(evaluate(y, out.labels_numpy())["acc"])
         iters.append(out.info.get("iterations"))
     return {"seeds": len(seeds), "wall_s": round(wall, 2), "per_seed_s": round(wall / len(seeds), 2),
+            "autoencoder_s": max(stage_ends) if stage_ends else None,
             "peak_gpu_mib": None if peak is None else round(peak, 1), "acc": [round(a, 4) for a in accs],
             "dec_iterations": iters, "stages": [c.stage_hits.get("sdae") for c in ctxs]}
 
@@ -111,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                 row = measure(args.method, data, y.numpy(), list(range(s)), overrides, device, Path(tmp), code)
                 rows.append(row)
                 print(f"seeds={row['seeds']:3d}  wall_s={row['wall_s']:8.2f}  per_seed_s={row['per_seed_s']:7.2f}  "
-                      f"peak_gpu_mib={row['peak_gpu_mib']}  acc={row['acc']}  iters={row['dec_iterations']}",
+                      f"autoencoder_s={row['autoencoder_s']}  peak_gpu_mib={row['peak_gpu_mib']}  "
+                      f"acc={row['acc']}  iters={row['dec_iterations']}",
                       flush=True)
                 if args.export_stages and s == max(args.seeds):
                     dst = Path(args.export_stages)

@@ -27,7 +27,7 @@ from torch import nn
 
 from bench.context import TrialContext, _torch_bytes, atomic_write_bytes
 from bench.method import MethodConfig
-from methods.common.train import GraphedStep, SeedIndexStreams, matmul_tf32, step_decay
+from methods.common.train import GraphedStep, SeedIndexStreams, matmul_tf32, sgd, step_decay
 
 
 def _linear(n_in: int, n_out: int, std: float) -> nn.Linear:
@@ -192,7 +192,7 @@ class BatchedMLPAutoencoder(nn.Module):
 def _train(loss_fn, params, x_n: int, cfg: dict[str, Any], iters: int, ctxs: list[TrialContext], stage: str,
            gens: list[torch.Generator]) -> None:
     device = ctxs[0].device
-    opt = torch.optim.SGD(params, lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=0.0)
+    opt = sgd(params, cfg["lr"], cfg["momentum"], device)
     step = GraphedStep(loss_fn, opt, (len(ctxs), cfg["batch_size"]), device, use_graph=cfg.get("cuda_graphs", True),
                        n_losses=len(ctxs))
     stream = SeedIndexStreams(x_n, cfg["batch_size"], gens, device)

@@ -163,6 +163,17 @@ class GraphedStep:
         return out
 
 
+def sgd(params, lr: float, momentum: float, device: torch.device) -> torch.optim.SGD:
+    """SGD with momentum; on a GPU the fused kernel (one pass over parameters, gradients and
+    momentum: the optimizer step is memory-bound once many seeds are batched). Same update rule."""
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, fused=device.type == "cuda")
+
+
+def adam(params, lr: float, device: torch.device, capturable: bool = False, **kwargs) -> torch.optim.Adam:
+    """Adam; on a GPU the fused kernel (capturable in a CUDA graph). Same update rule."""
+    return torch.optim.Adam(params, lr=lr, fused=device.type == "cuda", capturable=capturable, **kwargs)
+
+
 def step_decay(base_lr: float, step: int, every: int, gamma: float = 0.1) -> float:
     """Caffe's "step" policy: lr = base * gamma ^ floor(step / every)."""
     return base_lr * gamma ** (step // every) if every > 0 else base_lr
