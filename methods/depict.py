@@ -168,6 +168,9 @@ class DEPICT(ClusteringMethod):
         init_patience: int = Field(5, ge=1, description="epochs without a better held-out NMI to the initial labels")
         epochs: int = Field(4000, ge=1, description="joint training cap")
         stop_mse: float = Field(1e-7, ge=0, description="stop when the targets' mean squared change is below this")
+        diag_kmeans_every: int = Field(0, ge=0, description="diagnostics only: every this many autoencoder epochs, "
+                                       "k-means (10 restarts) on the clean embedding, scored in the learning curve "
+                                       "(as the official code's verbose mode); never selects anything; 0 = off")
         cuda_graphs: bool = Field(True, description="capture training steps as CUDA graphs (GPU only; same math)")
         # Deviation: Theano multiplied in full fp32; TF32 tensor cores on the GPU (no effect on a CPU).
         tf32: bool = True
@@ -237,6 +240,9 @@ class DEPICT(ClusteringMethod):
                 ctx.check_finite(train_loss, "DEPICT autoencoder loss")
                 val = model.clean_recon_loss(x_val, hw)
                 ctx.log_epoch(ep, stage="pretrain", loss=train_loss, val_loss=val)
+                if cfg.diag_kmeans_every and ep % cfg.diag_kmeans_every == 0:
+                    probe = kmeans(model.clean_embed(x), k, n_init=10, generator=ctx.generator(offset=53))
+                    ctx.log_epoch(ep, stage="pretrain_kmeans_probe", inertia=probe.inertia, eval_pred=probe.labels)
                 since += 1
                 if val < best:
                     best, since = val, 0

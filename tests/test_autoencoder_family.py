@@ -177,6 +177,17 @@ def test_depict_runs_label_free_and_stops_by_its_rule(tmp_path):
     assert evaluate(y, labels)["acc"] > 0.6  # three clean blobs; random labels would give ~0.33
 
 
+def test_depict_kmeans_diagnostic_is_curve_only_and_changes_nothing(tmp_path):
+    data, y = blobs(n_per=60, side=8, seed=4)
+    kw = dict(filters=[6, 6], batch_size=20, lr=1e-3, pretrain_epochs=4, init_epochs=2, epochs=3, init_n_init=2)
+    plain = method("depict", **kw).run(data, ctx(0, tmp_path / "a"))
+    c = ctx(0, tmp_path / "b")
+    probed = method("depict", diag_kmeans_every=2, **kw).run(data, c)
+    rows = [r for r in c.curve if r.get("stage") == "pretrain_kmeans_probe"]
+    assert [r["epoch"] for r in rows] == [2, 4] and all("inertia" in r for r in rows)
+    assert torch.equal(plain.labels, probed.labels)  # its k-means draws from its own generator
+
+
 def test_dec_benchmark_script_prints_figures(tmp_path, capsys):
     from bench.perf.dec_seeds import main
 
