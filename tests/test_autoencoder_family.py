@@ -199,3 +199,11 @@ def test_dec_benchmark_script_prints_figures(tmp_path, capsys):
     assert rc == 0
     assert "seeds=  1" in out and "seeds=  2" in out and "ratio 2 seeds / 1 seed" in out
     assert len(list((tmp_path / "stages" / "sdae").glob("*.pt"))) == 2  # the 2-seed batch's stages
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message printed without a GPU")
+def test_step_probe_says_it_needs_a_gpu(capsys):
+    from bench.perf.ae_steps import main
+
+    assert main() == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
