@@ -41,8 +41,7 @@ from bench.errors import BenchError
 from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, MethodConfig, TrialContext
 from bench.registry import register_method
 from methods.common.kmeans import kmeans
-from methods.common.train import GraphedStep, matmul_tf32
-from methods.common.train import adam as make_adam
+from methods.common.train import GraphedStep, adam, matmul_tf32
 
 
 def _deconv_output_padding(n_out: int, n_in: int, k: int, s: int, p: int) -> int:
@@ -211,8 +210,8 @@ class DEPICT(ClusteringMethod):
         hw = cfg.hidden_loss_weight
         info: dict[str, Any] = {}
 
-        def adam(params) -> torch.optim.Optimizer:
-            return make_adam(params, cfg.lr, dev, capturable=use_graph)
+        def fresh_adam(params) -> torch.optim.Optimizer:  # each stage starts a new Adam, as the official code
+            return adam(params, cfg.lr, dev, capturable=use_graph)
 
         def epochs_of(pool: torch.Tensor):
             """Minibatch index tensors of one shuffled pass over ``pool`` (last partial batch dropped)."""
@@ -231,7 +230,7 @@ class DEPICT(ClusteringMethod):
                              "lr", "batch_size", "val_fraction", "pretrain_epochs", "pretrain_patience", "tf32")}
 
         def pretrain() -> dict[str, Any]:
-            step = GraphedStep(rec_loss, adam(ae_params), cfg.batch_size, dev, use_graph=use_graph)
+            step = GraphedStep(rec_loss, fresh_adam(ae_params), cfg.batch_size, dev, use_graph=use_graph)
             best, best_state, since, ep = math.inf, None, 0, 0
             for ep in range(1, cfg.pretrain_epochs + 1):
                 for idx in epochs_of(train_idx):
@@ -279,7 +278,8 @@ class DEPICT(ClusteringMethod):
             return float(normalized_mutual_info_score(y_init_val, pred))
 
         if cfg.init_epochs > 0:
-            step = GraphedStep(init_loss, adam(list(model.parameters())), cfg.batch_size, dev, use_graph=use_graph)
+            step = GraphedStep(init_loss, fresh_adam(list(model.parameters())), cfg.batch_size, dev,
+                               use_graph=use_graph)
             best = val_nmi()
             best_state = {kk: v.detach().clone() for kk, v in model.state_dict().items()}
             since, ep = 0, 0
@@ -313,7 +313,7 @@ class DEPICT(ClusteringMethod):
             _, _, zc = model.encode(x.index_select(0, idx), noisy=False)
             y_prob.index_copy_(0, idx, torch.softmax(model.head(zc), -1))
 
-        step = GraphedStep(joint_loss, adam(list(model.parameters())), cfg.batch_size, dev, use_graph=use_graph,
+        step = GraphedStep(joint_loss, fresh_adam(list(model.parameters())), cfg.batch_size, dev, use_graph=use_graph,
                            after_fn=refresh)
         all_idx = torch.arange(n, device=dev)
         stop_reason, ep, change = "epochs", 0, float("nan")

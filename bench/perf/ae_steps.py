@@ -12,9 +12,8 @@ import sys
 import time
 
 import torch
-from torch import nn
 
-from methods.common.autoencoder import BatchedMLPAutoencoder, _gather, per_seed_mse
+from methods.common.autoencoder import BatchedMLPAutoencoder, denoising_layer_loss, reconstruction_loss
 from methods.common.train import GraphedStep, SeedIndexStreams
 
 
@@ -41,24 +40,14 @@ def main() -> int:
         model = BatchedMLPAutoencoder.initial(dims, 0.01, list(range(S))).to(dev)
         if layer is None:
             def loss_fn(idx):
-                xb = _gather(x, idx)
-                return per_seed_mse(model.decode(model.encode(xb)), xb)
+                return reconstruction_loss(model, x, idx)
             params = list(model.parameters())
         else:
             i = layer
             h_in = model.encode_all(x, upto=i) if i > 0 else x
-            last = i == model.n_layers - 1
 
             def loss_fn(idx):
-                t = _gather(h_in, idx)
-                h = t if i == 0 else nn.functional.dropout(t, 0.2, training=True)
-                h = model.enc_layer(i, h)
-                if not last:
-                    h = nn.functional.dropout(torch.relu(h), 0.2, training=True)
-                rec = model.dec_layer(i, h)
-                if i > 0:
-                    rec = torch.relu(rec)
-                return per_seed_mse(rec, t)
+                return denoising_layer_loss(model, i, h_in, idx, 0.2)
             params = [model.enc_w[i], model.enc_b[i], model.dec_w[i], model.dec_b[i]]
         kw = {"fused": True} if opt_kind == "fused" else {"foreach": True}
         opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, **kw)

@@ -189,6 +189,30 @@ class BatchedMLPAutoencoder(nn.Module):
         return torch.cat(outs, 1)
 
 
+def denoising_layer_loss(model: BatchedMLPAutoencoder, i: int, h_in: torch.Tensor, idx: torch.Tensor,
+                         dropout: float) -> torch.Tensor:
+    """Per-seed loss of greedy layer ``i``: reconstruct its (clean) input rows ``idx`` of ``h_in``.
+
+    Dropout on the input (not for the first layer, which sees pixels) and on the hidden code (not
+    for the innermost, linear embedding); ReLU on the reconstruction except for the pixels."""
+    first, last = i == 0, i == model.n_layers - 1
+    target = _gather(h_in, idx)
+    h = target if first else nn.functional.dropout(target, dropout, training=True)
+    h = model.enc_layer(i, h)
+    if not last:
+        h = nn.functional.dropout(torch.relu(h), dropout, training=True)
+    rec = model.dec_layer(i, h)
+    if not first:
+        rec = torch.relu(rec)
+    return per_seed_mse(rec, target)
+
+
+def reconstruction_loss(model: BatchedMLPAutoencoder, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Per-seed MSE of the whole stacked autoencoder on rows ``idx`` of ``x`` (end-to-end fine-tuning)."""
+    xb = _gather(x, idx)
+    return per_seed_mse(model.decode(model.encode(xb)), xb)
+
+
 def _train(loss_fn, params, x_n: int, cfg: dict[str, Any], iters: int, ctxs: list[TrialContext], stage: str,
            gens: list[torch.Generator]) -> None:
     device = ctxs[0].device
@@ -227,26 +251,16 @@ def pretrain_stacked_batched(x: torch.Tensor, cfg: dict[str, Any],
     with matmul_tf32(cfg.get("tf32", False)):
         for i in range(n_layers):
             h_in = model.encode_all(x, upto=i) if i > 0 else x  # clean output of the frozen layers below
-            last = i == n_layers - 1
 
-            def layer_loss(idx: torch.Tensor, i=i, h_in=h_in, first=i == 0, last=last) -> torch.Tensor:
-                target = _gather(h_in, idx)
-                h = target if first else nn.functional.dropout(target, drop, training=True)
-                h = model.enc_layer(i, h)
-                if not last:
-                    h = nn.functional.dropout(torch.relu(h), drop, training=True)
-                rec = model.dec_layer(i, h)
-                if not first:
-                    rec = torch.relu(rec)
-                return per_seed_mse(rec, target)
+            def layer_loss(idx: torch.Tensor, i=i, h_in=h_in) -> torch.Tensor:
+                return denoising_layer_loss(model, i, h_in, idx, drop)
 
             params = [model.enc_w[i], model.enc_b[i], model.dec_w[i], model.dec_b[i]]
             _train(layer_loss, params, x.shape[0], cfg, cfg["iters_per_layer"], ctxs, f"pretrain_layer{i + 1}", gens)
             del h_in
 
         def finetune_loss(idx: torch.Tensor) -> torch.Tensor:
-            xb = _gather(x, idx)
-            return per_seed_mse(model.decode(model.encode(xb)), xb)
+            return reconstruction_loss(model, x, idx)
 
         _train(finetune_loss, list(model.parameters()), x.shape[0], cfg, cfg["finetune_iters"], ctxs, "finetune",
                gens)
