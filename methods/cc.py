@@ -34,7 +34,15 @@ from pydantic import Field
 
 from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, TrialContext
 from bench.registry import register_method
-from methods._contrastive import EpochLoop, LoopConfig, autocast, epoch_batches, eval_pass, to_device_images
+from methods._contrastive import (
+    EpochLoop,
+    LoopConfig,
+    autocast,
+    conv_layout,
+    epoch_batches,
+    eval_pass,
+    prepare_training,
+)
 from methods.common.augment import GPUAugment, cc_spec, resize_eval
 from methods.common.backbones import resnet
 from methods.common.heads import cluster_head, mlp_head
@@ -99,13 +107,9 @@ class CC(ClusteringMethod):
     def run(self, data: ClusteringData, ctx: TrialContext) -> ClusterOutput:
         cfg = self.config
         dev = ctx.device
-        torch.backends.cudnn.benchmark = dev.type == "cuda"
-        x_train = to_device_images(data.x_train, dev)
+        net = CCNet(cfg.backbone, cfg.stem, data.x_train.shape[1], cfg.feature_dim, data.n_clusters, cfg.heads)
+        x_train, net = prepare_training(data.x_train, net, dev)
         x_eval = x_train if data.same_split else data.x_eval
-        in_ch = x_train.shape[1]
-        net = CCNet(cfg.backbone, cfg.stem, in_ch, cfg.feature_dim, data.n_clusters, cfg.heads).to(dev)
-        if dev.type == "cuda":
-            net = net.to(memory_format=torch.channels_last)
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         spec = cc_spec(cfg.image_size, cfg.jitter_strength, blur=cfg.blur)
         augment = GPUAugment(spec, channels_last=dev.type == "cuda")  # grey images: hue/saturation skip
@@ -131,8 +135,7 @@ class CC(ClusteringMethod):
                 else:
                     v1 = v2 = plain(xb)
                 views = torch.cat([v1, v2])
-                if dev.type == "cuda":
-                    views = views.contiguous(memory_format=torch.channels_last)
+                views = conv_layout(views, dev)
                 with autocast(dev, cfg.precision):
                     z, p = net(views)
                 loss = torch.zeros((), device=dev)

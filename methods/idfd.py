@@ -36,11 +36,12 @@ from methods._contrastive import (
     EpochLoop,
     LoopConfig,
     autocast,
+    conv_layout,
     epoch_batches,
     eval_pass,
     multistep_lr,
+    prepare_training,
     set_lr,
-    to_device_images,
 )
 from methods.common.augment import GPUAugment, idfd_spec, resize_eval
 from methods.common.backbones import resnet
@@ -91,12 +92,9 @@ class IDFD(ClusteringMethod):
     def run(self, data: ClusteringData, ctx: TrialContext) -> ClusterOutput:
         cfg = self.config
         dev = ctx.device
-        torch.backends.cudnn.benchmark = dev.type == "cuda"
-        x_train = to_device_images(data.x_train, dev)
-        n, in_ch = x_train.shape[0], x_train.shape[1]
-        net = IDFDNet(cfg.backbone, cfg.stem, in_ch, cfg.feature_dim).to(dev)
-        if dev.type == "cuda":
-            net = net.to(memory_format=torch.channels_last)
+        net = IDFDNet(cfg.backbone, cfg.stem, data.x_train.shape[1], cfg.feature_dim)
+        x_train, net = prepare_training(data.x_train, net, dev)
+        n = x_train.shape[0]
         opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         spec = idfd_spec(cfg.image_size)
         augment = GPUAugment(spec, channels_last=dev.type == "cuda")  # grey images: hue/saturation skip
@@ -116,8 +114,7 @@ class IDFD(ClusteringMethod):
             n_steps = 0
             for idx in epoch_batches(n, cfg.batch_size, g_batch, dev, drop_last=False):
                 v = augment(x_train.index_select(0, idx), generator=g_aug)
-                if dev.type == "cuda":
-                    v = v.contiguous(memory_format=torch.channels_last)
+                v = conv_layout(v, dev)
                 with autocast(dev, cfg.precision):
                     f = net(v)
                 f = f.float()

@@ -30,7 +30,15 @@ from pydantic import Field
 
 from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, TrialContext
 from bench.registry import register_method
-from methods._contrastive import EpochLoop, LoopConfig, autocast, epoch_batches, eval_pass, to_device_images
+from methods._contrastive import (
+    EpochLoop,
+    LoopConfig,
+    autocast,
+    conv_layout,
+    epoch_batches,
+    eval_pass,
+    prepare_training,
+)
 from methods.common.augment import GPUAugment, pica_spec, resize_eval
 from methods.common.backbones import resnet
 from methods.common.losses import pica_pui
@@ -108,14 +116,11 @@ class PICA(ClusteringMethod):
     def run(self, data: ClusteringData, ctx: TrialContext) -> ClusterOutput:
         cfg = self.config
         dev = ctx.device
-        torch.backends.cudnn.benchmark = dev.type == "cuda"
-        x_train = to_device_images(data.x_train, dev)
-        x_eval = x_train if data.same_split else data.x_eval
-        n, in_ch = x_train.shape[0], x_train.shape[1]
         heads = ([cfg.overclustering] if cfg.overclustering else []) + [data.n_clusters]
-        net = PICANet(cfg.backbone, in_ch, cfg.sobel, heads).to(dev)
-        if dev.type == "cuda":
-            net = net.to(memory_format=torch.channels_last)
+        net = PICANet(cfg.backbone, data.x_train.shape[1], cfg.sobel, heads)
+        x_train, net = prepare_training(data.x_train, net, dev)
+        x_eval = x_train if data.same_split else data.x_eval
+        n = x_train.shape[0]
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         spec = pica_spec(cfg.image_size)
         augment = GPUAugment(spec, channels_last=dev.type == "cuda")  # grey images: hue/saturation skip
@@ -136,9 +141,7 @@ class PICA(ClusteringMethod):
                     xb = x_train.index_select(0, idx)
                     xo = original(xb, g_aug)
                     xp = augment(xb.repeat(cfg.data_nrepeat, 1, 1, 1), generator=g_aug)
-                    if dev.type == "cuda":
-                        xo = xo.contiguous(memory_format=torch.channels_last)
-                        xp = xp.contiguous(memory_format=torch.channels_last)
+                    xo, xp = conv_layout(xo, dev), conv_layout(xp, dev)
                     with autocast(dev, cfg.precision):
                         po, pp = net(xo, h), net(xp, h)
                     loss = pica_pui(po.float().repeat(cfg.data_nrepeat, 1), pp.float(), cfg.entropy_weight)

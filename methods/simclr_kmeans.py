@@ -33,11 +33,12 @@ from methods._contrastive import (
     EpochLoop,
     LoopConfig,
     autocast,
+    conv_layout,
     cosine_lr,
     epoch_batches,
     eval_pass,
+    prepare_training,
     set_lr,
-    to_device_images,
 )
 from methods.common.augment import GPUAugment, resize_eval, simclr_spec
 from methods.common.backbones import resnet
@@ -133,12 +134,8 @@ def train_simclr(cfg, data: ClusteringData, ctx: TrialContext, cluster_fn=None):
     ``eval_every`` epochs and after the last one (returned, so the caller need not recompute them).
     """
     dev = ctx.device
-    torch.backends.cudnn.benchmark = dev.type == "cuda"
-    x_train = to_device_images(data.x_train, dev)
-    in_ch = x_train.shape[1]
-    net = SimCLRNet(cfg.backbone, cfg.stem, in_ch, cfg.head_hidden_dim, cfg.feature_dim).to(dev)
-    if dev.type == "cuda":
-        net = net.to(memory_format=torch.channels_last)
+    net = SimCLRNet(cfg.backbone, cfg.stem, data.x_train.shape[1], cfg.head_hidden_dim, cfg.feature_dim)
+    x_train, net = prepare_training(data.x_train, net, dev)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                           nesterov=False)
     spec = simclr_spec(cfg.image_size, *NORMALIZATION[cfg.normalization])
@@ -156,8 +153,7 @@ def train_simclr(cfg, data: ClusteringData, ctx: TrialContext, cluster_fn=None):
         for idx in epoch_batches(n, cfg.batch_size, g_batch, dev):
             xb = x_train.index_select(0, idx)
             views = torch.cat([augment(xb, generator=g_aug), augment(xb, generator=g_aug)])
-            if dev.type == "cuda":
-                views = views.contiguous(memory_format=torch.channels_last)
+            views = conv_layout(views, dev)
             with autocast(dev, cfg.precision):
                 _, z = net(views)
             z1, z2 = z.float().chunk(2)
