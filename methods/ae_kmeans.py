@@ -34,9 +34,7 @@ class AEKMeans(ClusteringMethod):
 
     @classmethod
     def protocol_fields(cls, config):
-        return {"image_size": None, "stem": "mlp " + "-".join(map(str, config.hidden_dims)),
-                "epochs": None, "batch_size": config.pretrain_batch_size,
-                "pretrain_iters": f"{config.pretrain_iters_per_layer}/layer + {config.finetune_iters} finetune"}
+        return config.protocol(batch_size=config.pretrain_batch_size)
 
     def run(self, data: ClusteringData, ctx: TrialContext) -> ClusterOutput:
         return self.run_seeds(data, [ctx])[0]

@@ -84,9 +84,7 @@ class DEC(ClusteringMethod):
 
     @classmethod
     def protocol_fields(cls, config):
-        return {"image_size": None, "stem": "mlp " + "-".join(map(str, config.hidden_dims)),
-                "epochs": None, "batch_size": config.batch_size,
-                "pretrain_iters": f"{config.pretrain_iters_per_layer}/layer + {config.finetune_iters} finetune"}
+        return config.protocol(batch_size=config.batch_size)
 
     def run(self, data: ClusteringData, ctx: TrialContext) -> ClusterOutput:
         out = self.run_seeds(data, [ctx])[0]

@@ -334,6 +334,12 @@ class AutoencoderConfig(MethodConfig):
     # accumulation) make the 10-seed batched model fit the speed target; GPU only, part of the stage key.
     tf32: bool = Field(True, description="allow TF32 matrix products on the GPU (no effect on a CPU)")
 
+    def protocol(self, batch_size: int) -> dict:
+        """The protocol fields of a method built on this autoencoder (``batch_size``: its own stage's)."""
+        return {"image_size": None, "stem": "mlp " + "-".join(map(str, self.hidden_dims)), "epochs": None,
+                "batch_size": batch_size,
+                "pretrain_iters": f"{self.pretrain_iters_per_layer}/layer + {self.finetune_iters} finetune"}
+
     def ae_cfg(self, input_dim: int, train_split: str) -> dict:
         return {"dims": [input_dim, *self.hidden_dims], "dropout": self.pretrain_dropout, "lr": self.pretrain_lr,
                 "lr_step": self.pretrain_lr_step, "momentum": self.pretrain_momentum,
