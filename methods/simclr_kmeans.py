@@ -40,18 +40,11 @@ from methods._contrastive import (
     prepare_training,
     set_lr,
 )
-from methods.common.augment import GPUAugment, resize_eval, simclr_spec
+from methods.common.augment import NORMALIZATION, GPUAugment, resize_eval, simclr_spec
 from methods.common.backbones import resnet
 from methods.common.heads import mlp_head
 from methods.common.kmeans import kmeans
 from methods.common.losses import nt_xent
-
-# SCAN's configs/pretext/*.yml (mean, std)
-NORMALIZATION = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-    "cifar20": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-}
 
 
 class SimCLRNet(torch.nn.Module):

@@ -120,6 +120,29 @@ def test_pica_heads_and_sobel(tmp_path):
     assert torch.allclose(Sobel()(flat)[..., 1:-1, 1:-1], torch.zeros(1, 2, 4, 4))  # no edges in a flat image
 
 
+def test_pica_normalises_each_dataset_with_its_own_mean_std(tmp_path):
+    """Official configs set tfm_means/tfm_stds per dataset; other datasets use their training images' own."""
+    from methods.common.augment import NORMALIZATION, channel_mean_std
+
+    assert resolve_config("pica", dataset="cifar100-20").normalization == "cifar100_pica"
+    assert resolve_config("pica", dataset="stl10").normalization == "imagenet"
+    assert resolve_config("pica", dataset="cifar10").normalization == "cifar10"
+    assert resolve_config("pica", dataset="mnist").normalization == "dataset"
+    assert NORMALIZATION["cifar100_pica"] == ((0.5071, 0.4866, 0.4409), (0.2009, 0.1984, 0.2023))
+    assert NORMALIZATION["cifar10"][0] != NORMALIZATION["cifar100_pica"][0]
+    out, ctx, data = run_method("pica", "default", tmp_path, overclustering=0, data_nrepeat=1)
+    x = data.x_train.double().numpy() / 255.0
+    norm = out.info["normalization"]
+    assert norm["name"] == "dataset"
+    np.testing.assert_allclose(norm["mean"], x.mean((0, 2, 3)), atol=1e-4)
+    np.testing.assert_allclose(norm["std"], x.std((0, 2, 3)), atol=1e-4)
+    mean, std = channel_mean_std(data.x_train, chunk=3)  # chunked sums agree with the one-pass numbers
+    np.testing.assert_allclose(mean, x.mean((0, 2, 3)), rtol=1e-9)
+    np.testing.assert_allclose(std, x.std((0, 2, 3)), rtol=1e-9)
+    grey = torch.full((2, 1, 4, 4), 0.5)  # a constant float image: std floored, no division by zero
+    assert channel_mean_std(grey) == ((0.5,), (1e-6,))
+
+
 @pytest.mark.parametrize("method,variant", [("cc", "default"), ("idfd", "default")])
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, method, variant):
     """Kill after epoch 1 (time budget 0), re-run the same trial: it resumes at epoch 2 and ends with the

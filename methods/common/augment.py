@@ -48,6 +48,14 @@ CIFAR10_STD_IDFD = (0.2470, 0.2435, 0.2616)  # IDFD's main.py (the true per-pixe
 CIFAR100_MEAN_PICA = (0.5071, 0.4866, 0.4409)  # PICA configs/cifar100.yaml
 CIFAR100_STD_PICA = (0.2009, 0.1984, 0.2023)
 
+#: Named per-dataset Normalize(mean, std) values of the official configs, one home for every method.
+NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "cifar10": (CIFAR10_MEAN, CIFAR10_STD_SCAN),  # SCAN configs/pretext/simclr_cifar10.yml
+    "cifar20": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),  # SCAN configs/pretext/simclr_cifar20.yml
+    "cifar100_pica": (CIFAR100_MEAN_PICA, CIFAR100_STD_PICA),  # PICA configs/cifar100.yaml
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # SCAN's STL-10 and PICA configs/stl10.yaml
+}
+
 _GRAY = (0.2989, 0.587, 0.114)
 _BRIGHT, _CONTRAST, _SAT, _HUE = 0, 1, 2, 3
 
@@ -115,9 +123,10 @@ def idfd_spec(size: int, mean: tuple = CIFAR10_MEAN, std: tuple = CIFAR10_STD_ID
                        grayscale_p=0.2, mean=mean, std=std)
 
 
-def pica_spec(size: int, mean: tuple = CIFAR100_MEAN_PICA, std: tuple = CIFAR100_STD_PICA) -> AugmentSpec:
+def pica_spec(size: int, mean: tuple, std: tuple) -> AugmentSpec:
     """PICA (official lib/utils/transforms): crop scale 0.2-1, ColorJitter(0.4, 0.4, 0.4, 0.4) always
-    applied, grayscale 0.2, flip 0.5, Normalize (defaults: PICA's CIFAR-100 config; pass the dataset's)."""
+    applied, grayscale 0.2, flip 0.5, Normalize with the dataset's own mean/std (the official code sets
+    ``tfm_means``/``tfm_stds`` in each dataset's config)."""
     return AugmentSpec(size=size, crop_scale=(0.2, 1.0), flip_p=0.5, jitter=(0.4, 0.4, 0.4, 0.4), jitter_p=1.0,
                        grayscale_p=0.2, mean=mean, std=std)
 
@@ -419,6 +428,25 @@ def _normalize(y: Tensor, mean: tuple, std: tuple) -> Tensor:
     if ch == 1:
         return (y - m[0]) / s[0]
     return torch.cat([(y[:, i:i + 1] - m[i]) / s[i] for i in range(ch)], dim=1)
+
+
+def channel_mean_std(x: Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of images [N, C, H, W] after ToTensor (uint8 / 255, floats as they are), over
+    every pixel of every image, in float64, ``chunk`` images at a time (no float copy of the whole set)."""
+    if x.dim() != 4 or x.shape[0] == 0:
+        raise BenchError(f"channel_mean_std expects a non-empty [N, C, H, W] batch, got shape {tuple(x.shape)}")
+    total = torch.zeros(x.shape[1], dtype=torch.float64, device=x.device)
+    squares = torch.zeros_like(total)
+    for s in range(0, x.shape[0], chunk):
+        y = x[s:s + chunk].to(torch.float64)
+        if x.dtype == torch.uint8:
+            y = y / 255.0
+        total += y.sum((0, 2, 3))
+        squares += y.square().sum((0, 2, 3))
+    count = x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(0).sqrt().clamp_min(1e-6)  # a constant image: no 0 division
+    return tuple(mean.tolist()), tuple(std.tolist())
 
 
 def resize_eval(x: Tensor, size: int, mean: tuple | None = None, std: tuple | None = None) -> Tensor:
