@@ -38,6 +38,9 @@ class Splits:
     y_train: torch.Tensor
     x_test: torch.Tensor | None
     y_test: torch.Tensor | None
+    #: images without labels that some papers add to training only (STL-10's 100,000); never evaluated.
+    #: May be a lazy (memory-mapped) view: nothing is read until a method uses it.
+    x_unlabeled: torch.Tensor | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -374,15 +377,24 @@ def _read_stl10(root: Path, cache: Path, md5s: dict[str, str]) -> Splits:
     cls = _Unchecked(STL10)
     tr = cls(str(root), split="train", download=False)
     te = cls(str(root), split="test", download=False)
-    return Splits(_nchw(tr.data), torch.as_tensor(tr.labels).long(), _nchw(te.data), torch.as_tensor(te.labels).long())
+    # The 100,000 unlabeled images (2.8 GB) that CC, SCAN and PICA add to training: memory-mapped with
+    # torchvision's layout (stored column-major, hence the H/W transpose), read only by a method that uses them.
+    raw = np.memmap(root / "stl10_binary" / "unlabeled_X.bin", dtype=np.uint8, mode="c")
+    if raw.size % (3 * 96 * 96):
+        raise DataError(f"dataset 'stl10': {root / 'stl10_binary' / 'unlabeled_X.bin'} is not a whole number of "
+                        "3x96x96 images; restore it with `dvc checkout data`")
+    unlabeled = torch.from_numpy(raw.reshape(-1, 3, 96, 96).transpose(0, 1, 3, 2))
+    return Splits(_nchw(tr.data), torch.as_tensor(tr.labels).long(), _nchw(te.data), torch.as_tensor(te.labels).long(),
+                  x_unlabeled=unlabeled)
 
 
 register_dataset(DatasetSpec(
     "stl10", 10, {"stl10_binary/train_X.bin": "918c2871b30a85fa023e0c44e0bee87f",
                   "stl10_binary/train_y.bin": "5a34089d4802c674881badbb80307741",
                   "stl10_binary/test_X.bin": "7f263ba9f9e0b06b93213547f721ac82",
-                  "stl10_binary/test_y.bin": "36f9794fa4beb8a2c72628de14fa638e"},
-    _read_stl10, "STL-10, 5,000 train + 8,000 test 96x96 labelled images",
+                  "stl10_binary/test_y.bin": "36f9794fa4beb8a2c72628de14fa638e",
+                  "stl10_binary/unlabeled_X.bin": "5242ba1fed5e4be9e1e742405eb56ca4"},
+    _read_stl10, "STL-10, 5,000 train + 8,000 test 96x96 labelled images (+ 100,000 unlabeled, for training only)",
     fetch_hint="add stl10_binary/ (torchvision's layout) under data/, `dvc add data`, then `dvc push`"))
 
 

@@ -55,6 +55,9 @@ class ClusteringData:
     train_split: Split
     eval_split: Split
     md5: str
+    #: images without labels for training only (STL-10's unlabeled split), or None; never evaluated.
+    #: Methods whose papers train on them use them (CC, SimCLR + k-means, PICA), the others ignore them.
+    x_unlabeled: torch.Tensor | None = None
 
     @property
     def same_split(self) -> bool:

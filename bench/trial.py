@@ -117,7 +117,8 @@ def execute_unit(unit: TrialUnit | dict[str, Any]) -> list[ResultRecord]:
     load_s = time.perf_counter() - t_load
     data = ClusteringData(dataset=unit.dataset, x_train=x_train, x_eval=x_eval,
                           n_clusters=int(unit.protocol["n_clusters"]), train_split=unit.protocol["train_split"],
-                          eval_split=unit.protocol["eval_split"], md5=loaded.md5)
+                          eval_split=unit.protocol["eval_split"], md5=loaded.md5,
+                          x_unlabeled=loaded.splits.x_unlabeled)
     y_eval_np = y_eval.numpy()
 
     def scorer(pred: np.ndarray) -> dict[str, float]:

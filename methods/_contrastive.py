@@ -84,6 +84,12 @@ def prepare_training(x: torch.Tensor, net: torch.nn.Module,
     return x.to(device, non_blocking=True).contiguous(), net
 
 
+def unlabeled_images(data, use: bool) -> torch.Tensor | None:
+    """The dataset's training-only unlabeled images (STL-10's 100,000) when the recipe uses them, else None."""
+    x = data.x_unlabeled
+    return x if use and x is not None and x.shape[0] > 0 else None
+
+
 def conv_layout(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A batch in the network's layout from :func:`prepare_training` (channels-last on a GPU)."""
     return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x

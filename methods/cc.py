@@ -13,6 +13,12 @@ modules/{network,contrastive_loss,transform}.py; ../shared/reference/claims.md s
   ColorJitter(0.8s, 0.8s, 0.8s, 0.2s) p 0.8 (s = 0.5 for CIFAR, 1.0 for STL-10), grayscale 0.2.
 * CIFAR-10/100: train + test (60,000 images) for training and evaluation; clusters are the argmax
   of the CCH on Resize(224) of each image.
+* The two views go through the network one after the other (``Network.forward``: ``h_i =
+  self.resnet(x_i); h_j = self.resnet(x_j)``), so BatchNorm normalises each view with its own batch
+  statistics (``batchnorm: per_view``). ``batchnorm: joint`` runs both views as one 2N batch (shared
+  statistics; what this harness did before, one larger batch is faster on a GPU): a documented option.
+* STL-10 (``train_STL10.py``): each epoch first one pass over the 100,000 unlabeled images with the
+  instance loss only, then the usual pass over train + test with both losses (``unlabeled: true``).
 
 Ablations of the paper (section 4.3), as variants:
 
@@ -42,6 +48,7 @@ from methods._contrastive import (
     epoch_batches,
     eval_pass,
     prepare_training,
+    unlabeled_images,
 )
 from methods.common.augment import GPUAugment, cc_spec, resize_eval
 from methods.common.backbones import resnet
@@ -63,6 +70,21 @@ class CCNet(torch.nn.Module):
         z = F.normalize(self.ich(h), dim=1) if self.ich is not None else None
         p = torch.softmax(self.cch(h), dim=1) if self.cch is not None else None
         return z, p
+
+
+def forward_views(net: CCNet, v1: torch.Tensor, v2: torch.Tensor, device: torch.device, precision: str,
+                  per_view: bool = True) -> tuple[torch.Tensor | None, ...]:
+    """(z1, z2, p1, p2) in float32 for the two views. ``per_view``: two forward passes, as the official
+    ``Network.forward``, so each view's BatchNorm uses its own batch statistics (and updates the running
+    statistics twice); otherwise one pass over both views concatenated (statistics shared)."""
+    with autocast(device, precision):
+        if per_view:
+            (z1, p1), (z2, p2) = net(conv_layout(v1, device)), net(conv_layout(v2, device))
+        else:
+            z, p = net(conv_layout(torch.cat([v1, v2]), device))
+            z1, z2 = (None, None) if z is None else z.chunk(2)
+            p1, p2 = (None, None) if p is None else p.chunk(2)
+    return tuple(None if t is None else t.float() for t in (z1, z2, p1, p2))
 
 
 @register_method
@@ -103,6 +125,11 @@ class CC(ClusteringMethod):
         jitter_strength: float = Field(0.5, ge=0, description="s in ColorJitter(0.8s, 0.8s, 0.8s, 0.2s)")
         blur: bool = Field(False, description="Gaussian blur p 0.5 (official: ImageNet-10 and ImageNet-Dogs only)")
         kmeans_n_init: int = Field(10, ge=1, description="ich only: k-means restarts on the ICH outputs")
+        batchnorm: Literal["per_view", "joint"] = Field(
+            "per_view", description="per_view: each view is its own forward pass (official); joint: both views "
+                                    "in one batch, BatchNorm statistics shared")
+        unlabeled: bool = Field(True, description="where the dataset has unlabeled images (STL-10): an "
+                                                  "instance-loss-only pass over them before each epoch's pass")
 
     def run(self, data: ClusteringData, ctx: TrialContext) -> ClusterOutput:
         cfg = self.config
@@ -120,54 +147,59 @@ class CC(ClusteringMethod):
             return resize_eval(xb, cfg.image_size, spec.mean, spec.std)
 
         n = x_train.shape[0]
+        extra = unlabeled_images(data, cfg.unlabeled) if cfg.heads != "cch" else None
+        x_extra = None if extra is None else extra.to(dev, non_blocking=True).contiguous()
+
+        def views_of(xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            if cfg.aug_pair == "ta+tb":
+                return augment(xb, generator=g_aug), augment(xb, generator=g_aug)
+            if cfg.aug_pair == "ta+x":
+                return augment(xb, generator=g_aug), plain(xb)
+            v = plain(xb)
+            return v, v
+
+        def step(x_source: torch.Tensor, idx: torch.Tensor, instance_only: bool) -> torch.Tensor:
+            """One optimiser step; returns the detached [total, instance, cluster] losses."""
+            z1, z2, p1, p2 = forward_views(net, *views_of(x_source.index_select(0, idx)), dev, cfg.precision,
+                                           per_view=cfg.batchnorm == "per_view")
+            zero = torch.zeros((), device=dev)
+            li = nt_xent(z1, z2, cfg.instance_temperature) if z1 is not None else zero
+            lc = cluster_contrastive(p1, p2, cfg.cluster_temperature) if p1 is not None and not instance_only \
+                else zero
+            loss = li + lc
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return torch.stack([loss, li, lc]).detach()
+
         labels = None
         for epoch in loop.epochs(cfg.epochs):
             net.train()
-            loss_sum = torch.zeros((), device=dev)
-            parts = torch.zeros(2, device=dev)
+            sums = torch.zeros(3, device=dev)
             n_steps = 0
+            if x_extra is not None:  # official STL-10: the unlabeled images train the ICH (and trunk) first
+                for idx in epoch_batches(x_extra.shape[0], cfg.batch_size, g_batch, dev):
+                    sums += step(x_extra, idx, instance_only=True)
+                    n_steps += 1
             for idx in epoch_batches(n, cfg.batch_size, g_batch, dev):
-                xb = x_train.index_select(0, idx)
-                if cfg.aug_pair == "ta+tb":
-                    v1, v2 = augment(xb, generator=g_aug), augment(xb, generator=g_aug)
-                elif cfg.aug_pair == "ta+x":
-                    v1, v2 = augment(xb, generator=g_aug), plain(xb)
-                else:
-                    v1 = v2 = plain(xb)
-                views = torch.cat([v1, v2])
-                views = conv_layout(views, dev)
-                with autocast(dev, cfg.precision):
-                    z, p = net(views)
-                loss = torch.zeros((), device=dev)
-                if z is not None:
-                    z1, z2 = z.float().chunk(2)
-                    li = nt_xent(z1, z2, cfg.instance_temperature)
-                    loss = loss + li
-                    parts[0] += li.detach()
-                if p is not None:
-                    p1, p2 = p.float().chunk(2)
-                    lc = cluster_contrastive(p1, p2, cfg.cluster_temperature)
-                    loss = loss + lc
-                    parts[1] += lc.detach()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += loss.detach()
+                sums += step(x_train, idx, instance_only=False)
                 n_steps += 1
             train_s = loop.train_seconds()
             labels = self._cluster(net, x_eval, x_train, data, ctx, plain) \
                 if loop.wants_eval(epoch, cfg.epochs) else None
-            k = max(1, n_steps)
-            scalars = {"loss": loss_sum / k}
+            mean = sums / max(1, n_steps)
+            scalars = {"loss": mean[0]}
             if cfg.heads != "cch":
-                scalars["loss_instance"] = parts[0] / k
+                scalars["loss_instance"] = mean[1]
             if cfg.heads != "ich":
-                scalars["loss_cluster"] = parts[1] / k
+                scalars["loss_cluster"] = mean[2]
             loop.end_epoch(epoch, cfg.epochs, train_s=train_s, eval_pred=labels, **scalars)
         if labels is None:  # the last epoch always evaluates; kept for safety
             labels = self._cluster(net, x_eval, x_train, data, ctx, plain)
         loop.finish()
-        return ClusterOutput(labels=labels, info={**loop.info(), "heads": cfg.heads, "aug_pair": cfg.aug_pair})
+        return ClusterOutput(labels=labels, info={**loop.info(), "heads": cfg.heads, "aug_pair": cfg.aug_pair,
+                                                  "batchnorm": cfg.batchnorm,
+                                                  "unlabeled_images": 0 if extra is None else extra.shape[0]})
 
     @torch.no_grad()
     def _cluster(self, net: CCNet, x_eval, x_train, data: ClusteringData, ctx: TrialContext, plain) -> torch.Tensor:

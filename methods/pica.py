@@ -20,8 +20,8 @@ configs/{base,cifar100}.yaml; claims.md section 6):
   the widely used (0.4914, 0.4822, 0.4465) / (0.2023, 0.1994, 0.2010) (SCAN's config), whose std is,
   like PICA's CIFAR-100 one, below the per-pixel std; any other dataset the per-channel mean/std of its training images,
   computed at the start of the run (``normalization: dataset``).
-* Train + test for training and evaluation (CIFAR). STL-10's extra unlabeled split for the
-  over-clustering head is not available to the harness (deviation; both heads use train + test).
+* Train + test for training and evaluation. STL-10: the over-clustering head trains on train +
+  the 100,000 unlabeled images + test, the K head on train + test (main.py ``train_splits``).
 
 Selection (deviation, on purpose): the official main.py evaluates on the labels after every epoch and
 keeps the checkpoint of the best ACC (``is_best = acc > best_acc``). The harness never lets labels pick
@@ -46,6 +46,7 @@ from methods._contrastive import (
     epoch_batches,
     eval_pass,
     prepare_training,
+    unlabeled_images,
 )
 from methods.common.augment import NORMALIZATION, GPUAugment, channel_mean_std, pica_spec, resize_eval
 from methods.common.backbones import resnet
@@ -124,6 +125,8 @@ class PICA(ClusteringMethod):
         entropy_weight: float = Field(2.0, ge=0, description="lambda of the partition-entropy term")
         lr: float = Field(1e-4, gt=0, description="Adam, constant")
         weight_decay: float = Field(0.0, ge=0)
+        unlabeled: bool = Field(True, description="where the dataset has unlabeled images (STL-10): the "
+                                                  "over-clustering head also trains on them (official)")
         normalization: Literal["dataset", "cifar10", "cifar100_pica", "imagenet"] = Field(
             "dataset", description="Normalize(mean, std): a named official set, or 'dataset' = per-channel "
                                    "mean/std of the training images")
@@ -135,7 +138,10 @@ class PICA(ClusteringMethod):
         net = PICANet(cfg.backbone, data.x_train.shape[1], cfg.sobel, heads)
         x_train, net = prepare_training(data.x_train, net, dev)
         x_eval = x_train if data.same_split else data.x_eval
-        n = x_train.shape[0]
+        # official STL-10 (main.py train_splits): the over-clustering head trains on train + unlabeled + test,
+        # the K head on train + test
+        extra = unlabeled_images(data, cfg.unlabeled) if cfg.overclustering else None
+        x_over = x_train if extra is None else torch.cat([x_train, extra.to(dev, non_blocking=True)])
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         mean, std = channel_mean_std(x_train) if cfg.normalization == "dataset" else NORMALIZATION[cfg.normalization]
         spec = pica_spec(cfg.image_size, mean, std)
@@ -151,10 +157,11 @@ class PICA(ClusteringMethod):
             net.train()
             head_losses = []
             for h in range(len(heads)):
+                x_h = x_over if cfg.overclustering and h == 0 else x_train
                 loss_sum = torch.zeros((), device=dev)
                 n_steps = 0
-                for idx in epoch_batches(n, cfg.batch_size, g_batch, dev, drop_last=False):
-                    xb = x_train.index_select(0, idx)
+                for idx in epoch_batches(x_h.shape[0], cfg.batch_size, g_batch, dev, drop_last=False):
+                    xb = x_h.index_select(0, idx)
                     xo = original(xb, g_aug)
                     xp = augment(xb.repeat(cfg.data_nrepeat, 1, 1, 1), generator=g_aug)
                     xo, xp = conv_layout(xo, dev), conv_layout(xp, dev)
@@ -174,7 +181,8 @@ class PICA(ClusteringMethod):
         if labels is None:
             labels = self._cluster(net, x_eval, original, ctx)
         loop.finish()
-        return ClusterOutput(labels=labels, info={**loop.info(), "heads": heads, "normalization": {
+        return ClusterOutput(labels=labels, info={**loop.info(), "heads": heads,
+            "unlabeled_images": 0 if extra is None else extra.shape[0], "normalization": {
             "name": cfg.normalization, "mean": [round(m, 4) for m in mean], "std": [round(v, 4) for v in std]}})
 
     @torch.no_grad()

@@ -9,7 +9,13 @@ configs/pretext/simclr_cifar10.yml, simclr.py, utils/common_config.py; claims.md
   lr * 0.1^3, 500 epochs, batch 512, drop_last.
 * Augmentation: RandomResizedCrop(32, scale 0.2-1), flip, ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8,
   grayscale 0.2, normalised with the dataset's mean/std.
-* Trained on the train split only; evaluated on the test split.
+* Trained on the train split only; evaluated on the test split. STL-10: trained on train + the
+  100,000 unlabeled images (simclr.py: ``split='train+unlabeled'``), k-means fit on the train split.
+* Loss: SCAN's ``SimCLRLoss`` is one-sided: the anchors are the first view's N rows only
+  (``anchor = features[:, 0]``), each contrasted with the other 2N - 1 outputs; SimCLR's paper averages
+  over both views' 2N rows. This is SCAN's baseline, so SCAN's form is the default (``anchors: first``;
+  ``both`` gives the paper's symmetric loss). Both views go through the network in one batch
+  (SCAN: ``model(input_)`` on the two views interleaved), so BatchNorm sees both views together.
 * Clusters (maintainer's protocol, SCAN issues #38 and #126): features of the un-augmented images
   from the 128-d projection output, L2-normalised; k-means fit on the train features, test images
   assigned to the nearest centre. ``kmeans_features: backbone`` uses the 512-d backbone features
@@ -39,6 +45,7 @@ from methods._contrastive import (
     eval_pass,
     prepare_training,
     set_lr,
+    unlabeled_images,
 )
 from methods.common.augment import NORMALIZATION, GPUAugment, resize_eval, simclr_spec
 from methods.common.backbones import resnet
@@ -87,6 +94,10 @@ class SimCLRKMeans(ClusteringMethod):
         lr_final_factor: float = Field(1e-3, ge=0, description="cosine ends at lr * this (SCAN: 0.1 ** 3)")
         normalization: Literal["cifar10", "cifar20", "imagenet"] = "cifar10"
         kmeans_features: Literal["head", "backbone"] = "head"
+        anchors: Literal["first", "both"] = Field("first", description="NT-Xent anchors: SCAN's first view only, "
+                                                                        "or both views (SimCLR paper)")
+        unlabeled: bool = Field(True, description="train on the dataset's unlabeled images too, where it has "
+                                                  "them (STL-10; SCAN's train+unlabeled)")
         kmeans_n_init: int = Field(10, ge=1)
 
     def run(self, data: ClusteringData, ctx: TrialContext) -> ClusterOutput:
@@ -95,7 +106,9 @@ class SimCLRKMeans(ClusteringMethod):
         if labels is None:
             labels = self._cluster(net, data, ctx, spec)
         loop.finish()
-        return ClusterOutput(labels=labels, info={**loop.info(), "kmeans_features": cfg.kmeans_features})
+        extra = unlabeled_images(data, cfg.unlabeled)
+        return ClusterOutput(labels=labels, info={**loop.info(), "kmeans_features": cfg.kmeans_features,
+                                                  "unlabeled_images": 0 if extra is None else extra.shape[0]})
 
     @torch.no_grad()
     def _cluster(self, net: SimCLRNet, data: ClusteringData, ctx: TrialContext, spec) -> torch.Tensor:
@@ -128,7 +141,8 @@ def train_simclr(cfg, data: ClusteringData, ctx: TrialContext, cluster_fn=None):
     """
     dev = ctx.device
     net = SimCLRNet(cfg.backbone, cfg.stem, data.x_train.shape[1], cfg.head_hidden_dim, cfg.feature_dim)
-    x_train, net = prepare_training(data.x_train, net, dev)
+    extra = unlabeled_images(data, cfg.unlabeled)
+    x_train, net = prepare_training(data.x_train if extra is None else torch.cat([data.x_train, extra]), net, dev)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                           nesterov=False)
     spec = simclr_spec(cfg.image_size, *NORMALIZATION[cfg.normalization])
@@ -150,7 +164,7 @@ def train_simclr(cfg, data: ClusteringData, ctx: TrialContext, cluster_fn=None):
             with autocast(dev, cfg.precision):
                 _, z = net(views)
             z1, z2 = z.float().chunk(2)
-            loss = nt_xent(z1, z2, cfg.temperature)
+            loss = nt_xent(z1, z2, cfg.temperature, anchors=cfg.anchors)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

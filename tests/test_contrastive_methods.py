@@ -55,8 +55,12 @@ def make_ctx(tmp: Path, y: np.ndarray, seed: int = 0) -> TrialContext:
                         data_md5="md5", code_version="test", scorer=lambda p: evaluate(y, p))
 
 
-def run_method(name: str, variant: str, tmp: Path, *, same_split: bool = True, seed: int = 0, **overrides):
+def run_method(name: str, variant: str, tmp: Path, *, same_split: bool = True, seed: int = 0, n_unlabeled: int = 0,
+               **overrides):
     data, y = tiny_data(same_split)
+    if n_unlabeled:  # STL-10-like: images for training only, never scored
+        g = torch.Generator().manual_seed(1)
+        data.x_unlabeled = torch.randint(0, 256, (n_unlabeled, 3, 8, 8), generator=g, dtype=torch.uint8)
     cfg = resolve_config(name, variant, None, {**TINY, **overrides})
     ctx = make_ctx(tmp, y, seed)
     torch.manual_seed(seed)
@@ -141,6 +145,87 @@ def test_pica_normalises_each_dataset_with_its_own_mean_std(tmp_path):
     np.testing.assert_allclose(std, x.std((0, 2, 3)), rtol=1e-9)
     grey = torch.full((2, 1, 4, 4), 0.5)  # a constant float image: std floored, no division by zero
     assert channel_mean_std(grey) == ((0.5,), (1e-6,))
+
+
+def test_cc_batchnorm_per_view_as_the_official_network(tmp_path):
+    """Official Network.forward runs the trunk once per view: view 1's BatchNorm statistics (and so its
+    outputs) must not depend on view 2; with ``batchnorm: joint`` they do (statistics over both views)."""
+    from methods.cc import CCNet, forward_views
+
+    assert resolve_config("cc").batchnorm == "per_view"
+    torch.manual_seed(0)
+    net = CCNet("resnet18", "cifar", 3, 8, K, "ich+cch").train()
+    g = torch.Generator().manual_seed(2)
+    v1, v2a, v2b = (torch.randn(6, 3, 8, 8, generator=g) for _ in range(3))
+    v2b = v2b * 3 + 1  # a second view with other batch statistics
+    dev = torch.device("cpu")
+    with torch.no_grad():
+        per_a = forward_views(net, v1, v2a, dev, "fp32", per_view=True)
+        per_b = forward_views(net, v1, v2b, dev, "fp32", per_view=True)
+        joint_a = forward_views(net, v1, v2a, dev, "fp32", per_view=False)
+        joint_b = forward_views(net, v1, v2b, dev, "fp32", per_view=False)
+        alone = net(v1)
+    torch.testing.assert_close(per_a[0], per_b[0])  # z1 ignores view 2
+    torch.testing.assert_close(per_a[2], per_b[2])  # p1 too
+    torch.testing.assert_close(per_a[0], alone[0])  # = view 1 through the network on its own
+    assert (joint_a[0] - joint_b[0]).abs().max() > 1e-3  # shared statistics: view 2 moves view 1's outputs
+    assert (joint_a[0] - per_a[0]).abs().max() > 1e-3
+    out, ctx, data = run_method("cc", "default", tmp_path, batchnorm="joint")  # the documented option still runs
+    assert out.info["batchnorm"] == "joint"
+    assert_contract(out, ctx, data)
+
+
+def _count_calls(monkeypatch, module, name: str) -> list[int]:
+    calls: list[int] = []
+    real = getattr(module, name)
+
+    def counting(*args, **kwargs):
+        calls.append(args[0].shape[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counting)
+    return calls
+
+
+def test_cc_stl10_recipe_trains_the_instance_head_on_unlabeled_images_first(tmp_path, monkeypatch):
+    """train_STL10.py: per epoch, an instance-loss-only pass over the unlabeled images, then both losses
+    over train + test. 24 unlabeled and 16 labelled images at batch 8: 3 + 2 instance steps, 2 cluster steps."""
+    import methods.cc as cc
+
+    inst, clus = _count_calls(monkeypatch, cc, "nt_xent"), _count_calls(monkeypatch, cc, "cluster_contrastive")
+    out, ctx, data = run_method("cc", "default", tmp_path / "with", n_unlabeled=24)
+    assert_contract(out, ctx, data)  # labels only for the 16 evaluated images
+    assert (len(inst), len(clus), out.info["unlabeled_images"]) == (5, 2, 24)
+    inst.clear(), clus.clear()
+    out, _, _ = run_method("cc", "default", tmp_path / "without", n_unlabeled=24, unlabeled=False)
+    assert (len(inst), len(clus), out.info["unlabeled_images"]) == (2, 2, 0)
+
+
+def test_simclr_stl10_recipe_pretrains_on_train_plus_unlabeled(tmp_path, monkeypatch):
+    """SCAN's simclr.py: split='train+unlabeled' for the pretext; k-means is fit on the train split.
+    16 + 24 images at batch 8, drop_last: 5 steps (2 without the unlabeled ones); SCAN's one-sided loss."""
+    import methods.simclr_kmeans as sk
+
+    assert resolve_config("simclr_kmeans").anchors == "first"
+    calls = _count_calls(monkeypatch, sk, "nt_xent")
+    out, ctx, data = run_method("simclr_kmeans", "default", tmp_path / "with", same_split=False, n_unlabeled=24,
+                                kmeans_n_init=1)
+    assert_contract(out, ctx, data)
+    assert (len(calls), out.info["unlabeled_images"]) == (5, 24)
+    calls.clear()
+    run_method("simclr_kmeans", "default", tmp_path / "without", same_split=False, kmeans_n_init=1)
+    assert len(calls) == 2
+
+
+def test_pica_stl10_recipe_adds_unlabeled_images_to_the_overclustering_head(tmp_path, monkeypatch):
+    """PICA main.py train_splits for STL-10: head 0 (over-clustering) on train+unlabeled+test, the K head on
+    train+test. 16 + 24 images at batch 8, no drop_last: 5 steps for head 0, 2 for the K head."""
+    import methods.pica as pica
+
+    calls = _count_calls(monkeypatch, pica, "pica_pui")
+    out, ctx, data = run_method("pica", "default", tmp_path, overclustering=5, data_nrepeat=1, n_unlabeled=24)
+    assert_contract(out, ctx, data)
+    assert (len(calls), out.info["unlabeled_images"]) == (7, 24)
 
 
 @pytest.mark.parametrize("method,variant", [("cc", "default"), ("idfd", "default")])

@@ -16,6 +16,7 @@ import torchvision.transforms.v2.functional as TF
 from bench.errors import BenchError
 from methods.common import losses as L
 from methods.common.augment import (
+    NORMALIZATION,
     AugmentSpec,
     GPUAugment,
     cc_spec,
@@ -148,7 +149,8 @@ def _reference_jitter(img, factors, order, on):
     return img
 
 
-@pytest.mark.parametrize("spec_fn", [cc_spec, pica_spec])
+@pytest.mark.parametrize("spec_fn", [cc_spec, lambda size: pica_spec(size, *NORMALIZATION["cifar10"])],
+                         ids=["cc_spec", "pica_spec"])
 def test_jitter_matches_torchvision_per_sample(spec_fn):
     n = 24
     x = _images(n=n, seed=7)
@@ -225,7 +227,7 @@ def test_presets_and_options():
     assert cc.blur_p == 0 and cc_spec(224, 1.0, blur=True).blur_p == 0.5
     idfd = idfd_spec(32)
     assert idfd.flip_p == 0 and idfd.jitter_p == 1 and idfd.jitter[3] == 0 and idfd.crop_scale == (0.2, 1.0)
-    pica = pica_spec(32)
+    pica = pica_spec(32, *NORMALIZATION["cifar10"])
     assert pica.jitter == (0.4, 0.4, 0.4, 0.4) and pica.jitter_p == 1 and pica.flip_p == 0.5
     x = _images(n=2)
     y = GPUAugment(cc, out_dtype=torch.bfloat16, channels_last=True)(x, _gen(0))
@@ -273,6 +275,40 @@ def test_nt_xent_reference_and_properties():
     z1.requires_grad_(True)
     L.nt_xent(z1, z2, 0.1).backward()
     assert torch.isfinite(z1.grad).all() and z1.grad.abs().sum() > 0
+
+
+def _scan_simclr_loss(features, temperature):
+    """SCAN's ``SimCLRLoss.forward`` (utils/losses.py), transcribed on the CPU: features [b, 2, dim]."""
+    b = features.shape[0]
+    mask = torch.eye(b)
+    contrast = torch.cat(torch.unbind(features, dim=1), dim=0)
+    anchor = features[:, 0]
+    dot = anchor @ contrast.T / temperature
+    logits = dot - dot.max(dim=1, keepdim=True).values.detach()
+    mask = mask.repeat(1, 2)
+    logits_mask = torch.scatter(torch.ones_like(mask), 1, torch.arange(b).view(-1, 1), 0)
+    mask = mask * logits_mask
+    log_prob = logits - torch.log((torch.exp(logits) * logits_mask).sum(1, keepdim=True))
+    return -((mask * log_prob).sum(1) / mask.sum(1)).mean()
+
+
+def test_nt_xent_one_sided_is_scans_simclr_loss():
+    """SCAN anchors on the first view only; SimCLR's paper (and CC's InstanceLoss) on both."""
+    g = _gen(1)
+    z1, z2 = F.normalize(torch.randn(7, 5, generator=g), dim=1), F.normalize(torch.randn(7, 5, generator=g), dim=1)
+    scan = float(_scan_simclr_loss(torch.stack([z1, z2], dim=1), 0.1))
+    first = L.nt_xent(z1, z2, 0.1, anchors="first")
+    assert float(first) == pytest.approx(scan, rel=1e-5)
+    swapped = L.nt_xent(z2, z1, 0.1, anchors="first")
+    assert abs(float(first) - float(swapped)) > 1e-3  # one-sided: the views are not interchangeable
+    both = L.nt_xent(z1, z2, 0.1)
+    assert float(both) == pytest.approx((float(first) + float(swapped)) / 2, rel=1e-5)  # symmetric = the mean
+    assert float(L.nt_xent(z2, z1, 0.1)) == pytest.approx(float(both), rel=1e-6)
+    z2.requires_grad_(True)
+    L.nt_xent(z1, z2, 0.1, anchors="first").backward()
+    assert z2.grad.abs().sum() > 0  # the second view still receives gradient (as positives and negatives)
+    with pytest.raises(ValueError, match="anchors"):
+        L.nt_xent(z1, z2, 0.1, anchors="second")
 
 
 def _entropy_ref(p):

@@ -112,16 +112,42 @@ def test_cifar100_uses_the_20_official_superclasses(tmp_path):
 
 
 def test_stl10_through_torchvision_parser(tmp_path):
+    from torchvision.datasets import STL10
+
     rng = np.random.default_rng(3)
     d = tmp_path / "stl10_binary"
     d.mkdir()
     for split, n in (("train", 3), ("test", 2)):
         rng.integers(0, 256, (n, 3, 96, 96), dtype=np.uint8).tofile(d / f"{split}_X.bin")
         np.array([1, 10, 5][:n], dtype=np.uint8).tofile(d / f"{split}_y.bin")
+    rng.integers(0, 256, (4, 3, 96, 96), dtype=np.uint8).tofile(d / "unlabeled_X.bin")
     spec = get_dataset_spec("stl10")
+    assert "stl10_binary/unlabeled_X.bin" in spec.files  # verified like every other file a trial may read
     ds = load_dataset("stl10", tmp_path, pinned=_md5s(tmp_path, spec.files))
     x, y = ds.split("train")
     assert x.shape == (3, 3, 96, 96) and y.tolist() == [0, 9, 4]  # stored 1..10, reported 0..9
+    # the unlabeled split: never in a labelled split, same orientation as torchvision's parser (H/W transposed)
+    xu = ds.splits.x_unlabeled
+    assert xu.shape == (4, 3, 96, 96) and xu.dtype == torch.uint8 and ds.split("all")[0].shape[0] == 5
+    unchecked = type("Unchecked", (STL10,), {"_check_integrity": lambda self: True})
+    assert np.array_equal(xu.numpy(), unchecked(str(tmp_path), split="unlabeled").data)
+    assert np.array_equal(x.numpy(), unchecked(str(tmp_path), split="train").data)
+
+
+def test_stl10_unlabeled_file_is_checked(tmp_path):
+    rng = np.random.default_rng(5)
+    d = tmp_path / "stl10_binary"
+    d.mkdir()
+    for split, n in (("train", 2), ("test", 2)):
+        rng.integers(0, 256, (n, 3, 96, 96), dtype=np.uint8).tofile(d / f"{split}_X.bin")
+        np.array([1, 2][:n], dtype=np.uint8).tofile(d / f"{split}_y.bin")
+    spec = get_dataset_spec("stl10")
+    pinned = _md5s(tmp_path, [f for f in spec.files if "unlabeled" not in f])
+    with pytest.raises(DataError, match="missing file .*unlabeled_X.bin"):
+        load_dataset("stl10", tmp_path, pinned=pinned)
+    (d / "unlabeled_X.bin").write_bytes(bytes(3 * 96 * 96 + 7))  # pinned as it is, but not whole images
+    with pytest.raises(DataError, match="not a whole number"):
+        load_dataset("stl10", tmp_path, pinned=_md5s(tmp_path, spec.files))
 
 
 def test_usps_reads_h5_and_cross_checks_labels_with_torchvision(tmp_path):

@@ -7,6 +7,7 @@ tensors; compute the losses in float32 (call them outside ``autocast`` or on ``.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -20,18 +21,26 @@ def _entropy_term(p: Tensor) -> Tensor:
     return math.log(q.numel()) + (q * torch.log(q.clamp_min(1e-30))).sum()
 
 
-def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
+def nt_xent(z1: Tensor, z2: Tensor, temperature: float, anchors: Literal["both", "first"] = "both") -> Tensor:
     """Instance-level NT-Xent (SimCLR Eq. 1; CC Eq. 2-3, ``InstanceLoss`` in CC's ``modules/contrastive_loss.py``).
 
     With z = normalise([z1; z2]) (2N rows) and s_ij = z_i . z_j / tau,
     l_i = -log( exp(s_{i,i+-N}) / sum_{k != i} exp(s_ik) ): one positive and 2N-2 negatives per row.
-    Returns the mean of l_i over the 2N rows. ``z1``, ``z2``: [N, D], not necessarily normalised.
+    ``anchors="both"`` (SimCLR's paper, CC's code): the mean of l_i over all 2N rows, symmetric in the views.
+    ``anchors="first"`` (SCAN's ``SimCLRLoss``, ``anchor = features[:, 0]``): the mean over the N rows of
+    ``z1`` only, each still contrasted with all 2N - 1 others; swapping the views changes it.
+    ``z1``, ``z2``: [N, D], not necessarily normalised.
     """
+    if anchors not in ("both", "first"):
+        raise ValueError(f"anchors must be 'both' or 'first', got {anchors!r}")
     n = z1.shape[0]
     z = F.normalize(torch.cat([z1, z2]), dim=1)
-    sim = z @ z.t() / temperature
-    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
-    target = (torch.arange(2 * n, device=z.device) + n) % (2 * n)  # row i's positive is its other view
+    rows = z if anchors == "both" else z[:n]
+    sim = rows @ z.t() / temperature
+    m = rows.shape[0]
+    self_pair = torch.arange(m, device=z.device)
+    sim = sim.index_put((self_pair, self_pair), torch.tensor(float("-inf"), device=z.device, dtype=sim.dtype))
+    target = (self_pair + n) % (2 * n)  # row i's positive is its other view
     return F.cross_entropy(sim, target)
 
 
