@@ -379,10 +379,12 @@ def _read_stl10(root: Path, cache: Path, md5s: dict[str, str]) -> Splits:
     te = cls(str(root), split="test", download=False)
     # The 100,000 unlabeled images (2.8 GB) that CC, SCAN and PICA add to training: memory-mapped with
     # torchvision's layout (stored column-major, hence the H/W transpose), read only by a method that uses them.
-    raw = np.memmap(root / "stl10_binary" / "unlabeled_X.bin", dtype=np.uint8, mode="c")
-    if raw.size % (3 * 96 * 96):
-        raise DataError(f"dataset 'stl10': {root / 'stl10_binary' / 'unlabeled_X.bin'} is not a whole number of "
-                        "3x96x96 images; restore it with `dvc checkout data`")
+    path = root / "stl10_binary" / "unlabeled_X.bin"
+    size = path.stat().st_size
+    if size == 0 or size % (3 * 96 * 96):
+        raise DataError(f"dataset 'stl10': {path} is not a whole, non-zero number of 3x96x96 images; "
+                        "restore it with `dvc checkout data`")
+    raw = np.memmap(path, dtype=np.uint8, mode="c")
     unlabeled = torch.from_numpy(raw.reshape(-1, 3, 96, 96).transpose(0, 1, 3, 2))
     return Splits(_nchw(tr.data), torch.as_tensor(tr.labels).long(), _nchw(te.data), torch.as_tensor(te.labels).long(),
                   x_unlabeled=unlabeled)
