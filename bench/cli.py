@@ -1,6 +1,6 @@
 """``bench``: run suites, build reports, list methods and datasets.
 
-    bench run [SUITE.yaml] [--inline] [--address ADDR] [--force] [--only M,...] [--store DIR] [--data DIR]
+    bench run [SUITE.yaml] [--inline] [--address ADDR] [--force | --resume [RUN_ID]] [--only M,...] [--store DIR]
     bench report [SUITE_NAME | SUITE.yaml] [--run RUN_ID] [--store DIR] [--out DIR]
     bench trial METHOD DATASET [--seed N] [--variant V] [--set key=value ...]
     bench list [METHOD]
@@ -8,7 +8,8 @@
     bench history [SUITE] [--rebuild] [--store DIR]
     bench regress SUITE [--store DIR] [--out DIR]     (exit 1 on a regression)
 
-User errors print one line (``error: ...``) and exit 2; failed trials make ``run`` exit 1.
+User errors print one line (``error: ...``) and exit 2; failed trials make ``run`` exit 1; a run cut short
+by SIGINT / SIGTERM still records what finished and writes its report, then exits 130 / 143.
 """
 
 from __future__ import annotations
@@ -40,23 +41,40 @@ def _data_root(args) -> Path:
 
 
 def cmd_run(args) -> int:
-    from bench.runner import run_suite
+    from bench.runner import exit_code_for, run_suite
     from bench.suite import load_suite
 
-    path = Path(args.suite) if args.suite else DEFAULT_SUITE
-    suite = load_suite(path)
+    store = _store(args)
+    if args.resume and args.force:
+        raise BenchError("--resume continues a run with that run's own --force setting; drop --force")
+    if args.resume and args.only:
+        raise BenchError("--resume continues a whole run; drop --only")
+    if isinstance(args.resume, str) and not args.suite:  # `bench run --resume RUN_ID`: the run names its suite
+        suite, path = resumed_suite(store, args.resume)
+    else:
+        path = Path(args.suite) if args.suite else DEFAULT_SUITE
+        suite = load_suite(path)
     if args.only:
         suite = only_methods(suite, args.only)
-    store = _store(args)
     manifest = run_suite(suite, store=store, data_root=_data_root(args), inline=args.inline, address=args.address,
-                         force=args.force, suite_path=str(path))
+                         force=args.force, suite_path=str(path), resume=args.resume)
     statuses = [t["status"] for t in manifest["trials"]]
     n_bad = sum(s not in ("ok", "reused") for s in statuses)
     print(f"run {manifest['run_id']}: {statuses.count('ok')} ok, {statuses.count('reused')} reused, {n_bad} failed "
           f"or interrupted; records in {store.records_dir}")
     if not args.no_report:
         _report(store, manifest, suite.tables, Path(args.out) / suite.name)
-    return 1 if n_bad else 0
+    return exit_code_for(manifest) or (1 if n_bad else 0)
+
+
+def resumed_suite(store, run_id: str):
+    """The suite of a stored run (its manifest keeps the resolved spec), and the file it came from."""
+    from bench.suite import parse_suite
+
+    man = next((m for m in store.runs() if m["run_id"] == run_id), None)
+    if man is None:
+        raise BenchError(f"--resume {run_id}: no such run in {store.runs_dir}")
+    return parse_suite(man["spec"], f"run {run_id}"), Path(man.get("suite_path") or f"run {run_id}")
 
 
 def only_methods(suite, names: list[str]):
@@ -166,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--inline", action="store_true", help="run trials one by one in this process, without Ray")
     r.add_argument("--address", help="join an existing Ray cluster (e.g. auto or ray://head:10001)")
     r.add_argument("--force", action="store_true", help="re-run trials even if an identical one is stored")
+    r.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_ID",
+                   help="continue an unfinished run (default: the suite's latest): finished trials are not rerun, "
+                        "unfinished ones restart from their last checkpoint")
     r.add_argument("--only", action="append", default=[], metavar="METHOD[,METHOD]",
                    help="run only these methods of the suite (a later full run reuses their records)")
     r.add_argument("--out", default="reports", help="where the report goes (default: reports/)")

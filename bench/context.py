@@ -53,6 +53,10 @@ class TrialContext:
     * ``check_finite(loss)`` raises on NaN/inf so the trial fails cleanly instead of clustering noise.
     * ``cached_stage(name, config, build)`` shares an expensive stage (e.g. a pretrained autoencoder)
       between methods and runs with the same (stage config, data md5, seed, code version).
+    * ``fail(exc, stage=..., iteration=...)`` masks this seed out of a seed batch: it is recorded as
+      failed with that reason and place, the batch's other seeds go on untouched.
+    * ``checkpointer(name)`` / ``TrialContext.batch_checkpointer(ctxs, name)``: where a long loop
+      saves its progress (see :class:`Checkpointer`); removed by the harness once the records are written.
     """
 
     def __init__(self, *, seed: int, device: torch.device | str, artifact_dir: Path, stage_dir: Path,
@@ -69,6 +73,9 @@ class TrialContext:
         self.stage_hits: dict[str, str] = {}
         self._scorer = scorer
         self._log_every_s = log_every_s
+        self.failure: BaseException | None = None
+        self.failed_at: dict[str, Any] | None = None
+        self._checkpoints: set[Path] = set()
         self._last_log = 0.0
         self._t0 = time.monotonic()
 
@@ -102,7 +109,45 @@ class TrialContext:
             raise NonFiniteLossError(f"{what} became {v} (seed {self.seed}); lower the learning rate or "
                                      "check the input scaling")
 
+    # -- per-seed failure inside a seed batch -----------------------------------------------
+    def fail(self, exc: BaseException, **where: Any) -> None:
+        """Mark this seed failed (first failure wins); ``where``: stage, iteration, epoch, ... for the record."""
+        if self.failure is None:
+            self.failure, self.failed_at = exc, where
+            self.logger.error("seed %d failed at %s: %s", self.seed, where, exc)
+
+    def fault_due(self, stage: str, iteration: int) -> bool:
+        """Debug fault injection, never part of a recipe: ``BENCH_FAULT_NAN=SEED@STAGE:ITER[,...]`` asks the
+        loop of ``STAGE`` to poison seed SEED's weights with NaN after iteration ITER (tests of per-seed
+        isolation; see tests/test_faults.py)."""
+        for item in filter(None, os.environ.get("BENCH_FAULT_NAN", "").split(",")):
+            seed, _, rest = item.strip().partition("@")
+            st, _, it = rest.rpartition(":")
+            if int(seed) == self.seed and st == stage and int(it) == iteration:
+                return True
+        return False
+
     # -- checkpoints (resume after a killed command) ----------------------------------------
+    def checkpointer(self, name: str) -> Checkpointer:
+        """A checkpoint of this trial's loop ``name`` in its artifact folder (keyed by the trial key)."""
+        return TrialContext.batch_checkpointer([self], name)
+
+    @staticmethod
+    def batch_checkpointer(ctxs: list[TrialContext], name: str) -> Checkpointer:
+        """One checkpoint for a loop that trains the seeds of ``ctxs`` together; its name hashes all their
+        trial keys, so only the same batch resumes from it."""
+        tag = ctxs[0].artifact_dir.name if len(ctxs) == 1 else \
+            "batch-" + stable_hash([c.artifact_dir.name for c in ctxs], 12)
+        ckpt = Checkpointer(ctxs[0].artifact_dir / f"{name}-{tag}.ckpt.pt", ctxs[0].logger)
+        for ctx in ctxs:
+            ctx._checkpoints.add(ckpt.path)
+        return ckpt
+
+    def remove_checkpoints(self) -> None:
+        for path in self._checkpoints:
+            path.unlink(missing_ok=True)
+        self._checkpoints.clear()
+
     @property
     def checkpoint_path(self) -> Path:
         return self.artifact_dir / "checkpoint.pt"
@@ -146,6 +191,65 @@ class TrialContext:
             atomic_write_bytes(path, buf)
             self.stage_hits[name] = "built"
             return out
+
+
+def checkpoint_interval_s() -> float:
+    """Seconds between progress checkpoints of long loops: ``BENCH_CHECKPOINT_S`` (default 120). A killed
+    trial loses at most this much work; 0 checkpoints at every opportunity (tests)."""
+    return float(os.environ.get("BENCH_CHECKPOINT_S", "120"))
+
+
+class Checkpointer:
+    """Atomic save and load of a long loop's state at iteration boundaries, at most every
+    :func:`checkpoint_interval_s` seconds.
+
+    The loop decides what ``state`` holds; for a resumed run to end exactly where an uncut one would
+    (CPU, deterministic mode) it must hold everything the rest of the loop reads: weights, optimizer
+    state, every RNG stream (:func:`rng_state`), the position in the loop and the curve so far.
+    """
+
+    def __init__(self, path: Path, logger: logging.Logger | None = None, every_s: float | None = None):
+        self.path = Path(path)
+        self.every_s = checkpoint_interval_s() if every_s is None else every_s
+        self.logger = logger or logging.getLogger("bench.trial")
+        self._last = time.monotonic()
+
+    def due(self) -> bool:
+        return time.monotonic() - self._last >= self.every_s
+
+    def save(self, state: dict[str, Any]) -> None:
+        atomic_write_bytes(self.path, _torch_bytes(state))
+        self._last = time.monotonic()
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.path.exists():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - a foreign or damaged file: start over, say so
+            self.logger.warning("ignoring unreadable checkpoint %s: %s", self.path, exc)
+            return None
+        self.logger.info("resuming from checkpoint %s", self.path.name)
+        return state
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def rng_state(generators: list[torch.Generator] = ()) -> dict[str, Any]:
+    """Every RNG stream a training loop may draw from: torch's global CPU (and CUDA) generators and
+    the given ``generators`` (e.g. per-seed minibatch streams)."""
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "generators": [g.get_state() for g in generators]}
+
+
+def set_rng_state(state: dict[str, Any], generators: list[torch.Generator] = ()) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    for g, st in zip(generators, state["generators"], strict=True):
+        g.set_state(st)
 
 
 def _torch_bytes(obj: Any) -> bytes:

@@ -31,13 +31,16 @@ from bench.errors import BenchError
 from bench.history import append_run_safely
 from bench.records import ResultRecord, trial_key
 from bench.registry import get_method, resolve_config
-from bench.store import ResultStore
+from bench.store import ResultStore, driver_alive, driver_identity
 from bench.suite import SuiteSpec
 from bench.trial import TrialUnit, execute_unit, utcnow
 
 log = logging.getLogger("bench.runner")
 #: environment the workers need to see as the driver does (plugins, code version, data and cache paths)
-PASSED_ENV = ("BENCH_PLUGINS", "BENCH_CODE_VERSION", "BENCH_DATA", "BENCH_CACHE")
+PASSED_ENV = ("BENCH_PLUGINS", "BENCH_CODE_VERSION", "BENCH_DATA", "BENCH_CACHE", "BENCH_CHECKPOINT_S",
+              "BENCH_FAULT_NAN")
+#: how many times Ray Tune retries a trial whose worker died
+MAX_FAILURES = 1
 
 
 @dataclass
@@ -45,6 +48,7 @@ class Plan:
     run_id: str
     units: list[TrialUnit]
     skipped: list[str] = field(default_factory=list)  # keys reused from the store
+    done: list[str] = field(default_factory=list)  # keys a resumed run had already finished
     entries: list[dict[str, Any]] = field(default_factory=list)  # one per (trial, seed), for the manifest
 
 
@@ -64,11 +68,12 @@ def _gpu_count(address: str | None) -> float:
 
 def plan_suite(suite: SuiteSpec, store: ResultStore, data_root: Path, *, force: bool = False,
                gpus_available: float = 0.0, code: dict[str, Any] | None = None,
-               cache_dir: Path | None = None) -> Plan:
+               cache_dir: Path | None = None, run_id: str | None = None) -> Plan:
+    """``run_id``: a run being resumed (its finished trials are not planned again, even with ``force``)."""
     from bench.provenance import code_version
 
     code = code or code_version()
-    run_id = f"{suite.name}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
+    run_id = run_id or f"{suite.name}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
     md5s = {}
     for ds in suite.datasets:
         md5s[ds] = dataset_md5(ds, data_root)  # raises on unknown name, missing file, md5 mismatch
@@ -93,23 +98,27 @@ def plan_suite(suite: SuiteSpec, store: ResultStore, data_root: Path, *, force: 
                 gpus = entry.gpus_per_trial if entry.gpus_per_trial is not None else suite.resources.gpus_per_trial
                 if gpus is None:
                     gpus = cls.gpu_share if gpus_available > 0 and suite.device != "cpu" else 0.0
-                todo: list[tuple[int, str]] = []
+                todo: list[tuple[int, str, str | None]] = []
                 for seed in suite.seeds:
                     key = trial_key(method=entry.name, variant=variant, dataset=ds, seed=seed, config=config,
                                     protocol=protocol, data_md5=md5s[ds], code_version=str(code["code_version"]))
+                    stored = store.get(key)
                     plan.entries.append({"key": key, "method": entry.name, "variant": variant, "dataset": ds,
                                          "seed": seed, "config": config, "protocol": protocol,
-                                         "data_md5": md5s[ds]})
-                    if not force and store.has_ok(key):
+                                         "data_md5": md5s[ds], "stored_run_id": stored and stored.run_id})
+                    if finished_in_run(store, key, run_id):
+                        plan.done.append(key)
+                    elif not force and store.has_ok(key):
                         plan.skipped.append(key)
                     else:
-                        todo.append((seed, key))
+                        todo.append((seed, key, stored and stored.run_id))
                 batch = max(1, entry.seed_batch or 1) if cls.supports_seed_batch else 1
                 for i in range(0, len(todo), batch):
                     chunk = todo[i:i + batch]
                     plan.units.append(TrialUnit(
-                        method=entry.name, variant=variant, dataset=ds, seeds=[s for s, _ in chunk],
-                        keys=[k for _, k in chunk], config=config, protocol=protocol, data_md5=md5s[ds], code=code,
+                        method=entry.name, variant=variant, dataset=ds, seeds=[s for s, _, _ in chunk],
+                        keys=[k for _, k, _ in chunk], stored_run_ids=[r for _, _, r in chunk], config=config,
+                        protocol=protocol, data_md5=md5s[ds], code=code,
                         store_root=str(store.root), data_root=str(data_root),
                         cache_dir=str(cache_dir or default_cache_dir()), device=suite.device,
                         deterministic=suite.deterministic, cpus=suite.resources.cpus_per_trial, gpus=float(gpus),
@@ -117,85 +126,233 @@ def plan_suite(suite: SuiteSpec, store: ResultStore, data_root: Path, *, force: 
     return plan
 
 
+def finished_in_run(store: ResultStore, key: str, run_id: str) -> bool:
+    """Whether run ``run_id`` already finished ``key`` (ok or failed), as its record or a refused attempt."""
+    rec = store.get(key)
+    own = rec if rec is not None and rec.run_id == run_id else store.attempt(key, run_id)
+    return own is not None and own.status in ("ok", "failed")
+
+
 def run_suite(suite: SuiteSpec, *, store: ResultStore, data_root: Path, inline: bool = False,
               address: str | None = None, force: bool = False, suite_path: str | None = None,
-              code: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Plan, run and record a suite. Returns the finished run manifest."""
+              code: dict[str, Any] | None = None, resume: str | bool = False) -> dict[str, Any]:
+    """Plan, run and record a suite. Returns the finished run manifest; ``manifest["signal"]`` names the
+    signal (SIGINT, SIGTERM) that cut the run short, if one did.
+
+    ``resume``: True (the latest unfinished run of the suite) or a run id: continue that run under its
+    own id, force flag and code version; trials it finished are not rerun, unfinished ones start from
+    their last checkpoint."""
+    from bench.provenance import code_version
+
     if address and inline:
         raise BenchError("--inline runs in this process; it cannot be combined with --address")
-    if address:
-        _ray_init(address)
+    code = code or code_version()
+    previous = resumable_run(store, suite.name, None if resume is True else resume, code) if resume else None
+    if previous is None:
+        note_unfinished(store, suite.name)
+    else:
+        force = bool(previous.get("force"))
+    if not inline:
+        _ray_init(address)  # before our signal handlers: ray.init installs its own SIGTERM handler
+        if address:
+            check_store_reachable(store)
     gpus = _gpu_count(None if inline else address)
-    plan = plan_suite(suite, store, data_root, force=force, gpus_available=gpus, code=code)
+    started = previous["started_at"] if previous else utcnow()
+    plan = plan_suite(suite, store, data_root, force=force, gpus_available=gpus, code=code,
+                      run_id=previous["run_id"] if previous else None)
     manifest: dict[str, Any] = {
         "run_id": plan.run_id, "suite": suite.name, "suite_path": suite_path, "spec": suite.model_dump(mode="json"),
-        "started_at": utcnow(), "finished_at": None, "status": "running", "mode": "inline" if inline else "ray",
-        "ray_address": address, "code": plan.units[0].code if plan.units else code,
-        "trials": [{**e, "status": "reused" if e["key"] in plan.skipped else "pending"} for e in plan.entries],
+        "started_at": started, "finished_at": None, "status": "running", "mode": "inline" if inline else "ray",
+        "ray_address": address, "code": plan.units[0].code if plan.units else code, "force": force,
+        "driver": driver_identity(),
+        "trials": [{**e, "status": "reused" if e["key"] in plan.skipped else
+                    "done" if e["key"] in plan.done else "pending"} for e in plan.entries],
     }
+    if previous:
+        manifest["resumed"] = [*previous.get("resumed", []), {"at": utcnow(), "driver": manifest["driver"],
+                                                              "previous_status": previous.get("status")}]
     store.write_run(manifest)
     n_seeds = sum(len(u.seeds) for u in plan.units)
-    print(f"run {plan.run_id}: {n_seeds} trial(s) to run, {len(plan.skipped)} reused from {store.root}", flush=True)
-    interrupted = False
+    what = f"resuming run {plan.run_id}: {len(plan.done)} trial(s) already finished, " if previous else \
+        f"run {plan.run_id}: "
+    print(f"{what}{n_seeds} trial(s) to run, {len(plan.skipped)} reused from {store.root}", flush=True)
     received: list[str] = []
-    restore = _trap_sigterm(received)
-    try:
-        if inline:
-            for i, unit in enumerate(plan.units, 1):
-                print(f"[{i}/{len(plan.units)}] {unit.method}/{unit.variant} on {unit.dataset}, seeds {unit.seeds}",
-                      flush=True)
-                execute_unit(unit)
-        elif plan.units:
-            _run_with_ray(plan, suite, store, address)
-    except KeyboardInterrupt:
-        interrupted = True
-        print("interrupted: finished trials are kept; unfinished ones are recorded as interrupted", file=sys.stderr)
-    finally:
-        restore()
-        # Ray Tune may swallow the signal and return normally; the flag still tells us what happened
-        _finish_manifest(manifest, plan, store, interrupted or bool(received), reason=", ".join(received))
+    with _trap_signals(received) as trap:
+        try:
+            if inline:
+                for i, unit in enumerate(plan.units, 1):
+                    print(f"[{i}/{len(plan.units)}] {unit.method}/{unit.variant} on {unit.dataset}, seeds "
+                          f"{unit.seeds}", flush=True)
+                    execute_unit(unit)
+            elif plan.units:
+                _run_with_ray(plan, suite, store, address)
+        except KeyboardInterrupt:
+            received[:] = received or ["SIGINT"]
+            print(f"interrupted ({received[0]}): finished trials are kept; unfinished ones are recorded as "
+                  f"interrupted; `bench run --resume {plan.run_id}` continues the run", file=sys.stderr, flush=True)
+        finally:
+            trap.disarm()  # a signal from here on is noted, but the recording below always completes
+            received = list(received)
+            if received and not inline:
+                _ray_shutdown()  # stop the workers before the manifest says what finished
+            # Ray Tune may swallow the signal and return normally; `received` still tells us what happened
+            _finish_manifest(manifest, plan, store, bool(received), reason=", ".join(received))
+    if received:
+        manifest["signal"] = received[0]
     return manifest
 
 
-def _trap_sigterm(received: list[str]):
-    """Turn SIGTERM (a job's time limit, `timeout`, a scheduler) into KeyboardInterrupt, so the run
-    records its unfinished trials as interrupted by the signal rather than as lost workers."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
+class _trap_signals:
+    """SIGINT and SIGTERM (Ctrl-C, a job's time limit, `timeout`, a scheduler) become one
+    KeyboardInterrupt, with the signal's name kept, so the run records its unfinished trials as
+    interrupted by that signal rather than as lost workers. Later signals are noted but do not cut
+    short the recording of what finished."""
 
-    def handler(signum, frame):
-        received.append(signal.Signals(signum).name)
-        raise KeyboardInterrupt
+    def __init__(self, received: list[str]):
+        self.received = received
+        self.armed = True
+        self.previous: dict[int, Any] = {}
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    return lambda: signal.signal(signal.SIGTERM, previous)
+    def _handler(self, signum, frame):
+        name = signal.Signals(signum).name
+        if not self.armed:
+            print(f"{name} received while recording what finished; finishing that first", file=sys.stderr,
+                  flush=True)
+            return
+        first = not self.received
+        self.received.append(name)
+        if first:
+            raise KeyboardInterrupt
+
+    def disarm(self) -> None:
+        self.armed = False
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def exit_code_for(manifest: dict[str, Any]) -> int | None:
+    """128 + the signal number for a run cut short by a signal (130 for SIGINT, 143 for SIGTERM)."""
+    name = manifest.get("signal")
+    return 128 + int(signal.Signals[name]) if name else None
 
 
 def _finish_manifest(manifest: dict[str, Any], plan: Plan, store: ResultStore, interrupted: bool,
                      reason: str = "") -> None:
-    """Fill each trial's outcome; a trial with no record from this run is 'interrupted', never dropped."""
+    """Fill each trial's outcome as of this run. A trial that this run did not finish is 'interrupted'
+    in the manifest, never dropped, and never written over a stored record that is better (the
+    store's rule, ``ResultStore.put``); an ok record another live run finished meanwhile is 'reused'."""
+    run_id = plan.run_id
     for entry in manifest["trials"]:
         rec = store.get(entry["key"])
-        if entry["status"] == "reused" and rec is not None:
-            entry["metrics"] = rec.metrics
-            entry["reused_from"] = rec.run_id
-            continue
-        if rec is None or rec.run_id != plan.run_id:
+        own = rec if rec is not None and rec.run_id == run_id else store.attempt(entry["key"], run_id)
+        if own is not None and own.status != "interrupted":
+            entry.update(status=own.status, metrics=own.metrics, error=own.error)
+        elif rec is not None and rec.ok and (entry["status"] == "reused" or rec.run_id != entry.get("stored_run_id")):
+            entry.update(status="reused", metrics=rec.metrics, reused_from=rec.run_id, error=None)
+        else:
             why = "run interrupted" + (f" ({reason})" if reason else "") + " before this trial finished"
             why = why if interrupted else "worker lost before writing a record (killed, out of memory, or node failure)"
-            rec = ResultRecord(key=entry["key"], suite=manifest["suite"], run_id=plan.run_id,
-                               method=entry["method"], variant=entry["variant"], dataset=entry["dataset"],
-                               seed=entry["seed"], config=entry["config"], protocol=entry["protocol"],
-                               data_md5=entry["data_md5"], status="interrupted", error=why,
-                               env=dict(manifest.get("code") or {}))
-            store.put(rec)
-        entry["status"] = rec.status
-        entry["metrics"] = rec.metrics
-        entry["error"] = rec.error
+            if rec is None or rec.status == "interrupted":
+                store.put(ResultRecord(key=entry["key"], suite=manifest["suite"], run_id=run_id,
+                                       method=entry["method"], variant=entry["variant"], dataset=entry["dataset"],
+                                       seed=entry["seed"], config=entry["config"], protocol=entry["protocol"],
+                                       data_md5=entry["data_md5"], status="interrupted", error=why,
+                                       env=dict(manifest.get("code") or {})))
+            entry.update(status="interrupted", metrics={}, error=why)
     manifest["finished_at"] = utcnow()
     manifest["status"] = "interrupted" if interrupted else "finished"
     store.write_run(manifest)
     append_run_safely(store, manifest)  # history database (bench.history); the JSON above stays canonical
+
+
+# -- unfinished runs and --resume ------------------------------------------------------------------
+def unfinished_runs(store: ResultStore, suite: str) -> list[tuple[dict[str, Any], str]]:
+    """Runs of ``suite`` that did not finish, oldest first, each with why: interrupted by a signal, or
+    'running' with a driver that is gone. (A driver on another host cannot be checked: left out.)"""
+    out = []
+    for man in store.runs(suite):
+        if man.get("status") == "interrupted":
+            out.append((man, "was interrupted"))
+        elif man.get("status") == "running" and driver_alive(man.get("driver")) is False:
+            d = man.get("driver") or {}
+            out.append((man, f"lost its driver (pid {d.get('pid')} on {d.get('host')} is gone)"))
+    return out
+
+
+def note_unfinished(store: ResultStore, suite: str) -> None:
+    runs = unfinished_runs(store, suite)
+    if runs:
+        man, why = runs[-1]
+        print(f"note: run {man['run_id']} of suite {suite!r} {why} before finishing; `bench run ... --resume` "
+              f"continues it (its finished trials are not rerun); this new run starts from scratch",
+              file=sys.stderr, flush=True)
+
+
+def resumable_run(store: ResultStore, suite: str, run_id: str | None, code: dict[str, Any]) -> dict[str, Any]:
+    if run_id:
+        man = next((m for m in store.runs() if m["run_id"] == run_id), None)
+        if man is None:
+            raise BenchError(f"--resume {run_id}: no such run in {store.runs_dir}")
+        if man.get("suite") != suite:
+            raise BenchError(f"--resume {run_id}: that run is of suite {man.get('suite')!r}, not {suite!r}; "
+                             "give its suite file")
+        if man.get("status") == "finished":
+            raise BenchError(f"--resume {run_id}: that run finished; nothing to resume (`bench run` re-runs what "
+                             "failed)")
+        if man.get("status") == "running" and driver_alive(man.get("driver")) is not False:
+            d = man.get("driver") or {}
+            raise BenchError(f"--resume {run_id}: its driver (pid {d.get('pid')} on {d.get('host')}) may still be "
+                             "running; stop it first (Ctrl-C records what finished)")
+    else:
+        runs = unfinished_runs(store, suite)
+        if not runs:
+            raise BenchError(f"--resume: no unfinished run of suite {suite!r} in {store.runs_dir}; run without "
+                             "--resume")
+        man = runs[-1][0]
+    theirs = (man.get("code") or {}).get("code_version")
+    if theirs != code.get("code_version"):
+        raise BenchError(f"--resume {man['run_id']}: that run used code {theirs}, this is "
+                         f"{code.get('code_version')}; check out its code to resume it, or start a new run")
+    return man
+
+
+def check_store_reachable(store: ResultStore) -> None:
+    """Before scheduling on a cluster: every alive node must see this store at the same path (trials
+    write their records there). A probe file written here is looked for on each node."""
+    import ray
+
+    probe = store.root / f".probe-{secrets.token_hex(4)}"
+    store.root.mkdir(parents=True, exist_ok=True)
+    probe.write_text("clusterbench")
+    try:
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+
+        @ray.remote(num_cpus=0)
+        def sees(path: str) -> tuple[str, bool]:
+            import socket
+
+            return socket.gethostname(), Path(path).is_file()
+
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        refs = [sees.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                .remote(str(probe)) for n in nodes]
+        blind = [f"{n.get('NodeManagerAddress')} ({host})" for n, (host, ok) in zip(nodes, ray.get(refs, timeout=120))
+                 if not ok]
+    finally:
+        probe.unlink(missing_ok=True)
+    if blind:
+        raise BenchError(f"store {store.root} is not reachable from Ray node(s) {', '.join(blind)}: every node must "
+                         "mount the store at the same path (shared storage), or pass --store such a path")
 
 
 def _ray_init(address: str | None) -> None:
@@ -209,11 +366,24 @@ def _ray_init(address: str | None) -> None:
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
                               "log_to_driver": True, "configure_logging": True,
                               "runtime_env": {"env_vars": passed} if passed else None}
+    # our SIGINT handler (bench.runner._trap_signals) records the reason and stops Ray itself
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+    if not address:  # a local instance of our own: reaped if this driver dies without shutting it down
+        from bench import watchdog
+
+        watchdog.start()
     try:
         ray.init(address=address, **kwargs) if address else ray.init(**kwargs)
     except Exception as exc:  # noqa: BLE001
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise BenchError(f"could not start or join {where}: {exc}; check `ray status`, or use --inline") from None
+
+
+def _ray_shutdown() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
 
 
 def _ray_trainable(config: dict[str, Any]) -> None:
@@ -246,8 +416,10 @@ def _run_with_ray(plan: Plan, suite: SuiteSpec, store: ResultStore, address: str
         param_space={"unit": tune.grid_search(units)},
         tune_config=tune.TuneConfig(max_concurrent_trials=suite.resources.max_concurrent_trials,
                                     trial_name_creator=name, trial_dirname_creator=name),
-        run_config=tune.RunConfig(name=plan.run_id, storage_path=str(store.root / "ray"),
-                                  failure_config=tune.FailureConfig(max_failures=0), verbose=1),
+        # a trial whose worker dies is retried (once): it reuses what its seeds recorded and resumes from
+        # their checkpoints; dying again, it is recorded as interrupted
+        run_config=tune.RunConfig(name=f"{plan.run_id}-{secrets.token_hex(2)}", storage_path=str(store.root / "ray"),
+                                  failure_config=tune.FailureConfig(max_failures=MAX_FAILURES), verbose=1),
     )
     results = tuner.fit()
     for res in results:

@@ -6,18 +6,28 @@
                                    a later re-run that replaces a failed record)
     <root>/artifacts/<key>/        per-trial files: predicted labels, checkpoints, embeddings
     <root>/stages/<name>/<hash>.pt shared stage outputs (e.g. pretrained autoencoders)
+    <root>/attempts/<key>/<run_id>.json  an attempt the store refused to put over a better record
+    <root>/locks/<key>.lock        held while a key is computed (one live computation per key)
 
 Writes are atomic (temporary file + rename), so a crash mid-write leaves the previous state, never a
 truncated record. On a Ray cluster the root must be storage that every node mounts at the same path.
+
+The store's promise (enforced by :meth:`ResultStore.put`): a record is only ever replaced by a newer
+*finished* result of the same key. An ok record is replaced only by another ok record; a failed one
+by ok or failed; an interrupted one by anything. A refused attempt is kept under ``attempts/`` (and
+in its run's manifest and the history database), never over the record.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
 from pydantic import ValidationError
 
 from bench.context import atomic_write_bytes
@@ -47,11 +57,35 @@ class ResultStore:
     def record_path(self, key: str) -> Path:
         return self.records_dir / f"{key}.json"
 
+    def lock_path(self, key: str) -> Path:
+        return self.root / "locks" / f"{key}.lock"
+
+    def attempt_path(self, key: str, run_id: str | None) -> Path:
+        return self.root / "attempts" / key / f"{run_id or 'no-run'}.json"
+
     # -- records -----------------------------------------------------------------------------
-    def put(self, record: ResultRecord) -> Path:
-        path = self.record_path(record.key)
-        atomic_write_bytes(path, record.to_json().encode())
-        return path
+    def key_lock(self, key: str) -> FileLock:
+        """The lock held while ``key`` is computed. An OS lock (flock): a killed holder releases it."""
+        path = self.lock_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(path))
+
+    def put(self, record: ResultRecord) -> bool:
+        """Store ``record`` unless the stored record of its key is better (see the module docstring).
+        Returns whether it became the record; a refused one is kept as an attempt of its run."""
+        self.lock_path(record.key).parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.lock_path(record.key)) + ".put"):  # check-and-replace is atomic across processes
+            current = self.get(record.key)
+            if current is not None and RANK[record.status] < RANK[current.status]:
+                atomic_write_bytes(self.attempt_path(record.key, record.run_id), record.to_json().encode())
+                return False
+            atomic_write_bytes(self.record_path(record.key), record.to_json().encode())
+            return True
+
+    def attempt(self, key: str, run_id: str | None) -> ResultRecord | None:
+        """The attempt of run ``run_id`` at ``key`` that :meth:`put` refused, if any."""
+        path = self.attempt_path(key, run_id)
+        return _read_record(path) if path.exists() else None
 
     def get(self, key: str) -> ResultRecord | None:
         path = self.record_path(key)
@@ -95,12 +129,45 @@ class ResultStore:
         return runs[-1] if runs else None
 
     def run_records(self, manifest: dict[str, Any]) -> list[ResultRecord]:
-        """The records a run produced or reused. A trial whose record is missing (worker killed before
-        writing) comes back as the manifest's own failed/interrupted entry, never silently dropped."""
+        """The records a run produced or reused. A trial this run did not finish (worker killed before
+        writing, run interrupted) comes back as its own attempt or the manifest's failed/interrupted entry,
+        never silently dropped, and never as another run's record of the same key."""
         out = []
         for entry in manifest.get("trials", []):
-            out.append(self.get(entry["key"]) or _record_from_entry(entry, manifest))
+            rec = self.get(entry["key"])
+            mine = rec is not None and rec.run_id == manifest.get("run_id")
+            if entry.get("status") in ("failed", "interrupted") and not mine:
+                # this run did not finish the trial; the stored record (if any) is another run's
+                rec = self.attempt(entry["key"], manifest.get("run_id")) or _record_from_entry(entry, manifest)
+            out.append(rec or _record_from_entry(entry, manifest))
         return out
+
+
+#: which status may replace which: a record is replaced only by one of equal or higher rank
+RANK = {"interrupted": 0, "failed": 1, "ok": 2}
+
+
+def driver_identity() -> dict[str, Any]:
+    """Who is running a run: host, pid and the process's start time (so a reused pid is not mistaken
+    for the driver)."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "pid_started": _process_start(os.getpid())}
+
+
+def _process_start(pid: int) -> float | None:
+    try:
+        import psutil
+
+        return round(psutil.Process(pid).create_time(), 2)
+    except Exception:  # noqa: BLE001 - no such process, or psutil missing
+        return None
+
+
+def driver_alive(driver: dict[str, Any] | None) -> bool | None:
+    """True/False when the run's driver is on this host (it can be checked), None for another host."""
+    if not driver or driver.get("host") != socket.gethostname():
+        return None
+    started = _process_start(int(driver.get("pid", -1)))
+    return started is not None and (driver.get("pid_started") is None or abs(started - driver["pid_started"]) < 1)
 
 
 def _read_record(path: Path) -> ResultRecord | None:

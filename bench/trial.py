@@ -7,6 +7,7 @@ finishes; a crash later in the unit loses nothing already written.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from filelock import Timeout
 from pydantic import BaseModel
 
 from bench.context import TrialContext
@@ -55,6 +57,10 @@ class TrialUnit(BaseModel):
     gpus: float = 0.0
     suite: str | None = None
     run_id: str | None = None
+    #: per key, the run whose record the store held at planning (None: no record). When this unit gets the
+    #: key's lock, an ok record of any other run (another live run computed it meanwhile) or of this very
+    #: run (a retried worker) is reused instead of computed again.
+    stored_run_ids: list[str | None] = []
 
 
 def utcnow() -> str:
@@ -91,9 +97,47 @@ def _error_line(exc: BaseException) -> str:
 
 
 def execute_unit(unit: TrialUnit | dict[str, Any]) -> list[ResultRecord]:
-    """Run every seed of the unit; always returns one record per seed (ok, failed or interrupted)."""
+    """Run every seed of the unit; always returns one record per seed (ok, failed or interrupted).
+
+    The unit holds its keys' locks (``store.key_lock``, taken in sorted order, so two units never
+    deadlock) while it computes. A second live run that reaches the same key waits, then finds the
+    first run's ok record and reuses it (and says so) instead of computing the key twice."""
     unit = unit if isinstance(unit, TrialUnit) else TrialUnit.model_validate(unit)
     store = ResultStore(unit.store_root)
+    with contextlib.ExitStack() as held:
+        for key in sorted(set(unit.keys)):
+            lock = store.key_lock(key)
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                log.info("%s/%s on %s: key %s is being computed by another run; waiting for it", unit.method,
+                         unit.variant, unit.dataset, key)
+                lock.acquire()
+            held.callback(lock.release)
+        stored = dict(zip(unit.keys, unit.stored_run_ids or [None] * len(unit.keys)))
+        reused = {k: r for k in unit.keys if (r := _reusable(store, unit, k, stored[k])) is not None}
+        for seed, key in zip(unit.seeds, unit.keys):
+            if key in reused:
+                log.info("%s/%s on %s seed %d: reusing the ok record of run %s (finished %s) instead of computing "
+                         "it again", unit.method, unit.variant, unit.dataset, seed, reused[key].run_id,
+                         reused[key].timings.get("finished_at", "?"))
+        todo = [(s, k) for s, k in zip(unit.seeds, unit.keys) if k not in reused]
+        if not todo:
+            return [reused[k] for k in unit.keys]
+        rest = unit.model_copy(update={"seeds": [s for s, _ in todo], "keys": [k for _, k in todo],
+                                       "stored_run_ids": [stored[k] for _, k in todo]})
+        done = {r.key: r for r in _execute_locked(rest, store)}
+        return [reused.get(k) or done[k] for k in unit.keys]
+
+
+def _reusable(store: ResultStore, unit: TrialUnit, key: str, stored_run_id: str | None) -> ResultRecord | None:
+    rec = store.get(key)
+    if rec is not None and rec.ok and (rec.run_id == unit.run_id or rec.run_id != stored_run_id):
+        return rec
+    return None
+
+
+def _execute_locked(unit: TrialUnit, store: ResultStore) -> list[ResultRecord]:
     if unit.cpus >= 1:
         torch.set_num_threads(max(1, int(unit.cpus)))
     device = pick_device(unit.device)
@@ -156,8 +200,12 @@ def execute_unit(unit: TrialUnit | dict[str, Any]) -> list[ResultRecord]:
         peak_gpu = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
         for ctx, out in zip(group, outputs):
             key = _key(unit, ctx.seed)
+            if ctx.failure is not None:
+                out = ctx.failure  # a seed masked out of its batch (ctx.fail) fails alone, with its own reason
             if isinstance(out, BaseException):
                 rec = _failed(base, ctx.seed, key, out, unit, curve=ctx.curve)
+                if ctx.failed_at:
+                    rec.info["failed_at"] = dict(ctx.failed_at)
             else:
                 rec = _scored(base, ctx, key, out, y_eval_np, unit)
             rec.timings = {"started_at": started, "finished_at": utcnow(), "load_s": round(load_s, 3),
@@ -167,11 +215,16 @@ def execute_unit(unit: TrialUnit | dict[str, Any]) -> list[ResultRecord]:
                              "peak_gpu_mem_mb": None if peak_gpu is None else round(peak_gpu, 1),
                              "cpus": unit.cpus, "gpus": unit.gpus}
             rec.env = env
-            store.put(rec)
+            if not store.put(rec):
+                log.warning("%s/%s on %s seed %d: this attempt (%s) is not stored over the better record of run "
+                            "%s; it is kept under %s", unit.method, unit.variant, unit.dataset, ctx.seed, rec.status,
+                            (store.get(key) or rec).run_id, store.attempt_path(key, rec.run_id).parent)
             records.append(rec)
             if rec.ok:
                 log.info("%s/%s on %s seed %d: ACC %.4f NMI %.4f ARI %.4f (%.1fs)", unit.method, unit.variant,
                          unit.dataset, ctx.seed, rec.metrics["acc"], rec.metrics["nmi"], rec.metrics["ari"], fit_s)
+        for ctx in group:  # every seed's record is written: the group's progress checkpoints are done with
+            ctx.remove_checkpoints()
     return records
 
 

@@ -37,9 +37,12 @@ class AEKMeans(ClusteringMethod):
         return config.protocol(batch_size=config.pretrain_batch_size)
 
     def run(self, data: ClusteringData, ctx: TrialContext) -> ClusterOutput:
-        return self.run_seeds(data, [ctx])[0]
+        out = self.run_seeds(data, [ctx])[0]
+        if isinstance(out, BaseException):
+            raise out
+        return out
 
-    def run_seeds(self, data: ClusteringData, ctxs: list[TrialContext]) -> list[ClusterOutput]:
+    def run_seeds(self, data: ClusteringData, ctxs: list[TrialContext]) -> list[ClusterOutput | BaseException]:
         cfg = self.config
         dev = ctxs[0].device
         x = scaled_input(data.x_train, cfg.input_scale, dev)
@@ -50,6 +53,9 @@ class AEKMeans(ClusteringMethod):
             z_eval = z if data.same_split else ae.encode_all(scaled_input(data.x_eval, cfg.input_scale, dev))
         # k-means distances in full fp32 (outside the TF32 block)
         for s, ctx in enumerate(ctxs):
+            if ctx.failure is not None:  # masked out of the batch while pretraining: fails alone
+                outs.append(ctx.failure)
+                continue
             # offset 7: the stream DEC's k-means initialisation uses, so labels match DEC's start
             res = kmeans(z[s], data.n_clusters, n_init=cfg.n_init, max_iter=cfg.max_iter,
                          generator=ctx.generator(offset=7))

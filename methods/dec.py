@@ -21,6 +21,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from bench.context import rng_state, set_rng_state
 from bench.errors import NonFiniteLossError
 from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, TrialContext
 from bench.registry import register_method
@@ -29,9 +30,10 @@ from methods.common.autoencoder import (
     BatchedMLPAutoencoder,
     _gather,
     per_seed_mse,
+    poison_due_seeds,
     pretrained_autoencoders,
 )
-from methods.common.kmeans import kmeans
+from methods.common.kmeans import KMeansResult, kmeans
 from methods.common.train import GraphedStep, SeedIndexStreams, matmul_tf32, sgd
 
 
@@ -108,18 +110,34 @@ class DEC(ClusteringMethod):
         Seeds train in lockstep (one batched model, one CUDA graph), but each keeps its own k-means
         initialisation, minibatch order, target distribution and stopping rule: a seed whose
         assignment changes by less than ``tol`` at a target update is finished, its labels frozen at
-        that update; the rest continue. A seed whose loss turns non-finite fails alone.
+        that update; the rest continue. A seed whose loss turns non-finite (or that failed while
+        pretraining) fails alone: ``ctx.fail`` masks it out, the others' numbers are unchanged.
+        Progress is checkpointed (``ctx.batch_checkpointer``) and resumed from after a kill.
         """
         cfg = self.config
         dev = ctxs[0].device
         n_seeds, n, k = len(ctxs), x.shape[0], data.n_clusters
-        with matmul_tf32(cfg.tf32):
-            z = ae.encode_all(x)
-        # k-means distances in full fp32 (outside the TF32 block)
-        kms = [kmeans(z[s], k, n_init=cfg.n_init, generator=ctx.generator(offset=7)) for s, ctx in enumerate(ctxs)]
-        del z
-        mu = torch.nn.Parameter(torch.stack([km.centers for km in kms]).clone())
-        y_last = torch.stack([km.labels for km in kms])
+        # progress checkpoint of this batch's self-training (resumed after a kill; removed once recorded)
+        ckpt = TrialContext.batch_checkpointer(ctxs, "cluster")
+        saved = ckpt.load()
+        if saved is None:
+            with matmul_tf32(cfg.tf32):
+                z = ae.encode_all(x)
+            # k-means distances in full fp32 (outside the TF32 block); a seed already failed (masked out of the
+            # batch while pretraining) gets placeholder centres: its slot computes on, never reported
+            kms = [kmeans(z[s], k, n_init=cfg.n_init, generator=ctx.generator(offset=7)) if ctx.failure is None else
+                   KMeansResult(labels=torch.zeros(n, dtype=torch.long, device=dev),
+                                centers=torch.zeros(k, z.shape[-1], device=dev), inertia=float("nan"), n_iter=0)
+                   for s, ctx in enumerate(ctxs)]
+            del z
+            inertias = [km.inertia for km in kms]
+            mu = torch.nn.Parameter(torch.stack([km.centers for km in kms]).clone())
+            y_last = torch.stack([km.labels for km in kms])
+        else:
+            ae.load_state_dict(saved["ae"])
+            inertias = saved["inertias"]
+            mu = torch.nn.Parameter(saved["mu"].to(dev))
+            y_last = saved["y_last"].to(dev)
         p_all = torch.zeros(n_seeds, n, k, device=dev)  # updated in place: a CUDA graph reads it
         params = ae.encoder_parameters() + [mu]
         if reconstruction_weight > 0:
@@ -137,14 +155,26 @@ class DEC(ClusteringMethod):
             return loss
 
         step = GraphedStep(loss_fn, opt, (n_seeds, cfg.batch_size), dev, use_graph=cfg.cuda_graphs, n_losses=n_seeds)
-        stream = SeedIndexStreams(n, cfg.batch_size, [ctx.generator(offset=13) for ctx in ctxs], dev)
+        gens = [ctx.generator(offset=13) for ctx in ctxs]
+        stream = SeedIndexStreams(n, cfg.batch_size, gens, dev)
         eval_x = None if data.same_split else scaled_input(data.x_eval, cfg.input_scale, dev)
         iters_per_epoch = max(1, -(-n // cfg.batch_size))
-        results: list[ClusterOutput | BaseException | None] = [None] * n_seeds
+        results: list[ClusterOutput | BaseException | None] = [ctx.failure for ctx in ctxs]
         deltas = [float("nan")] * n_seeds
-        n_updates = 0
+        n_updates, start = 0, 0
+        if saved is not None:
+            p_all.copy_(saved["p_all"])
+            step.load_state(saved["step"])
+            stream.load_state(saved["stream"])
+            set_rng_state(saved["rng"], gens)
+            results, deltas, n_updates, start = saved["results"], saved["deltas"], saved["n_updates"], saved["it"]
+            for ctx, curve, failure in zip(ctxs, saved["curves"], saved["failures"]):
+                ctx.curve = list(curve)
+                if failure is not None:
+                    ctx.fail(failure[0], **failure[1])
+        trained = ae.encoder_parameters() + [mu]
         with matmul_tf32(cfg.tf32):
-            for it in range(cfg.max_iters + 1):
+            for it in range(start, cfg.max_iters + 1):
                 if it % cfg.update_interval == 0 or it == cfg.max_iters:
                     with torch.no_grad():
                         q_all = student_t(ae.encode_all(x), mu, cfg.alpha)
@@ -160,9 +190,13 @@ class DEC(ClusteringMethod):
                         if results[s] is not None:
                             continue
                         if it > 0 and not math.isfinite(losses[s]):
-                            results[s] = NonFiniteLossError(
-                                f"{loss_name} became {losses[s]} (seed {ctx.seed}); lower the learning rate or "
-                                "check the input scaling")
+                            # masked out of the batch: its slice computes on in lockstep, isolated from the others
+                            ctx.fail(NonFiniteLossError(
+                                f"{loss_name} became {losses[s]} by iteration {it} (epoch "
+                                f"{it / iters_per_epoch:.2f}; seed {ctx.seed}); lower the learning rate or check "
+                                "the input scaling"), stage="cluster", iteration=it,
+                                epoch=round(it / iters_per_epoch, 3))
+                            results[s] = ctx.failure
                             continue
                         stop = it > 0 and deltas[s] < cfg.tol
                         done = stop or it == cfg.max_iters
@@ -173,11 +207,18 @@ class DEC(ClusteringMethod):
                             results[s] = ClusterOutput(
                                 labels=pred.clone(), embeddings=None,
                                 info={"iterations": it, "stop_reason": "tol" if stop else "max_iters",
-                                      "last_delta_label": deltas[s], "kmeans_init_inertia": kms[s].inertia,
+                                      "last_delta_label": deltas[s], "kmeans_init_inertia": inertias[s],
                                       "seeds_trained_together": n_seeds})
                     if all(r is not None for r in results) or it == cfg.max_iters:
                         break
                 step.step(stream.next())
+                poison_due_seeds(ctxs, "cluster", it + 1, trained)
+                if ckpt.due():
+                    ckpt.save({"it": it + 1, "ae": ae.state_dict(), "mu": mu.detach().cpu(), "inertias": inertias,
+                               "y_last": y_last.cpu(), "p_all": p_all.cpu(), "step": step.state(),
+                               "stream": stream.state(), "rng": rng_state(gens), "results": results,
+                               "deltas": deltas, "n_updates": n_updates, "curves": [list(c.curve) for c in ctxs],
+                               "failures": [None if c.failure is None else (c.failure, c.failed_at) for c in ctxs]})
         return results  # type: ignore[return-value]
 
     @torch.no_grad()

@@ -18,6 +18,7 @@ Several seeds train as one :class:`BatchedMLPAutoencoder` (weights ``[S, in, out
 from __future__ import annotations
 
 import contextlib
+import math
 from typing import Any
 
 import torch
@@ -25,7 +26,16 @@ from filelock import FileLock
 from pydantic import Field
 from torch import nn
 
-from bench.context import TrialContext, _torch_bytes, atomic_write_bytes
+from bench.context import (
+    Checkpointer,
+    TrialContext,
+    _torch_bytes,
+    atomic_write_bytes,
+    rng_state,
+    set_rng_state,
+    stable_hash,
+)
+from bench.errors import NonFiniteLossError
 from bench.method import MethodConfig
 from methods.common.train import GraphedStep, SeedIndexStreams, matmul_tf32, sgd, step_decay
 
@@ -214,7 +224,13 @@ def reconstruction_loss(model: BatchedMLPAutoencoder, x: torch.Tensor, idx: torc
 
 
 def _train(loss_fn, params, x_n: int, cfg: dict[str, Any], iters: int, ctxs: list[TrialContext], stage: str,
-           gens: list[torch.Generator]) -> None:
+           gens: list[torch.Generator], progress: _Progress) -> None:
+    """``iters`` SGD steps of one pretraining stage for every seed at once.
+
+    Per-seed isolation: a seed whose loss turns non-finite is masked out of the batch (``ctx.fail``,
+    with the stage and iteration); its slice goes on computing garbage that never reaches the other
+    seeds (disjoint parameters), so their numbers are those of a batch without the fault. Progress is
+    checkpointed through ``progress`` and resumed from it."""
     device = ctxs[0].device
     opt = sgd(params, cfg["lr"], cfg["momentum"], device)
     step = GraphedStep(loss_fn, opt, (len(ctxs), cfg["batch_size"]), device, use_graph=cfg.get("cuda_graphs", True),
@@ -222,48 +238,123 @@ def _train(loss_fn, params, x_n: int, cfg: dict[str, Any], iters: int, ctxs: lis
     stream = SeedIndexStreams(x_n, cfg["batch_size"], gens, device)
     log_every = max(1, min(iters, cfg.get("log_every", 1000)))
     iters_per_epoch = max(1, -(-x_n // cfg["batch_size"]))
-    for it in range(iters):
+    start = progress.resume_stage(stage, step, stream)
+    for it in range(start, iters):
         step.set_lr(step_decay(cfg["lr"], it, cfg["lr_step"]))
         step.step(stream.next())
+        poison_due_seeds(ctxs, stage, it + 1, params)
         if (it + 1) % log_every == 0 or it + 1 == iters:
             losses = step.mean_loss().tolist()  # one sync for all seeds
             for ctx, loss in zip(ctxs, losses):
-                ctx.check_finite(loss, f"{stage} loss")
-                ctx.log_epoch((it + 1) / iters_per_epoch, stage=stage, iteration=it + 1, loss=loss)
+                if ctx.failure is not None:
+                    continue
+                epoch = (it + 1) / iters_per_epoch
+                if not math.isfinite(loss):
+                    ctx.fail(NonFiniteLossError(f"{stage} loss became {loss} by iteration {it + 1} (epoch {epoch:.2f}; "
+                                                f"seed {ctx.seed}); lower the learning rate or check the input "
+                                                "scaling"), stage=stage, iteration=it + 1, epoch=round(epoch, 3))
+                    continue
+                ctx.log_epoch(epoch, stage=stage, iteration=it + 1, loss=loss)
+            if all(ctx.failure is not None for ctx in ctxs):
+                raise ctxs[0].failure  # type: ignore[misc]
+        if progress.due() and it + 1 < iters:
+            progress.save(stage, it + 1, step, stream)
 
 
-def pretrain_stacked_batched(x: torch.Tensor, cfg: dict[str, Any],
-                             ctxs: list[TrialContext]) -> list[dict[str, torch.Tensor]]:
+def poison_due_seeds(ctxs: list[TrialContext], stage: str, iteration: int, params: list[torch.Tensor]) -> None:
+    """Debug fault injection (``ctx.fault_due``): NaN into the weights of the seeds asked for."""
+    for s, ctx in enumerate(ctxs):
+        if ctx.fault_due(stage, iteration):
+            ctx.logger.warning("fault injection: seed %d's weights set to NaN after %s iteration %d", ctx.seed,
+                               stage, iteration)
+            with torch.no_grad():
+                for p in params:
+                    p[s].fill_(float("nan"))
+
+
+class _Progress:
+    """Checkpoint of the stacked pretraining of a batch: which stage, which iteration, and all the state
+    the rest of it reads (weights, optimizer, minibatch streams, dropout RNG, curves, failures)."""
+
+    def __init__(self, ckpt: Checkpointer, model: BatchedMLPAutoencoder, ctxs: list[TrialContext],
+                 gens: list[torch.Generator]):
+        self.ckpt, self.model, self.ctxs, self.gens = ckpt, model, ctxs, gens
+        self.state = ckpt.load()
+        if self.state is not None:
+            model.load_state_dict(self.state["model"])
+            for ctx, curve, failure in zip(ctxs, self.state["curves"], self.state["failures"]):
+                ctx.curve = list(curve)
+                if failure is not None:
+                    ctx.fail(failure[0], **failure[1])
+        self.done_stages: list[str] = list(self.state["done_stages"]) if self.state else []
+
+    def skip(self, stage: str) -> bool:
+        return stage in self.done_stages
+
+    def resume_stage(self, stage: str, step: GraphedStep, stream: SeedIndexStreams) -> int:
+        st = self.state
+        if st is None or st["stage"] != stage:
+            return 0
+        step.load_state(st["step"])
+        stream.load_state(st["stream"])
+        set_rng_state(st["rng"], self.gens)
+        self.state = None
+        return int(st["iteration"])
+
+    def finish(self, stage: str) -> None:
+        self.done_stages.append(stage)
+
+    def due(self) -> bool:
+        return self.ckpt.due()
+
+    def save(self, stage: str, iteration: int, step: GraphedStep, stream: SeedIndexStreams) -> None:
+        self.ckpt.save({"stage": stage, "iteration": iteration, "done_stages": list(self.done_stages),
+                        "model": self.model.state_dict(), "step": step.state(), "stream": stream.state(),
+                        "rng": rng_state(self.gens), "curves": [list(c.curve) for c in self.ctxs],
+                        "failures": [None if c.failure is None else (c.failure, c.failed_at) for c in self.ctxs]})
+
+
+def pretrain_stacked_batched(x: torch.Tensor, cfg: dict[str, Any], ctxs: list[TrialContext],
+                             ckpt: Checkpointer | None = None) -> list[dict[str, torch.Tensor]]:
     """Greedy layer-wise denoising pretraining, then end-to-end fine-tuning, for every seed of
-    ``ctxs`` at once. Returns one ``MLPAutoencoder`` state dict per seed.
+    ``ctxs`` at once. Returns one ``MLPAutoencoder`` state dict per seed (a seed masked out by
+    ``ctx.fail`` gets its garbage weights back: the caller must not store them).
 
     ``cfg``: dims, dropout, lr, lr_step, momentum, batch_size, iters_per_layer, finetune_iters,
     init_std, cuda_graphs, tf32, log_every. ``x`` is the scaled input ``[N, D]`` on the device.
     Each seed has its own initial weights (``manual_seed(seed)``, as the single-seed code) and its own
     minibatch order (``ctx.generator(offset=101)``); dropout masks come from the device's global
     generator, so a seed trained in a batch is statistically, not bitwise, the same as alone.
+    ``ckpt``: where progress is saved and resumed from (none: no checkpoints).
     """
     device = ctxs[0].device
     gens = [ctx.generator(offset=101) for ctx in ctxs]
     model = BatchedMLPAutoencoder.initial(cfg["dims"], cfg["init_std"], [ctx.seed for ctx in ctxs]).to(device)
+    progress = _Progress(ckpt or Checkpointer(ctxs[0].artifact_dir / "unused", every_s=float("inf")), model, ctxs,
+                         gens)
     drop = cfg["dropout"]
     n_layers = model.n_layers
     with matmul_tf32(cfg.get("tf32", False)):
         for i in range(n_layers):
+            stage = f"pretrain_layer{i + 1}"
+            if progress.skip(stage):
+                continue
             h_in = model.encode_all(x, upto=i) if i > 0 else x  # clean output of the frozen layers below
 
             def layer_loss(idx: torch.Tensor, i=i, h_in=h_in) -> torch.Tensor:
                 return denoising_layer_loss(model, i, h_in, idx, drop)
 
             params = [model.enc_w[i], model.enc_b[i], model.dec_w[i], model.dec_b[i]]
-            _train(layer_loss, params, x.shape[0], cfg, cfg["iters_per_layer"], ctxs, f"pretrain_layer{i + 1}", gens)
+            _train(layer_loss, params, x.shape[0], cfg, cfg["iters_per_layer"], ctxs, stage, gens, progress)
+            progress.finish(stage)
             del h_in
 
         def finetune_loss(idx: torch.Tensor) -> torch.Tensor:
             return reconstruction_loss(model, x, idx)
 
-        _train(finetune_loss, list(model.parameters()), x.shape[0], cfg, cfg["finetune_iters"], ctxs, "finetune",
-               gens)
+        if not progress.skip("finetune"):
+            _train(finetune_loss, list(model.parameters()), x.shape[0], cfg, cfg["finetune_iters"], ctxs, "finetune",
+                   gens, progress)
     return [model.state(s) for s in range(len(ctxs))]
 
 
@@ -299,11 +390,16 @@ def pretrained_autoencoders(x: torch.Tensor, cfg: dict[str, Any], ctxs: list[Tri
                 ctx.logger.info("stage sdae (seed %d): reusing %s", ctx.seed, path.name)
         missing = [j for j in range(len(ctxs)) if states[j] is None]
         if missing:
-            built = pretrain_stacked_batched(x, cfg, [ctxs[j] for j in missing])
+            # progress of this batch's pretraining, next to the stage artifacts it will become
+            ckpt = Checkpointer(paths[missing[0]].parent / f"{stable_hash(sorted(str(paths[j]) for j in missing))}"
+                                ".ckpt.pt", ctxs[0].logger)
+            built = pretrain_stacked_batched(x, cfg, [ctxs[j] for j in missing], ckpt)
             for j, state in zip(missing, built):
-                atomic_write_bytes(paths[j], _torch_bytes(state))
                 states[j] = state
-                ctxs[j].stage_hits["sdae"] = "built"
+                if ctxs[j].failure is None:  # a failed seed's weights are garbage: never a stage artifact
+                    atomic_write_bytes(paths[j], _torch_bytes(state))
+                    ctxs[j].stage_hits["sdae"] = "built"
+            ckpt.remove()
     return BatchedMLPAutoencoder.from_states(cfg["dims"], states).to(ctxs[0].device)  # type: ignore[arg-type]
 
 

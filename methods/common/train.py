@@ -69,6 +69,13 @@ class SeedIndexStreams:
         self._buf = torch.stack(rows)
         self._pos = 0
 
+    def state(self) -> dict:
+        """Position in the stream (the buffered indices; the generators are saved by their owner)."""
+        return {"buf": self._buf.cpu(), "pos": self._pos}
+
+    def load_state(self, state: dict) -> None:
+        self._buf, self._pos = state["buf"].to(self.device), int(state["pos"])
+
     def next(self) -> torch.Tensor:
         # IndexStream appends one permutation whenever the rest is shorter than a batch; drawing
         # `block` permutations at once only changes when they are drawn, not the sequence.
@@ -152,6 +159,15 @@ class GraphedStep:
         if changed and self._graph is not None:  # lr is baked into the captured kernels
             self._graph = None
             self._eager_left = self.warmup
+
+    def state(self) -> dict:
+        """The running loss and the optimizer's state (the parameters are saved by their owner)."""
+        return {"loss_sum": self.loss_sum.cpu(), "n_summed": self.n_summed, "opt": self.opt.state_dict()}
+
+    def load_state(self, state: dict) -> None:
+        self.loss_sum.copy_(state["loss_sum"])  # in place: a graph captured later adds into this storage
+        self.n_summed = int(state["n_summed"])
+        self.opt.load_state_dict(state["opt"])
 
     def mean_loss(self, reset: bool = True) -> torch.Tensor:
         """Mean loss since the last reset (per seed for batched closures), as a device tensor

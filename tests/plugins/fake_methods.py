@@ -76,3 +76,24 @@ class SignalsItself(ClusteringMethod):
 
             os.kill(os.getpid(), signal.SIGTERM)
         return ClusterOutput(labels=torch.zeros(len(data.x_eval), dtype=torch.long))
+
+
+@register_method
+class Sleeps(ClusteringMethod):
+    """Takes ``seconds`` per seed (a trial long enough to be interrupted) and logs each computation to
+    ``<store>/computed.log`` (one line per key computed: to count that no key is computed twice)."""
+
+    name = "test_sleep"
+
+    class Config(MethodConfig):
+        seconds: float = 1.0
+
+    def run(self, data, ctx):
+        import time
+
+        time.sleep(self.config.seconds)
+        with open(ctx.artifact_dir.parent.parent / "computed.log", "a") as fh:
+            fh.write(f"{ctx.artifact_dir.name} {os.getpid()}\n")
+        ctx.log_epoch(1, loss=0.1)
+        v = data.x_eval.flatten(1)[:, 20].long()
+        return ClusterOutput(labels=(v * data.n_clusters) // 256)
