@@ -18,7 +18,9 @@ Several seeds train as one :class:`BatchedMLPAutoencoder` (weights ``[S, in, out
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -388,6 +390,8 @@ def pretrained_autoencoders(x: torch.Tensor, cfg: dict[str, Any], ctxs: list[Tri
                 states[j] = torch.load(path, map_location="cpu", weights_only=False)
                 ctx.stage_hits["sdae"] = "reused"
                 ctx.logger.info("stage sdae (seed %d): reusing %s", ctx.seed, path.name)
+                if _curve_path(path).exists():  # the stage's own learning curve, as when it was built
+                    ctx.curve[:0] = json.loads(_curve_path(path).read_text())
         missing = [j for j in range(len(ctxs)) if states[j] is None]
         if missing:
             # progress of this batch's pretraining, next to the stage artifacts it will become
@@ -397,10 +401,15 @@ def pretrained_autoencoders(x: torch.Tensor, cfg: dict[str, Any], ctxs: list[Tri
             for j, state in zip(missing, built):
                 states[j] = state
                 if ctxs[j].failure is None:  # a failed seed's weights are garbage: never a stage artifact
+                    atomic_write_bytes(_curve_path(paths[j]), json.dumps(ctxs[j].curve).encode())
                     atomic_write_bytes(paths[j], _torch_bytes(state))
                     ctxs[j].stage_hits["sdae"] = "built"
             ckpt.remove()
     return BatchedMLPAutoencoder.from_states(cfg["dims"], states).to(ctxs[0].device)  # type: ignore[arg-type]
+
+
+def _curve_path(stage_path: Path) -> Path:
+    return stage_path.with_suffix(".curve.json")
 
 
 def pretrained_autoencoder(x: torch.Tensor, cfg: dict[str, Any], ctx: TrialContext) -> MLPAutoencoder:
