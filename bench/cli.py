@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ def _data_root(args) -> Path:
 
 
 def cmd_run(args) -> int:
-    from bench.runner import exit_code_for, run_suite
+    from bench.runner import exit_code_for, run_suite, trap_signals
     from bench.suite import load_suite
 
     store = _store(args)
@@ -56,15 +57,26 @@ def cmd_run(args) -> int:
         suite = load_suite(path)
     if args.only:
         suite = only_methods(suite, args.only)
-    manifest = run_suite(suite, store=store, data_root=_data_root(args), inline=args.inline, address=args.address,
-                         force=args.force, suite_path=str(path), resume=args.resume)
-    statuses = [t["status"] for t in manifest["trials"]]
-    n_bad = sum(s not in ("ok", "reused") for s in statuses)
-    print(f"run {manifest['run_id']}: {statuses.count('ok')} ok, {statuses.count('reused')} reused, {n_bad} failed "
-          f"or interrupted; records in {store.records_dir}")
-    if not args.no_report:
-        _report(store, manifest, suite.tables, Path(args.out) / suite.name)
-    return exit_code_for(manifest) or (1 if n_bad else 0)
+    # A signal before the run starts aborts it (nothing is written); during the run, run_suite records it;
+    # after the run (report), it is noted and the report still completes. Any of them sets the exit code.
+    received: list[str] = []
+    with trap_signals(received) as trap:
+        try:
+            manifest = run_suite(suite, store=store, data_root=_data_root(args), inline=args.inline,
+                                 address=args.address, force=args.force, suite_path=str(path), resume=args.resume)
+        except KeyboardInterrupt:
+            name = received[0] if received else "SIGINT"
+            print(f"{name} before the run started: nothing was run", file=sys.stderr)
+            return 128 + int(signal.Signals[name])
+        trap.disarm()
+        statuses = [t["status"] for t in manifest["trials"]]
+        n_bad = sum(s not in ("ok", "reused") for s in statuses)
+        print(f"run {manifest['run_id']}: {statuses.count('ok')} ok, {statuses.count('reused')} reused, {n_bad} "
+              f"failed or interrupted; records in {store.records_dir}")
+        if not args.no_report:
+            _report(store, manifest, suite.tables, Path(args.out) / suite.name)
+    late = 128 + int(signal.Signals[received[0]]) if received else None
+    return exit_code_for(manifest) or late or (1 if n_bad else 0)
 
 
 def resumed_suite(store, run_id: str):

@@ -177,7 +177,7 @@ def run_suite(suite: SuiteSpec, *, store: ResultStore, data_root: Path, inline: 
         f"run {plan.run_id}: "
     print(f"{what}{n_seeds} trial(s) to run, {len(plan.skipped)} reused from {store.root}", flush=True)
     received: list[str] = []
-    with _trap_signals(received) as trap:
+    with trap_signals(received) as trap:
         try:
             if inline:
                 for i, unit in enumerate(plan.units, 1):
@@ -192,17 +192,17 @@ def run_suite(suite: SuiteSpec, *, store: ResultStore, data_root: Path, inline: 
                   f"interrupted; `bench run --resume {plan.run_id}` continues the run", file=sys.stderr, flush=True)
         finally:
             trap.disarm()  # a signal from here on is noted, but the recording below always completes
-            received = list(received)
-            if received and not inline:
+            cut = list(received)
+            if cut and not inline:
                 _ray_shutdown()  # stop the workers before the manifest says what finished
-            # Ray Tune may swallow the signal and return normally; `received` still tells us what happened
-            _finish_manifest(manifest, plan, store, bool(received), reason=", ".join(received))
-    if received:
+            # Ray Tune may swallow the signal and return normally; `cut` still tells us what happened
+            _finish_manifest(manifest, plan, store, bool(cut), reason=", ".join(cut))
+    if received:  # cut the run short, or arrived while its outcome was recorded: the exit code says so
         manifest["signal"] = received[0]
     return manifest
 
 
-class _trap_signals:
+class trap_signals:  # noqa: N801 - used as a context manager
     """SIGINT and SIGTERM (Ctrl-C, a job's time limit, `timeout`, a scheduler) become one
     KeyboardInterrupt, with the signal's name kept, so the run records its unfinished trials as
     interrupted by that signal rather than as lost workers. Later signals are noted but do not cut
@@ -218,6 +218,7 @@ class _trap_signals:
         if not self.armed:
             print(f"{name} received while recording what finished; finishing that first", file=sys.stderr,
                   flush=True)
+            self.received.append(name)
             return
         first = not self.received
         self.received.append(name)
@@ -240,7 +241,7 @@ class _trap_signals:
 
 
 def exit_code_for(manifest: dict[str, Any]) -> int | None:
-    """128 + the signal number for a run cut short by a signal (130 for SIGINT, 143 for SIGTERM)."""
+    """128 + the signal number for a run that got a signal (130 for SIGINT, 143 for SIGTERM)."""
     name = manifest.get("signal")
     return 128 + int(signal.Signals[name]) if name else None
 
@@ -366,7 +367,7 @@ def _ray_init(address: str | None) -> None:
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
                               "log_to_driver": True, "configure_logging": True,
                               "runtime_env": {"env_vars": passed} if passed else None}
-    # our SIGINT handler (bench.runner._trap_signals) records the reason and stops Ray itself
+    # our SIGINT handler (bench.runner.trap_signals) records the reason and stops Ray itself
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     if not address:  # a local instance of our own: reaped if this driver dies without shutting it down
         from bench import watchdog

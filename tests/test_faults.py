@@ -222,7 +222,7 @@ def test_ray_driver_sigkill_leaves_no_ray_processes_and_resume_reruns_nothing_fi
 @pytest.mark.slow
 @pytest.mark.ray
 def test_ray_sigterm_exits_143_with_the_report_and_stops_ray(tmp_path):
-    suite = _suite_file(tmp_path, "term", [{"name": "test_sleep", "config": {"seconds": 2.0}}], seeds=6)
+    suite = _suite_file(tmp_path, "term", [{"name": "test_sleep", "config": {"seconds": 3.0}}], seeds=8)
     store = ResultStore(tmp_path / "st")
     run = Bench(str(suite), "--store", str(store.root), "--out", str(tmp_path / "rep"))
     assert run.wait_for(lambda: any(r.ok for r in store.records())), run.out
@@ -236,3 +236,27 @@ def test_ray_sigterm_exits_143_with_the_report_and_stops_ray(tmp_path):
     assert all("run interrupted (SIGTERM)" in t["error"] for t in man["trials"] if t["status"] == "interrupted")
     assert (tmp_path / "rep" / "term" / "table.md").exists() and "| test_sleep |" in run.out
     assert left_after(ray_procs, 20) == []
+
+
+# -- a 3-node Ray cluster on one machine ----------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.ray
+def test_three_node_cluster_completes_and_a_killed_node_loses_nothing(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+        cluster.wait_for_nodes()
+        suite = _suite_file(tmp_path, "nodes", [{"name": "test_sleep", "config": {"seconds": 3.0}}], seeds=6)
+        store = ResultStore(tmp_path / "st")
+        run = Bench(str(suite), "--address", cluster.address, "--store", str(store.root), "--no-report")
+        assert run.wait_for(lambda: any(r.ok for r in store.records())), run.out
+        cluster.remove_node(workers[0], allow_graceful=False)  # a node dies mid-run, its trial with it
+        assert run.finish() == 0, run.out
+        man = store.latest_run("nodes")
+        assert man["mode"] == "ray" and man["ray_address"] == cluster.address
+        assert [t["status"] for t in man["trials"]] == ["ok"] * 6  # retried elsewhere: 0 lost
+        assert all(r.ok for r in store.records()) and len(list(store.records())) == 6
+    finally:
+        cluster.shutdown()
