@@ -9,8 +9,12 @@ trials already stored are skipped unless ``force``, and the units run:
 * as a Ray Tune grid: local Ray by default, ``address=`` joins an existing cluster. Each trial asks
   for ``cpus_per_trial`` CPUs and a (fractional) GPU share; Ray packs fractional trials onto GPUs.
 
-A run manifest (bench.store) records the plan at the start and each trial's outcome at the end,
-including trials whose worker died before writing a record (status "interrupted").
+A run manifest (bench.store) records the plan and its driver (host, pid) at the start and each trial's
+outcome at the end, including trials whose worker died before writing a record (status "interrupted").
+SIGINT/SIGTERM stop the run cleanly (Ray shut down, outcomes recorded, exit 130/143); a run that did
+not finish is continued by ``resume`` (``bench run --resume``) under its own id. The store's rules
+(no finished record replaced by a worse one, one live computation per key) are in bench.store and
+bench.trial.execute_unit.
 """
 
 from __future__ import annotations
