@@ -281,11 +281,14 @@ def _finish_manifest(manifest: dict[str, Any], plan: Plan, store: ResultStore, i
 
 # -- unfinished runs and --resume ------------------------------------------------------------------
 def unfinished_runs(store: ResultStore, suite: str) -> list[tuple[dict[str, Any], str]]:
-    """Runs of ``suite`` that did not finish, oldest first, each with why: interrupted by a signal, or
-    'running' with a driver that is gone. (A driver on another host cannot be checked: left out.)"""
+    """Runs of ``suite`` since its latest finished run that did not finish, oldest first, each with why:
+    interrupted by a signal, or 'running' with a driver that is gone. (A driver on another host cannot be
+    checked: left out.)"""
     out = []
     for man in store.runs(suite):
-        if man.get("status") == "interrupted":
+        if man.get("status") == "finished":  # a later complete run supersedes the unfinished ones before it
+            out = []
+        elif man.get("status") == "interrupted":
             out.append((man, "was interrupted"))
         elif man.get("status") == "running" and driver_alive(man.get("driver")) is False:
             d = man.get("driver") or {}

@@ -260,3 +260,27 @@ def test_three_node_cluster_completes_and_a_killed_node_loses_nothing(tmp_path):
         assert all(r.ok for r in store.records()) and len(list(store.records())) == 6
     finally:
         cluster.shutdown()
+
+
+def test_resume_refuses_what_it_cannot_continue_in_one_line(tmp_path, capsys):
+    from bench.cli import main
+
+    suite = _suite_file(tmp_path, "res", ["test_first_pixel"], seeds=2)
+    args = ["--inline", "--store", str(tmp_path / "st"), "--no-report"]
+    assert main(["run", str(suite), "--resume", *args]) == 2
+    assert "no unfinished run of suite 'res'" in capsys.readouterr().err
+    assert main(["run", str(suite), *args]) == 0
+    run_id = ResultStore(tmp_path / "st").latest_run("res")["run_id"]
+    assert main(["run", str(suite), "--resume", run_id, *args]) == 2
+    assert "that run finished; nothing to resume" in capsys.readouterr().err
+    assert main(["run", "--resume", "nosuch", *args]) == 2 and "no such run" in capsys.readouterr().err
+    assert main(["run", str(suite), "--resume", "--force", *args]) == 2
+    # an interrupted run of other code: its keys would not match this code's
+    store = ResultStore(tmp_path / "st")
+    man = store.latest_run("res")
+    store.write_run({**man, "run_id": "res-old", "status": "interrupted", "started_at": "9999",
+                     "code": {"code_version": "other-code"}})
+    assert main(["run", str(suite), *args]) == 0
+    assert "run res-old of suite 'res' was interrupted" in capsys.readouterr().err  # the new run says so
+    assert main(["run", str(suite), "--resume", *args]) == 2
+    assert "used code other-code" in capsys.readouterr().err
