@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -77,6 +78,13 @@ def cmd_run(args) -> int:
             _report(store, manifest, suite.tables, Path(args.out) / suite.name)
     late = 128 + int(signal.Signals[received[0]]) if received else None
     return exit_code_for(manifest) or late or (1 if n_bad else 0)
+
+
+def _exit_now(signum, frame) -> None:
+    """After `bench run` has written everything: a signal during interpreter teardown exits 128 + signum."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(128 + signum)
 
 
 def resumed_suite(store, run_id: str):
@@ -291,7 +299,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        if argv is None and args.command == "run":  # the command line (not a caller's process): see _exit_now
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, _exit_now)
+        return code
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
