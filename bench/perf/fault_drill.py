@@ -139,8 +139,9 @@ def drill_signals(work: Path, moments: int, rng: random.Random) -> bool:
     first = BenchProcess(*args)
     first.wait_for("trial(s) to run")
     t_work = time.monotonic()
+    first.wait_for(" ok, ")  # the run's summary line: every trial is done (the report follows)
+    span = time.monotonic() - t_work  # signals land in [0, span): while trials run, or just after
     assert first.finish() == 0, first.out
-    span = time.monotonic() - t_work
     ok_keys = {r.key for r in store.records() if r.ok}
     print(f"signals: {len(ok_keys)} ok records stored by an uncut run ({time.monotonic() - t0:.0f} s, "
           f"{span:.1f} s of work); now {moments} --force runs cut at random moments", flush=True)
