@@ -76,6 +76,8 @@ def cmd_run(args) -> int:
               f"failed or interrupted; records in {store.records_dir}")
         if not args.no_report:
             _report(store, manifest, suite.tables, Path(args.out) / suite.name)
+        if getattr(args, "command_line", False):  # leaving the block installs _exit_now, with no gap between
+            trap.previous = dict.fromkeys(trap.previous, _exit_now)
     late = 128 + int(signal.Signals[received[0]]) if received else None
     return exit_code_for(manifest) or late or (1 if n_bad else 0)
 
@@ -298,12 +300,9 @@ def _add_audit_history_regress(sub, common) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    args.command_line = argv is None  # the `bench` command itself, not a caller's process: see _exit_now
     try:
-        code = int(args.func(args) or 0)
-        if argv is None and args.command == "run":  # the command line (not a caller's process): see _exit_now
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, _exit_now)
-        return code
+        return int(args.func(args) or 0)
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
