@@ -203,6 +203,9 @@ def drill_kill_resume(work: Path, rng: random.Random) -> bool:
     assert BenchProcess(str(suite), "--inline", "--store", str(uncut.root), "--no-report", env=env).finish() == 0
     kills, leftovers, reruns, resumed_ckpt = 0, [], 0, 0
     for attempt in range(40):
+        latest = cut.latest_run("drill_kill")
+        if latest and latest["status"] == "finished":  # killed after it had recorded everything: done
+            break
         ray = attempt == 0  # the first driver runs its trials under a local Ray instance
         args = [str(suite), "--store", str(cut.root), "--no-report", *([] if ray else ["--inline"]),
                 *(["--resume"] if attempt else [])]
