@@ -38,7 +38,6 @@ from bench.provenance import code_version, environment
 from bench.registry import get_method, resolve_config
 from bench.trial import pick_device, seed_everything
 
-
 RATIO_TARGET = 1.5  # 10 seeds batched / 1 seed, issue 13
 ONE_SEED_TARGET_S = 60.0
 
