@@ -103,7 +103,9 @@ def _pick(records: list[ResultRecord]) -> list[ResultRecord]:
     def newest(rs):
         return max(str(r.timings.get("finished_at") or "") for r in rs)
 
-    best = max(by_cfg.values(), key=lambda rs: (sum(r.ok for r in rs), newest(rs)))
+    # finished *seeds*, not records: two suites that re-ran the same config and seeds must not outvote a
+    # newer config with as many seeds
+    best = max(by_cfg.values(), key=lambda rs: (len({r.seed for r in rs if r.ok}), newest(rs)))
     per_seed: dict[int, ResultRecord] = {}
     for r in sorted(best, key=lambda r: (r.ok, str(r.timings.get("finished_at") or ""))):
         per_seed[r.seed] = r  # ok and newer records win

@@ -102,6 +102,20 @@ def test_best_of_n_is_the_best_seed_by_acc_with_its_own_nmi_and_ari(rows):
     assert max(r.metrics["nmi_geometric"] for r in records) > top.metrics["nmi_geometric"]
 
 
+def test_the_newest_config_wins_among_equally_many_finished_seeds():
+    from bench.records import ResultRecord
+
+    def rec(seed, acc, cfg, day):
+        return ResultRecord(key=f"{cfg}-{seed}-{day}", method="dec", dataset="mnist", seed=seed, config={"v": cfg},
+                            protocol={"train_split": "all", "eval_split": "all"}, data_md5="m", status="ok",
+                            metrics={"acc": acc}, timings={"finished_at": f"2026-11-{day:02d}T00:00:00Z"})
+
+    old = [rec(s, 0.80, "old", d) for d in (1, 2) for s in range(5)]  # two runs of the same 5 seeds
+    new = [rec(s, 0.86, "new", 20) for s in range(5)]
+    row = audit([_claim(method="dec", dataset="mnist", value=0.843)], old + new)[0]
+    assert row.n == 5 and row.mean == pytest.approx(0.86)
+
+
 def test_every_claim_with_results_is_in_the_table(rows, tmp_path):
     md = markdown(rows)
     shown = [r for r in rows if r.status != "no results"]
