@@ -33,11 +33,11 @@ PLAIN_DEC = {"bias_lr_mult": 1.0, "momentum_reset_at_update": False, "data_order
 
 
 def blobs(n_per: int = 60, k: int = 3, side: int = 4, seed: int = 0) -> tuple[ClusteringData, np.ndarray]:
-    """k well separated Gaussian blobs, shaped as [N, 1, side, side] images in [0, 1], classes interleaved
-    (the methods read data in file order, as DEC's Caffe code; real files are not sorted by class)."""
+    """k well separated Gaussian blobs, shaped as [N, 1, side, side] images in [0, 1], sorted by class (the
+    tests that use them shuffle minibatches: see TINY_AE)."""
     g = torch.Generator().manual_seed(seed)
     centers = torch.rand(k, side * side, generator=g)
-    y = torch.arange(k).repeat(n_per)
+    y = torch.arange(k).repeat_interleave(n_per)
     x = (centers[y] + 0.03 * torch.randn(len(y), side * side, generator=g)).clamp(0, 1)
     x = x.view(-1, 1, side, side)
     data = ClusteringData(dataset="synthetic", x_train=x, x_eval=x, n_clusters=k, train_split="all",
