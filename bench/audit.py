@@ -18,6 +18,12 @@ Verdict rule (stated in every output), tolerance = 1 point (0.01), alpha = 0.05:
   p = 1 - Phi((claim - m) / s)^N. "below claim" when p < alpha AND best < claim - tolerance; "above
   claim" when best > claim + tolerance; otherwise "consistent".
 * fewer than 2 finished seeds: "insufficient seeds" (the raw value is shown, no verdict).
+
+"Best" is the best seed by ACC, with that seed's NMI and ARI (a paper's best run is one run, not
+the maximum of each metric over different runs). NMI claims are compared with the record's NMI of
+the claim's normalisation (``nmi_geometric`` or the arithmetic ``nmi``, bench.claims); the metric
+column says which. Records written before ``nmi_geometric`` was stored cannot be compared with a
+geometric claim: the row is shown as a mismatch with their arithmetic numbers, never judged.
 """
 
 from __future__ import annotations
@@ -44,7 +50,9 @@ RULE_TEXT = (
     f"'consistent'. Best-of-n claims compare the best reproduced seed; 'below claim' when the chance that "
     f"the best of N normal draws (seeds' mean and std) reaches the claim is < {ALPHA} AND best < claim - "
     f"{TOLERANCE * 100:.0f} point. Fewer than 2 finished seeds: 'insufficient seeds'. Protocol mismatches "
-    f"are shown, never judged. Failed or interrupted seeds are excluded and listed.")
+    f"are shown, never judged. Failed or interrupted seeds are excluded and listed. 'Best' = the best seed by ACC, "
+    f"with that seed's NMI/ARI. NMI is compared in the paper's normalisation (geometric = scikit-learn < 0.22, "
+    f"arithmetic = >= 0.22; the metric column says which; 'not stated' is compared as arithmetic).")
 
 
 @dataclass
@@ -55,7 +63,8 @@ class AuditRow:
     n: int = 0
     mean: float = float("nan")
     std: float = float("nan")
-    best: float = float("nan")
+    best: float = float("nan")  # the metric of the best seed by ACC
+    best_seed: int | None = None
     reproduced: float = float("nan")  # the number compared: mean, or best for best-of-n claims
     delta: float = float("nan")
     p: float = float("nan")
@@ -94,21 +103,26 @@ def _pick(records: list[ResultRecord]) -> list[ResultRecord]:
     def newest(rs):
         return max(str(r.timings.get("finished_at") or "") for r in rs)
 
-    best = max(by_cfg.values(), key=lambda rs: (sum(r.ok for r in rs), newest(rs)))
+    # finished *seeds*, not records: two suites that re-ran the same config and seeds must not outvote a
+    # newer config with as many seeds
+    best = max(by_cfg.values(), key=lambda rs: (len({r.seed for r in rs if r.ok}), newest(rs)))
     per_seed: dict[int, ResultRecord] = {}
     for r in sorted(best, key=lambda r: (r.ok, str(r.timings.get("finished_at") or ""))):
         per_seed[r.seed] = r  # ok and newer records win
     return sorted(per_seed.values(), key=lambda r: r.seed)
 
 
-def verdict(claim: Claim, values: np.ndarray) -> tuple[str, float, float, float]:
-    """(verdict, reproduced value compared, delta, p) by the rule in the module docstring."""
+def verdict(claim: Claim, values: np.ndarray, best: float | None = None) -> tuple[str, float, float, float]:
+    """(verdict, reproduced value compared, delta, p) by the rule in the module docstring.
+
+    ``best``: the value of the best seed by ACC (best-of-n claims); default the largest value."""
     from scipy import stats
 
     n = len(values)
     if n == 0:
         return "no finished seeds", math.nan, math.nan, math.nan
-    mean, best = float(values.mean()), float(values.max())
+    mean = float(values.mean())
+    best = float(values.max()) if best is None else float(best)
     if claim.report == "best":
         reproduced, delta = best, best - claim.value
         if n < 2:
@@ -159,24 +173,35 @@ def audit(claims: list[Claim], records: list[ResultRecord]) -> list[AuditRow]:
             continue
         matched = [r for r in cand if not protocol_mismatch(c, r.protocol)]
         use = _pick(matched or cand)
-        ok = [r for r in use if r.ok and c.metric in r.metrics]
-        vals = np.array([r.metrics[c.metric] for r in ok], float)
-        row = AuditRow(c, "compared" if matched else "mismatch", "", n=len(vals),
+        key = c.record_metric
+        ok = [r for r in use if r.ok and key in r.metrics]
+        convention_gap = ""
+        if not ok and key != c.metric and any(r.ok and c.metric in r.metrics for r in use):
+            # records older than nmi_geometric: show their arithmetic NMI, never judge it
+            convention_gap = f"nmi normalisation: claim {c.nmi_normalisation} vs run arithmetic only"
+            key, ok = c.metric, [r for r in use if r.ok and c.metric in r.metrics]
+        vals = np.array([r.metrics[key] for r in ok], float)
+        top = max(ok, key=lambda r: (r.metrics.get("acc", -math.inf), -r.seed)) if ok else None
+        row = AuditRow(c, "compared" if matched and not convention_gap else "mismatch", "", n=len(vals),
                        mean=float(vals.mean()) if len(vals) else math.nan,
                        std=float(vals.std(ddof=1)) if len(vals) > 1 else math.nan,
-                       best=float(vals.max()) if len(vals) else math.nan, seeds=[r.seed for r in ok],
+                       best=float(top.metrics[key]) if top else math.nan, best_seed=top.seed if top else None,
+                       seeds=[r.seed for r in ok],
                        failed=[f"seed {r.seed}: {r.status}" + (f" ({r.error})" if r.error else "")
                                for r in use if not r.ok],
                        synthetic=any((r.env or {}).get("hostname") == SYNTHETIC_HOST for r in use),
                        curve_keys=[r.key for r in use if r.curve])
-        if not matched:
-            closest = min(cand, key=lambda r: sum(_norm(r.protocol.get(k)) != _norm(v)
-                                                  for k, v in c.compared_protocol.items()))
-            row.mismatch = protocol_mismatch(c, closest.protocol)
+        if not matched or convention_gap:
+            if matched:
+                row.mismatch = convention_gap
+            else:
+                closest = min(cand, key=lambda r: sum(_norm(r.protocol.get(k)) != _norm(v)
+                                                      for k, v in c.compared_protocol.items()))
+                row.mismatch = protocol_mismatch(c, closest.protocol)
             row.verdict = f"protocol mismatch: {row.mismatch}"
             row.reproduced = row.best if c.report == "best" else row.mean
         else:
-            row.verdict, row.reproduced, row.delta, row.p = verdict(c, vals)
+            row.verdict, row.reproduced, row.delta, row.p = verdict(c, vals, row.best)
         rows.append(row)
     return rows
 
@@ -206,7 +231,7 @@ def _repro_text(r: AuditRow) -> str:
         return "–"
     txt = f"{_pct(r.mean)} ± {_pct(r.std)}" if r.n > 1 else _pct(r.mean)
     if r.claim.report == "best":
-        txt += f", best {_pct(r.best)}"
+        txt += f", best {_pct(r.best)} (seed {r.best_seed}, best by ACC)"
     return txt
 
 
@@ -227,7 +252,7 @@ def markdown(rows: list[AuditRow], *, only_with_results: bool = True) -> str:
         repro = _repro_text(r) + (f" (n={r.n})" if r.status != "no results" else "")
         if r.status == "mismatch":
             repro = f"[not compared] {repro}"
-        out.append(f"| {_label(c)}{' — ' + c.label if c.label else ''} | {c.dataset} | {c.metric.upper()} | "
+        out.append(f"| {_label(c)}{' — ' + c.label if c.label else ''} | {c.dataset} | {c.metric_label} | "
                    f"{_short(c.paper)}, {c.table} | {_claim_text(c)} | {repro} | {delta} | {p} | {r.verdict} | "
                    f"{'; '.join(r.failed) or '–'} |")
     counts: dict[str, int] = {}
@@ -276,7 +301,8 @@ def latex(rows: list[AuditRow]) -> str:
             out.append(f"{_tex(lab)} & {_tex(kind)} & " + " & ".join(cells) + " \\\\")
         out += ["\\bottomrule", "\\end{tabular}",
                 f"\\caption{{{_tex(ds)}: claimed vs.\\ reproduced (\\%, mean$\\pm$std over seeds; best seed for "
-                f"best-of-$n$ rows; $^\\dagger$ not verified against the paper; -- = not compared).}}", "\\end{table}",
+                f"best-of-$n$ rows, the best seed by ACC; NMI in each claim's normalisation, see audit.md; "
+                f"$^\\dagger$ not verified against the paper; -- = not compared).}}", "\\end{table}",
                 ""]
     return "\n".join(out)
 
@@ -284,7 +310,8 @@ def latex(rows: list[AuditRow]) -> str:
 def write_csv(rows: list[AuditRow], path: Path) -> None:
     cols = ["method", "variant", "label", "dataset", "metric", "claimed", "claimed_std", "report", "n_runs",
             "verified", "paper", "table", "source", "claim_protocol", "claims_file", "status", "n", "mean", "std",
-            "best", "reproduced", "delta", "p", "verdict", "failed_seeds", "synthetic"]
+            "best", "best_seed", "reproduced", "delta", "p", "verdict", "failed_seeds", "synthetic",
+            "nmi_normalisation", "record_metric"]
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(cols)
@@ -292,7 +319,8 @@ def write_csv(rows: list[AuditRow], path: Path) -> None:
             c = r.claim
             w.writerow([c.method, c.variant, c.label, c.dataset, c.metric, c.value, c.std, c.report, c.n_runs,
                         c.verified, c.paper, c.table, c.source, c.protocol_text(), c.where, r.status, r.n, r.mean,
-                        r.std, r.best, r.reproduced, r.delta, r.p, r.verdict, "; ".join(r.failed), r.synthetic])
+                        r.std, r.best, r.best_seed, r.reproduced, r.delta, r.p, r.verdict, "; ".join(r.failed),
+                        r.synthetic, c.nmi_normalisation if c.metric == "nmi" else "", c.record_metric])
 
 
 def plot_claimed_vs_reproduced(rows: list[AuditRow], path: Path) -> None:

@@ -26,6 +26,12 @@ Protocol fields a claim may state, and how the audit compares them with a record
 e.g. ``hog``) are compared (strings case-insensitively); ``n_gpus`` is documentation only
 (records do not carry it). A field the claim leaves out is not compared.
 
+NMI convention. ``nmi_normalisation: geometric | arithmetic`` (in ``defaults`` for the whole file, or
+in a row) says how the paper normalised NMI: geometric (sqrt(H(Y) H(C)), scikit-learn < 0.22's default
+and therefore what DEC/IDEC/DEPICT/PICA-era code printed) or arithmetic (scikit-learn >= 0.22).
+The audit compares an NMI claim with the record's ``nmi_geometric`` or ``nmi`` accordingly; a claim
+that does not state it is compared with the arithmetic ``nmi`` and the output says "not stated".
+
 Loading validates every row: an unknown method, dataset, metric or key, a value outside [0, 1]
 or a bad type raises one :class:`~bench.errors.BenchError` naming the file and line.
 """
@@ -66,8 +72,9 @@ COMPARED_FIELDS = ("train_split", "eval_split", "image_size", "stem", "backbone"
 PROTOCOL_FIELDS = (*COMPARED_FIELDS, "n_gpus")
 SPLITS = ("train", "test", "all")
 
+NMI_NORMALISATIONS = ("arithmetic", "geometric")
 ROW_KEYS = {"method", "variant", "label", "dataset", "table", "paper", "source", "report", "n_runs", "std",
-            "protocol", "verified", "note", *METRICS}
+            "protocol", "verified", "note", "nmi_normalisation", *METRICS}
 FILE_KEYS = {"paper", "method", "defaults", "claims", "notes"}
 
 
@@ -90,8 +97,26 @@ class Claim:
     protocol: dict[str, Any] = field(default_factory=dict)
     verified: bool = True
     note: str = ""
+    nmi_normalisation: str = ""  # arithmetic | geometric | "" (not stated: compared as arithmetic)
     file: str = ""
     line: int = 0
+
+    @property
+    def record_metric(self) -> str:
+        """The record metric this claim is compared with (NMI: the claim's normalisation)."""
+        if self.metric != "nmi":
+            return self.metric
+        from bench.metrics import NMI_KEYS
+
+        return NMI_KEYS[self.nmi_normalisation or "arithmetic"]
+
+    @property
+    def metric_label(self) -> str:
+        """``ACC``, ``ARI``, or ``NMI (geometric)`` / ``NMI (arithmetic)`` / ``NMI (arithmetic; paper: not stated)``."""
+        if self.metric != "nmi":
+            return self.metric.upper()
+        return f"NMI ({self.nmi_normalisation})" if self.nmi_normalisation else \
+            "NMI (arithmetic; paper: not stated)"
 
     @property
     def where(self) -> str:
@@ -245,6 +270,10 @@ def parse_claims_file(path: str | Path, *, methods: set[str] | None = None,
             if not merged.get(k, data.get(k)):
                 raise BenchError(f"{where}: missing {k!r} (set it in the row or in defaults); every claim "
                                  f"carries its paper, table and source")
+        nmi_norm = merged.get("nmi_normalisation") or ""  # null in a row: not stated
+        if nmi_norm not in ("", *NMI_NORMALISATIONS):
+            raise BenchError(f"{at('nmi_normalisation')}: nmi_normalisation must be one of "
+                             f"{', '.join(NMI_NORMALISATIONS)}, got {nmi_norm!r}")
         verified = merged.get("verified", True)
         if not isinstance(verified, bool):
             raise BenchError(f"{at('verified')}: verified must be true or false")
@@ -255,7 +284,8 @@ def parse_claims_file(path: str | Path, *, methods: set[str] | None = None,
                              value=value, std=s, n_runs=n_runs, report=report, label=str(merged.get("label", "")),
                              paper=str(merged.get("paper", data.get("paper"))), table=str(merged.get("table")),
                              source=str(merged.get("source")), protocol=protocol, verified=verified,
-                             note=str(merged.get("note", "")), file=shown, line=keys.get(m, line)))
+                             note=str(merged.get("note", "")), nmi_normalisation=nmi_norm, file=shown,
+                             line=keys.get(m, line)))
     return out
 
 
@@ -282,7 +312,7 @@ def load_claims(folder: str | Path | None = None) -> list[Claim]:
     seen: dict[tuple, str] = {}
     for c in out:
         ident = (c.method, c.variant, c.dataset, c.metric, c.report, c.label, c.paper, c.table,
-                 tuple(sorted(c.protocol.items())))
+                 tuple(sorted(c.protocol.items())), c.nmi_normalisation)
         if ident in seen:
             raise BenchError(f"{c.where}: duplicate claim (same method, variant, dataset, metric, report, label, "
                              f"paper, table and protocol as {seen[ident]})")

@@ -16,7 +16,9 @@ data_md5                  md5 identity of the dataset files (see bench.data)
 status                    "ok", "failed" (exception, NaN loss) or "interrupted" (worker killed,
                           Ctrl-C). Only "ok" rows enter means; the others are counted as failures.
 error                     one line: the exception type and message, for failed/interrupted
-metrics                   {"acc", "nmi", "ari"} on the eval split, fractions in [0, 1]
+metrics                   {"acc", "nmi", "nmi_geometric", "ari"} on the eval split, fractions in [0, 1]
+                          (nmi: arithmetic normalisation; nmi_geometric: the pre-2019 convention, see
+                          bench.metrics; records written before it existed lack nmi_geometric)
 selection_rule            how the reported assignment was chosen, without labels
 curve                     per-epoch rows: epoch, loss, ..., eval_acc/eval_nmi/eval_ari when logged
 info                      method-specific facts (iterations, stop reason, stage reuse, ...)
@@ -37,7 +39,8 @@ from bench.context import stable_hash
 
 SCHEMA_VERSION = 1
 Status = Literal["ok", "failed", "interrupted"]
-METRICS = ("acc", "nmi", "ari")
+METRICS = ("acc", "nmi", "ari")  # the default table columns
+ALL_METRICS = ("acc", "nmi", "nmi_geometric", "ari")  # every stored metric (per-seed CSV, summaries)
 
 
 class ResultRecord(BaseModel):

@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 
 from bench.context import stable_hash
-from bench.records import METRICS, ResultRecord
+from bench.records import ALL_METRICS, METRICS, ResultRecord
 
-METRIC_LABEL = {"acc": "ACC", "nmi": "NMI", "ari": "ARI"}
+METRIC_LABEL = {"acc": "ACC", "nmi": "NMI", "nmi_geometric": "NMI (geometric)", "ari": "ARI"}
 
 
 def records_frame(records: Iterable[ResultRecord]) -> pd.DataFrame:
@@ -26,13 +26,13 @@ def records_frame(records: Iterable[ResultRecord]) -> pd.DataFrame:
     for r in records:
         rows.append({
             "method": r.method, "variant": r.variant, "dataset": r.dataset, "seed": r.seed, "status": r.status,
-            "error": r.error, **{m: r.metrics.get(m, np.nan) for m in METRICS},
+            "error": r.error, **{m: r.metrics.get(m, np.nan) for m in ALL_METRICS},
             "wall_s": r.timings.get("wall_s", np.nan), "peak_gpu_mem_mb": r.resources.get("peak_gpu_mem_mb"),
             "config_hash": stable_hash(r.config, 8), "protocol": protocol_text(r.protocol),
             "data_md5": r.data_md5, "code_version": r.env.get("code_version"), "selection_rule": r.selection_rule,
             "key": r.key,
         })
-    cols = ["method", "variant", "dataset", "seed", "status", "error", *METRICS, "wall_s", "peak_gpu_mem_mb",
+    cols = ["method", "variant", "dataset", "seed", "status", "error", *ALL_METRICS, "wall_s", "peak_gpu_mem_mb",
             "config_hash", "protocol", "data_md5", "code_version", "selection_rule", "key"]
     return pd.DataFrame(rows, columns=cols)
 
@@ -62,7 +62,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         ok = g[g["status"] == "ok"]
         rec: dict[str, Any] = {"row": row, "method": g["method"].iloc[0], "variant": g["variant"].iloc[0],
                                "dataset": ds, "n": len(ok), "n_failed": int((g["status"] != "ok").sum())}
-        for m in METRICS:
+        for m in ALL_METRICS:
             vals = ok[m].astype(float)
             rec[f"{m}_mean"] = vals.mean() if len(vals) else np.nan
             rec[f"{m}_std"] = vals.std(ddof=1) if len(vals) > 1 else np.nan

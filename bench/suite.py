@@ -66,7 +66,7 @@ class TableSpec(_Strict):
     title: str
     rows: list[TableRow]
     datasets: list[str] | None = None
-    metrics: list[Literal["acc", "nmi", "ari"]] = Field(default_factory=lambda: list(METRIC_NAMES))
+    metrics: list[Literal["acc", "nmi", "nmi_geometric", "ari"]] = Field(default_factory=lambda: list(METRIC_NAMES))
 
 
 class ProtocolOverride(_Strict):

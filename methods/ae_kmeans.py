@@ -12,7 +12,7 @@ from pydantic import Field
 
 from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, TrialContext
 from bench.registry import register_method
-from methods.common.autoencoder import AutoencoderConfig, pretrained_autoencoders
+from methods.common.autoencoder import AutoencoderConfig, pretrained_autoencoders, with_ae_defaults
 from methods.common.kmeans import kmeans
 from methods.common.train import matmul_tf32
 from methods.dec import scaled_input
@@ -27,6 +27,7 @@ class AEKMeans(ClusteringMethod):
     eval_split = "all"
     gpu_share = 0.25
     supports_seed_batch = True
+    dataset_defaults = with_ae_defaults({})  # the input scaling of DEC/IDEC's stage on each dataset
 
     class Config(AutoencoderConfig):
         n_init: int = Field(20, ge=1, description="k-means restarts (DEC's initialisation uses 20)")

@@ -5,7 +5,10 @@ d-500-500-2000-10 (methods.common.autoencoder), k-means (20 restarts) on the emb
 initial centres, Student's t soft assignment (alpha = 1), target distribution p = q^2/f
 (normalised), KL(P||Q) self-training of encoder and centres with SGD, the target recomputed on
 the whole dataset every ``update_interval`` iterations, stop when fewer than ``tol`` of the
-labels changed since the previous target update. Labels are never looked at.
+labels changed since the previous target update. Labels are never looked at. The Caffe solver's
+details are the defaults (each commented at its field): encoder biases at twice the learning rate,
+the momentum history reset at every target update (a fresh ``caffe train`` per interval), and the
+data read in order, continuing across updates (the LevelDB ``seek``).
 
 Several seeds run as one batched model (``run_seeds``; suites set ``seed_batch``), each with its own
 pretrained autoencoder (one cached stage per seed), k-means start, minibatch order and stopping
@@ -32,25 +35,30 @@ from methods.common.autoencoder import (
     per_seed_mse,
     poison_due_seeds,
     pretrained_autoencoders,
+    with_ae_defaults,
 )
 from methods.common.kmeans import KMeansResult, kmeans
-from methods.common.train import GraphedStep, SeedIndexStreams, matmul_tf32, sgd
+from methods.common.train import GraphedStep, index_streams, lr_groups, matmul_tf32, sgd
 
 
 def student_t(z: torch.Tensor, mu: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
     """q_ij proportional to (1 + ||z_i - mu_j||^2 / alpha)^(-(alpha + 1) / 2), rows normalised.
 
     ``z [..., N, D]``, ``mu [..., K, D]`` (a leading seed axis batches seeds) -> ``[..., N, K]``.
+    Computed as a softmax of -(alpha + 1) / 2 * log1p(d^2 / alpha): the same q, but a point far from
+    every centre (every kernel value underflowing to 0 in the direct form) gets a finite row instead of
+    0 / 0 = NaN.
     """
     d2 = (z.unsqueeze(-2) - mu.unsqueeze(-3)).pow(2).sum(-1)
-    q = (1.0 + d2 / alpha).pow(-(alpha + 1.0) / 2.0)
-    return q / q.sum(-1, keepdim=True)
+    return torch.softmax(torch.log1p(d2 / alpha) * (-(alpha + 1.0) / 2.0), -1)
 
 
 def target_distribution(q: torch.Tensor) -> torch.Tensor:
-    """p_ij = (q_ij^2 / f_j) / sum_j' (q_ij'^2 / f_j'), f_j = sum_i q_ij (DEC eq. 3); ``[..., N, K]``."""
-    w = q.pow(2) / q.sum(-2, keepdim=True)
-    return w / w.sum(-1, keepdim=True)
+    """p_ij = (q_ij^2 / f_j) / sum_j' (q_ij'^2 / f_j'), f_j = sum_i q_ij (DEC eq. 3); ``[..., N, K]``.
+    Guarded: an empty cluster (f_j = 0) or a row of underflowed squares divides by a tiny number, not 0."""
+    tiny = torch.finfo(q.dtype).tiny
+    w = q.pow(2) / q.sum(-2, keepdim=True).clamp_min(tiny)
+    return w / w.sum(-1, keepdim=True).clamp_min(tiny)
 
 
 def kl_pq(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -67,8 +75,11 @@ class DEC(ClusteringMethod):
     eval_split = "all"
     gpu_share = 0.25
     supports_seed_batch = True
-    # official code: target update every 160 iterations on MNIST, 40 on STL, 20 on Reuters
-    dataset_defaults = {"mnist": {"update_interval": 160}, "stl10": {"update_interval": 40}}
+    # official code: target update every 160 iterations on MNIST, 40 on STL, 20 on Reuters; USPS (no
+    # official DEC setting): 30, IDEC's DEC re-run (XifengGuo/IDEC README, `DEC.py usps --update_interval 30`).
+    # Input scaling per dataset: methods.common.autoencoder.AE_DATASET_DEFAULTS.
+    dataset_defaults = with_ae_defaults({"mnist": {"update_interval": 160}, "stl10": {"update_interval": 40},
+                                         "usps": {"update_interval": 30}})
 
     class Config(AutoencoderConfig):
         n_init: int = Field(20, ge=1, description="k-means restarts for the initial centres")
@@ -81,6 +92,17 @@ class DEC(ClusteringMethod):
         # Deviation: the official code has no iteration cap; 20,000 is DEC-keras's maxiter, a safety net.
         max_iters: int = Field(20000, ge=0)
         optimizer: Literal["sgd"] = "sgd"
+        # Official Caffe details of the self-training stage (piiswrong/dec, dec.py DisKmeans + make_net):
+        # the encoder's INNER_PRODUCT layers keep "blobs_lr: 1, 2" (biases at twice the lr), the
+        # MULTI_T_LOSS centres "blobs_lr: 1".
+        bias_lr_mult: float = Field(2.0, gt=0, description="encoder bias lr = this x lr (Caffe blobs_lr 2)")
+        # every target update writes a new solver and runs a fresh `caffe train` for update_interval
+        # iterations: the momentum history starts from zero each time.
+        momentum_reset_at_update: bool = Field(True, description="zero the momentum at each target update")
+        # the data layer reads mnist_total in order from `seek`, which advances by batch x interval.
+        data_order: Literal["sequential", "shuffled"] = Field(
+            "sequential", description="minibatches in data order, continuing across updates (Caffe), or "
+                                      "per-seed permutations")
         curve_eval_every: int = Field(1, ge=1, description="score the curve every this many target updates "
                                       "(plots only; never selects the result); the final one is always scored")
 
@@ -143,8 +165,12 @@ class DEC(ClusteringMethod):
         if reconstruction_weight > 0:
             params += ae.decoder_parameters()
         use_graph = cfg.cuda_graphs and dev.type == "cuda"
-        opt = make_optimizer(params, use_graph) if make_optimizer else \
-            sgd(params, cfg.lr, cfg.momentum, dev)
+        if make_optimizer:
+            opt = make_optimizer(params, use_graph)
+        else:
+            decoder = [*ae.dec_w, *ae.dec_b] if reconstruction_weight > 0 else []
+            opt = sgd(lr_groups([*ae.enc_w, *decoder], list(ae.enc_b), cfg.bias_lr_mult, others=[mu]), cfg.lr,
+                      cfg.momentum, dev)
 
         def loss_fn(idx: torch.Tensor) -> torch.Tensor:
             xb = _gather(x, idx)
@@ -156,7 +182,7 @@ class DEC(ClusteringMethod):
 
         step = GraphedStep(loss_fn, opt, (n_seeds, cfg.batch_size), dev, use_graph=cfg.cuda_graphs, n_losses=n_seeds)
         gens = [ctx.generator(offset=13) for ctx in ctxs]
-        stream = SeedIndexStreams(n, cfg.batch_size, gens, dev)
+        stream = index_streams(cfg.data_order, n, cfg.batch_size, gens, dev)
         eval_x = None if data.same_split else scaled_input(data.x_eval, cfg.input_scale, dev)
         iters_per_epoch = max(1, -(-n // cfg.batch_size))
         results: list[ClusterOutput | BaseException | None] = [ctx.failure for ctx in ctxs]
@@ -211,6 +237,8 @@ class DEC(ClusteringMethod):
                                       "seeds_trained_together": n_seeds})
                     if all(r is not None for r in results) or it == cfg.max_iters:
                         break
+                    if cfg.momentum_reset_at_update and it > 0:
+                        step.reset_momentum()
                 step.step(stream.next())
                 poison_due_seeds(ctxs, "cluster", it + 1, trained)
                 if ckpt.due():

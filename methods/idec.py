@@ -23,7 +23,7 @@ from pydantic import Field
 
 from bench.method import ClusteringData, ClusterOutput, TrialContext
 from bench.registry import register_method
-from methods.common.autoencoder import pretrained_autoencoders
+from methods.common.autoencoder import pretrained_autoencoders, with_ae_defaults
 from methods.common.train import adam, sgd
 from methods.dec import DEC, scaled_input
 
@@ -41,10 +41,12 @@ class IDEC(DEC):
     supports_seed_batch = True
     # official README commands: MNIST Adam + interval 140; USPS SGD(0.1, 0.99) + interval 30;
     # REUTERSIDF10K SGD(0.1, 0.99) + interval 3
-    dataset_defaults = {
+    # (input scaling per dataset: methods.common.autoencoder.AE_DATASET_DEFAULTS; USPS x 2/255 = the
+    # official raw .jf values, which SGD(0.1, 0.99) was tuned on)
+    dataset_defaults = with_ae_defaults({
         "mnist": {"optimizer": "adam", "lr": 0.001, "update_interval": 140},
         "usps": {"optimizer": "sgd", "lr": 0.1, "momentum": 0.99, "update_interval": 30},
-    }
+    })
 
     class Config(DEC.Config):
         gamma: float = Field(0.1, gt=0, description="weight of the clustering (KL) loss; reconstruction has 1.0")
@@ -53,9 +55,14 @@ class IDEC(DEC):
         momentum: float = Field(0.99, ge=0, description="SGD only (USPS/Reuters in the official code)")
         update_interval: int = Field(140, ge=1, description="iterations between target updates")
         adam_eps: float = Field(1e-8, gt=0, description="Keras 2.0 Adam epsilon")
-        # Deviation: the official loop walks the data in a fixed order with a short last batch;
-        # here each seed draws full batches from its own random permutations (fixed shapes for
-        # CUDA graphs), as DEC does.
+        # The official loop (IDEC.py) is Keras: one learning rate for every weight, and the optimizer
+        # state lives on across target updates (model.train_on_batch, no new optimizer).
+        bias_lr_mult: float = Field(1.0, gt=0, description="SGD only; Keras has no per-blob lr (1)")
+        momentum_reset_at_update: bool = Field(False, description="Keras keeps the optimizer state (False)")
+        # It walks x in a fixed order (index * batch_size ...), as DEC's Caffe data layer. Deviation: its
+        # last batch of a pass is short, then it restarts at 0; here batches wrap around (fixed shapes
+        # for CUDA graphs).
+        data_order: Literal["sequential", "shuffled"] = "sequential"
 
     def run_seeds(self, data: ClusteringData, ctxs: list[TrialContext]) -> list[ClusterOutput]:
         cfg = self.config
@@ -66,7 +73,7 @@ class IDEC(DEC):
         def make_optimizer(params, capturable: bool) -> torch.optim.Optimizer:
             if cfg.optimizer == "adam":
                 return adam(params, cfg.lr, dev, capturable=capturable, betas=(0.9, 0.999), eps=cfg.adam_eps)
-            return sgd(params, cfg.lr, cfg.momentum, dev)
+            return sgd(params, cfg.lr, cfg.momentum, dev)  # Keras SGD: one lr for all (bias_lr_mult unused)
 
         dec = DEC(cfg)  # the shared self-training loop reads only DEC's fields, which IDEC's config has
         return dec.cluster(ae, x, data, ctxs, reconstruction_weight=1.0, kl_weight=cfg.gamma,

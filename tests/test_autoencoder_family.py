@@ -22,12 +22,19 @@ from methods.common.train import IndexStream, SeedIndexStreams
 from methods.dec import student_t, target_distribution
 from methods.depict import DepictAutoencoder, frequency_normalised
 
+# Tiny blobs with 40-iteration stages: the Caffe solver details (Euclidean loss x 1/2, burn-in, file order,
+# per-update momentum reset) would leave the autoencoder half trained; these tests are about seed batching
+# and stage sharing, so they run the plain solver (the details are tested against Caffe's rule below).
 TINY_AE = {"hidden_dims": [32, 32, 64, 3], "pretrain_iters_per_layer": 40, "finetune_iters": 200, "pretrain_lr": 0.01,
-           "pretrain_lr_step": 1000, "pretrain_batch_size": 32, "pretrain_dropout": 0.0, "init_std": 0.1}
+           "pretrain_lr_step": 1000, "pretrain_batch_size": 32, "pretrain_dropout": 0.0, "init_std": 0.1,
+           "pretrain_momentum_burnin": 0, "pretrain_loss_scale": 1.0, "pretrain_bias_lr_mult": 1.0,
+           "pretrain_data_order": "shuffled"}
+PLAIN_DEC = {"bias_lr_mult": 1.0, "momentum_reset_at_update": False, "data_order": "shuffled"}
 
 
 def blobs(n_per: int = 60, k: int = 3, side: int = 4, seed: int = 0) -> tuple[ClusteringData, np.ndarray]:
-    """k well separated Gaussian blobs, shaped as [N, 1, side, side] images in [0, 1]."""
+    """k well separated Gaussian blobs, shaped as [N, 1, side, side] images in [0, 1], sorted by class (the
+    tests that use them shuffle minibatches: see TINY_AE)."""
     g = torch.Generator().manual_seed(seed)
     centers = torch.rand(k, side * side, generator=g)
     y = torch.arange(k).repeat_interleave(n_per)
@@ -97,7 +104,7 @@ def test_stage_is_one_artifact_per_seed_and_reused_batched_or_not(tmp_path):
 
 def test_dec_seed_batch_matches_seeds_alone_and_clusters_blobs(tmp_path):
     data, y = blobs()
-    over = {**TINY_AE, "batch_size": 32, "update_interval": 10, "max_iters": 200, "n_init": 3}
+    over = {**TINY_AE, **PLAIN_DEC, "batch_size": 32, "update_interval": 10, "max_iters": 200, "n_init": 3}
     batched = method("dec", **over).run_seeds(data, [ctx(0, tmp_path / "a"), ctx(2, tmp_path / "a")])
     alone = [method("dec", **over).run(data, ctx(s, tmp_path / "b")) for s in (0, 2)]
     for out_b, out_a in zip(batched, alone):
@@ -112,9 +119,10 @@ def test_dec_seed_batch_matches_seeds_alone_and_clusters_blobs(tmp_path):
 def test_ae_kmeans_and_idec_reuse_decs_autoencoder(tmp_path):
     data, y = blobs(seed=1)
     c_dec, c_ae, c_idec = ctx(0, tmp_path), ctx(0, tmp_path), ctx(0, tmp_path)
-    method("dec", **TINY_AE, update_interval=10, max_iters=50, n_init=3).run(data, c_dec)
+    method("dec", **TINY_AE, **PLAIN_DEC, update_interval=10, max_iters=50, n_init=3).run(data, c_dec)
     ae = method("ae_kmeans", **TINY_AE, n_init=3).run(data, c_ae)
-    idec = method("idec", **TINY_AE, update_interval=10, max_iters=50, n_init=3).run(data, c_idec)
+    idec = method("idec", **TINY_AE, data_order="shuffled", update_interval=10, max_iters=50, n_init=3).run(data,
+                                                                                                         c_idec)
     assert c_dec.stage_hits["sdae"] == "built"
     assert c_ae.stage_hits["sdae"] == "reused" and c_idec.stage_hits["sdae"] == "reused"
     assert evaluate(y, ae.labels_numpy())["acc"] > 0.9
@@ -207,3 +215,82 @@ def test_step_probe_says_it_needs_a_gpu(capsys):
 
     assert main() == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+# -- the official Caffe solver details (piiswrong/dec) -------------------------------------------------
+def _caffe_sgd(w0: torch.Tensor, grads: list[torch.Tensor], lr: float, momentum: float, burnin: int,
+               lr_mult: float = 1.0, reset_at: tuple[int, ...] = ()) -> torch.Tensor:
+    """Caffe's SGDSolver in float64: h = lr * mult * g + m_t h; w -= h; m_t = m * t / burnin while t < burnin."""
+    w, h = w0.double().clone(), torch.zeros_like(w0, dtype=torch.float64)
+    for t, g in enumerate(grads):
+        if t in reset_at:
+            h.zero_()
+        m = momentum * t / burnin if t < burnin else momentum
+        h = lr * lr_mult * g.double() + m * h
+        w -= h
+    return w
+
+
+@pytest.mark.parametrize("burnin", [0, 5, 50])
+def test_graphed_step_momentum_burnin_bias_lr_and_reset_follow_caffes_solver(burnin):
+    from methods.common.train import GraphedStep, burnin_momentum, lr_groups, sgd
+
+    g = torch.Generator().manual_seed(burnin)
+    grads_w = [torch.randn(3, 4, generator=g) for _ in range(30)]
+    grads_b = [torch.randn(4, generator=g) for _ in range(30)]
+    w = torch.nn.Parameter(torch.randn(3, 4, generator=g))
+    b = torch.nn.Parameter(torch.zeros(4))
+    w0, b0 = w.detach().clone(), b.detach().clone()
+    t = {"i": 0}
+
+    def loss_fn(idx: torch.Tensor) -> torch.Tensor:  # gradient of w is grads_w[t], of b grads_b[t]
+        return (w * grads_w[t["i"]]).sum() + (b * grads_b[t["i"]]).sum()
+
+    opt = sgd(lr_groups([w], [b], 2.0), 0.05, 0.9, torch.device("cpu"))
+    step = GraphedStep(loss_fn, opt, 2, torch.device("cpu"), use_graph=False)
+    for it in range(30):
+        if it == 20:
+            step.reset_momentum()  # DEC: a fresh solver at a target update
+        step.set_lr(0.05)
+        step.set_momentum(burnin_momentum(0.9, it, burnin), 0.9)
+        t["i"] = it
+        step.step(torch.zeros(2, dtype=torch.long))
+    tol = {"rtol": 1e-5, "atol": 1e-5}  # float32 steps against the float64 reference
+    torch.testing.assert_close(w.detach().double(), _caffe_sgd(w0, grads_w, 0.05, 0.9, burnin, reset_at=(20,)), **tol)
+    torch.testing.assert_close(b.detach().double(), _caffe_sgd(b0, grads_b, 0.05, 0.9, burnin, 2.0, reset_at=(20,)),
+                               **tol)
+    # after the burn-in the plain optimizer is back (momentum baked in again); during it, momentum 1 + scaling
+    assert all(grp["momentum"] == (0.9 if burnin < 30 else 1.0) for grp in opt.param_groups)
+    # without the reset or the bias multiplier the result differs: the test can see both
+    assert not torch.allclose(b.detach().double(), _caffe_sgd(b0, grads_b, 0.05, 0.9, burnin, 2.0), **tol)
+    assert not torch.allclose(b.detach().double(), _caffe_sgd(b0, grads_b, 0.05, 0.9, burnin, 1.0, reset_at=(20,)),
+                              **tol)
+
+
+def test_sequential_streams_walk_the_data_in_order_and_wrap():
+    from methods.common.train import SequentialIndexStreams
+
+    s = SequentialIndexStreams(10, 4, n_seeds=2, device=torch.device("cpu"))
+    rows = [s.next() for _ in range(3)]
+    assert all(r.shape == (2, 4) and torch.equal(r[0], r[1]) for r in rows)  # every seed reads the same batch
+    assert [r[0].tolist() for r in rows] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 0, 1]]
+
+
+def test_pretraining_loss_is_caffes_half_mse(tmp_path):
+    from methods.common.autoencoder import reconstruction_loss
+
+    model = BatchedMLPAutoencoder.initial([6, 5, 2], 0.1, [0])
+    x, idx = torch.rand(20, 6), torch.arange(8)[None]
+    full = reconstruction_loss(model, x, idx)
+    half = reconstruction_loss(model, x, idx, loss_scale=0.5)
+    torch.testing.assert_close(half, 0.5 * full)
+    torch.testing.assert_close(full[0], ((model.decode(model.encode(x[:8])) - x[:8]) ** 2).mean())
+
+
+def test_caffe_recipe_defaults_are_the_official_values():
+    dec = resolve_config("dec", "default", "mnist", {})
+    assert (dec.pretrain_loss_scale, dec.pretrain_bias_lr_mult, dec.pretrain_momentum_burnin) == (0.5, 2.0, 1000)
+    assert dec.pretrain_data_order == "sequential" and dec.data_order == "sequential"
+    assert dec.bias_lr_mult == 2.0 and dec.momentum_reset_at_update
+    idec = resolve_config("idec", "default", "mnist", {})  # Keras: one lr, optimizer state kept
+    assert idec.bias_lr_mult == 1.0 and not idec.momentum_reset_at_update

@@ -41,6 +41,7 @@ HEADER = "paper: P\nmethod: cc\ndefaults: {table: T1, source: S}\nclaims:\n"
     ("  - {dataset: cifar10, ami: 0.5}\n", "unknown metric or key 'ami'", 6),
     ("  - dataset: cifar10\n    method: ccc\n    acc: 0.5\n", "unknown method 'ccc'", 7),
     ("  - {dataset: cifar10, acc: 0.5, protocol: {train_split: both}}\n", "train_split", 6),
+    ("  - {dataset: cifar10, nmi: 0.5, nmi_normalisation: sqrt}\n", "nmi_normalisation must be one of", 6),
 ])
 def test_bad_rows_name_file_and_line(tmp_path, row, needle, line):
     p = _write(tmp_path, HEADER + "  - {dataset: mnist, acc: 0.5}\n" + row)
@@ -57,6 +58,18 @@ def test_row_expands_per_metric_with_std_and_defaults(tmp_path):
     claims = parse_claims_file(p, methods=METHODS, datasets=DATASETS)
     assert [(c.metric, c.value, c.std) for c in claims] == [("acc", 0.8, 0.01), ("nmi", 0.7, None)]
     assert claims[0].protocol == {"image_size": 224, "epochs": 5} and claims[0].n_runs == 10
+
+
+def test_nmi_normalisation_from_defaults_or_row(tmp_path):
+    p = _write(tmp_path, "paper: P\nmethod: cc\ndefaults: {table: T1, source: S, nmi_normalisation: geometric}\n"
+                         "claims:\n  - {dataset: cifar10, acc: 0.8, nmi: 0.7}\n"
+                         "  - {dataset: mnist, nmi: 0.6, nmi_normalisation: null}\n")
+    acc, nmi, cited = parse_claims_file(p, methods=METHODS, datasets=DATASETS)
+    assert (nmi.record_metric, nmi.metric_label) == ("nmi_geometric", "NMI (geometric)")
+    assert acc.record_metric == "acc"  # the convention only concerns NMI
+    assert (cited.record_metric, cited.metric_label) == ("nmi", "NMI (arithmetic; paper: not stated)")
+    depict = [c for c in load_claims() if c.method == "depict" and c.metric == "nmi"]
+    assert depict and all(c.nmi_normalisation == "geometric" for c in depict)
 
 
 def test_duplicate_claims_rejected(tmp_path):

@@ -15,7 +15,7 @@ from bench.registry import resolve_config
 from methods.dec import DEC, kl_pq, student_t, target_distribution
 
 TINY = {"pretrain_iters_per_layer": 60, "finetune_iters": 120, "pretrain_lr_step": 1000, "update_interval": 20,
-        "max_iters": 200, "hidden_dims": [64, 64, 128, 10], "n_init": 3}
+        "max_iters": 200, "hidden_dims": [64, 64, 128, 10], "n_init": 3, "pretrain_momentum_burnin": 20}
 
 
 def _data(n=600):

@@ -49,7 +49,23 @@ def test_nmi_ari_match_sklearn():
     out = evaluate(y, p)
     assert out["nmi"] == pytest.approx(normalized_mutual_info_score(y, p, average_method="arithmetic"))
     assert out["ari"] == pytest.approx(adjusted_rand_score(y, p))
-    assert set(out) == {"acc", "nmi", "ari"}
+    assert out["nmi_geometric"] == pytest.approx(normalized_mutual_info_score(y, p, average_method="geometric"))
+    assert set(out) == {"acc", "nmi", "nmi_geometric", "ari"}
+
+
+def test_nmi_conventions_differ_as_the_entropies_do():
+    """Geometric NMI = MI / sqrt(H(Y) H(C)) >= arithmetic MI / ((H(Y) + H(C)) / 2); equal iff H(Y) = H(C)."""
+    from scipy.stats import entropy
+
+    y = np.repeat(np.arange(10), 100)
+    merged = y // 2  # 5 clusters: H(C) = log 5 < H(Y) = log 10, MI = H(C)
+    out = evaluate(y, merged)
+    h_y, h_c = entropy(np.bincount(y)), entropy(np.bincount(merged))
+    assert out["nmi_geometric"] == pytest.approx(h_c / np.sqrt(h_y * h_c))
+    assert out["nmi"] == pytest.approx(h_c / ((h_y + h_c) / 2))
+    assert out["nmi_geometric"] - out["nmi"] > 0.05
+    same = evaluate(y, (y + 3) % 10)  # a renaming: equal entropies, both NMIs 1
+    assert same["nmi"] == pytest.approx(1.0) and same["nmi_geometric"] == pytest.approx(1.0)
 
 
 def test_length_mismatch_and_empty_are_errors():

@@ -9,7 +9,11 @@ Pretraining follows DEC's official Caffe scripts (piiswrong/dec, dec/pretrain.py
 2. End-to-end fine-tuning of the stacked encoder/decoder without dropout.
 
 Both use SGD, momentum 0.9, no weight decay, lr 0.1 divided by 10 every 20,000 iterations, batch
-256, MSE; 50,000 iterations per layer and 100,000 for fine-tuning in the paper recipe.
+256; 50,000 iterations per layer and 100,000 for fine-tuning in the paper recipe. The Caffe
+details are the defaults too (each checked against piiswrong/dec, see AutoencoderConfig): Caffe's
+EUCLIDEAN_LOSS (half the mean squared error), biases at twice the learning rate (``blobs_lr: 1, 2``),
+momentum burn-in from 0 to 0.9 over the first 1,000 iterations of every stage (each stage is a
+fresh ``caffe train``), and the data read in order (a LevelDB, no shuffling).
 
 Several seeds train as one :class:`BatchedMLPAutoencoder` (weights ``[S, in, out]``, one
 ``baddbmm`` per layer for all seeds); the cached stage stays one artifact per seed.
@@ -21,7 +25,7 @@ import contextlib
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from filelock import FileLock
@@ -39,7 +43,17 @@ from bench.context import (
 )
 from bench.errors import NonFiniteLossError
 from bench.method import MethodConfig
-from methods.common.train import GraphedStep, SeedIndexStreams, matmul_tf32, sgd, step_decay
+from methods.common.train import (
+    GraphedStep,
+    SeedIndexStreams,
+    SequentialIndexStreams,
+    burnin_momentum,
+    index_streams,
+    lr_groups,
+    matmul_tf32,
+    sgd,
+    step_decay,
+)
 
 
 def _linear(n_in: int, n_out: int, std: float) -> nn.Linear:
@@ -202,7 +216,7 @@ class BatchedMLPAutoencoder(nn.Module):
 
 
 def denoising_layer_loss(model: BatchedMLPAutoencoder, i: int, h_in: torch.Tensor, idx: torch.Tensor,
-                         dropout: float) -> torch.Tensor:
+                         dropout: float, loss_scale: float = 1.0) -> torch.Tensor:
     """Per-seed loss of greedy layer ``i``: reconstruct its (clean) input rows ``idx`` of ``h_in``.
 
     Dropout on the input (not for the first layer, which sees pixels) and on the hidden code (not
@@ -216,33 +230,38 @@ def denoising_layer_loss(model: BatchedMLPAutoencoder, i: int, h_in: torch.Tenso
     rec = model.dec_layer(i, h)
     if not first:
         rec = torch.relu(rec)
-    return per_seed_mse(rec, target)
+    return loss_scale * per_seed_mse(rec, target)
 
 
-def reconstruction_loss(model: BatchedMLPAutoencoder, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """Per-seed MSE of the whole stacked autoencoder on rows ``idx`` of ``x`` (end-to-end fine-tuning)."""
+def reconstruction_loss(model: BatchedMLPAutoencoder, x: torch.Tensor, idx: torch.Tensor,
+                        loss_scale: float = 1.0) -> torch.Tensor:
+    """Per-seed MSE (x ``loss_scale``) of the whole stacked autoencoder on rows ``idx`` of ``x`` (fine-tuning)."""
     xb = _gather(x, idx)
-    return per_seed_mse(model.decode(model.encode(xb)), xb)
+    return loss_scale * per_seed_mse(model.decode(model.encode(xb)), xb)
 
 
-def _train(loss_fn, params, x_n: int, cfg: dict[str, Any], iters: int, ctxs: list[TrialContext], stage: str,
-           gens: list[torch.Generator], progress: _Progress) -> None:
-    """``iters`` SGD steps of one pretraining stage for every seed at once.
+def _train(loss_fn, weights, biases, x_n: int, cfg: dict[str, Any], iters: int, ctxs: list[TrialContext],
+           stage: str, gens: list[torch.Generator], progress: _Progress) -> None:
+    """One Caffe ``train`` run for every seed at once: SGD (biases at ``bias_lr_mult`` x lr), lr step decay and
+    momentum burn-in counted from this stage's first iteration.
 
     Per-seed isolation: a seed whose loss turns non-finite is masked out of the batch (``ctx.fail``,
     with the stage and iteration); its slice goes on computing garbage that never reaches the other
     seeds (disjoint parameters), so their numbers are those of a batch without the fault. Progress is
     checkpointed through ``progress`` and resumed from it."""
+    params = [*weights, *biases]
     device = ctxs[0].device
-    opt = sgd(params, cfg["lr"], cfg["momentum"], device)
+    opt = sgd(lr_groups(weights, biases, cfg.get("bias_lr_mult", 1.0)), cfg["lr"], cfg["momentum"], device)
     step = GraphedStep(loss_fn, opt, (len(ctxs), cfg["batch_size"]), device, use_graph=cfg.get("cuda_graphs", True),
                        n_losses=len(ctxs))
-    stream = SeedIndexStreams(x_n, cfg["batch_size"], gens, device)
+    stream = index_streams(cfg.get("data_order", "shuffled"), x_n, cfg["batch_size"], gens, device)
     log_every = max(1, min(iters, cfg.get("log_every", 1000)))
     iters_per_epoch = max(1, -(-x_n // cfg["batch_size"]))
     start = progress.resume_stage(stage, step, stream)
+    burnin = cfg.get("momentum_burnin", 0)
     for it in range(start, iters):
         step.set_lr(step_decay(cfg["lr"], it, cfg["lr_step"]))
+        step.set_momentum(burnin_momentum(cfg["momentum"], it, burnin), cfg["momentum"])
         step.step(stream.next())
         poison_due_seeds(ctxs, stage, it + 1, params)
         if (it + 1) % log_every == 0 or it + 1 == iters:
@@ -293,7 +312,7 @@ class _Progress:
     def skip(self, stage: str) -> bool:
         return stage in self.done_stages
 
-    def resume_stage(self, stage: str, step: GraphedStep, stream: SeedIndexStreams) -> int:
+    def resume_stage(self, stage: str, step: GraphedStep, stream: SeedIndexStreams | SequentialIndexStreams) -> int:
         st = self.state
         if st is None or st["stage"] != stage:
             return 0
@@ -309,7 +328,8 @@ class _Progress:
     def due(self) -> bool:
         return self.ckpt.due()
 
-    def save(self, stage: str, iteration: int, step: GraphedStep, stream: SeedIndexStreams) -> None:
+    def save(self, stage: str, iteration: int, step: GraphedStep,
+             stream: SeedIndexStreams | SequentialIndexStreams) -> None:
         self.ckpt.save({"stage": stage, "iteration": iteration, "done_stages": list(self.done_stages),
                         "model": self.model.state_dict(), "step": step.state(), "stream": stream.state(),
                         "rng": rng_state(self.gens), "curves": [list(c.curve) for c in self.ctxs],
@@ -335,6 +355,7 @@ def pretrain_stacked_batched(x: torch.Tensor, cfg: dict[str, Any], ctxs: list[Tr
     progress = _Progress(ckpt or Checkpointer(ctxs[0].artifact_dir / "unused", every_s=float("inf")), model, ctxs,
                          gens)
     drop = cfg["dropout"]
+    scale = cfg.get("loss_scale", 1.0)
     n_layers = model.n_layers
     with matmul_tf32(cfg.get("tf32", False)):
         for i in range(n_layers):
@@ -344,19 +365,19 @@ def pretrain_stacked_batched(x: torch.Tensor, cfg: dict[str, Any], ctxs: list[Tr
             h_in = model.encode_all(x, upto=i) if i > 0 else x  # clean output of the frozen layers below
 
             def layer_loss(idx: torch.Tensor, i=i, h_in=h_in) -> torch.Tensor:
-                return denoising_layer_loss(model, i, h_in, idx, drop)
+                return denoising_layer_loss(model, i, h_in, idx, drop, scale)
 
-            params = [model.enc_w[i], model.enc_b[i], model.dec_w[i], model.dec_b[i]]
-            _train(layer_loss, params, x.shape[0], cfg, cfg["iters_per_layer"], ctxs, stage, gens, progress)
+            _train(layer_loss, [model.enc_w[i], model.dec_w[i]], [model.enc_b[i], model.dec_b[i]], x.shape[0], cfg,
+                   cfg["iters_per_layer"], ctxs, stage, gens, progress)
             progress.finish(stage)
             del h_in
 
         def finetune_loss(idx: torch.Tensor) -> torch.Tensor:
-            return reconstruction_loss(model, x, idx)
+            return reconstruction_loss(model, x, idx, scale)
 
         if not progress.skip("finetune"):
-            _train(finetune_loss, list(model.parameters()), x.shape[0], cfg, cfg["finetune_iters"], ctxs, "finetune",
-                   gens, progress)
+            _train(finetune_loss, [*model.enc_w, *model.dec_w], [*model.enc_b, *model.dec_b], x.shape[0], cfg,
+                   cfg["finetune_iters"], ctxs, "finetune", gens, progress)
     return [model.state(s) for s in range(len(ctxs))]
 
 
@@ -366,7 +387,8 @@ def pretrain_stacked(x: torch.Tensor, cfg: dict[str, Any], ctx: TrialContext) ->
 
 
 STAGE_KEYS = ("dims", "dropout", "lr", "lr_step", "momentum", "batch_size", "iters_per_layer", "finetune_iters",
-              "init_std", "input_scale", "train_split", "tf32")
+              "init_std", "input_scale", "train_split", "tf32", "loss_scale", "bias_lr_mult", "momentum_burnin",
+              "data_order")
 
 
 def pretrained_autoencoders(x: torch.Tensor, cfg: dict[str, Any], ctxs: list[TrialContext]) -> BatchedMLPAutoencoder:
@@ -420,6 +442,23 @@ def pretrained_autoencoder(x: torch.Tensor, cfg: dict[str, Any], ctx: TrialConte
     return model.to(ctx.device)
 
 
+#: Per-dataset input scaling of the autoencoder family (pixels 0..255 times input_scale), shared by DEC,
+#: IDEC and AE + k-means so that the three use the same pretrained stage on each dataset.
+#: * mnist: x 0.02, DEC's make_mnist_data (piiswrong/dec, dec.py), which IDEC loads too (x / 50).
+#: * usps: x 2/255, i.e. the [0, 2] grey values of the usps_*.jf files that IDEC's official code feeds
+#:   unscaled (XifengGuo/IDEC-toy datasets.load_usps; DEC-keras divides the same values by 2 to reach
+#:   [0, 1]). x 0.02 would give [0, 5.1], 2.55 times the official input.
+#: * fashion-mnist, digits: no official DEC/IDEC setting exists; they keep MNIST's x 0.02 (the same
+#:   28x28 / 8x8 grey digits-like format, rescaled to 0..255 by the loader).
+AE_DATASET_DEFAULTS: dict[str, dict[str, Any]] = {"usps": {"input_scale": 2.0 / 255.0}}
+
+
+def with_ae_defaults(per_method: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """A method's ``dataset_defaults`` on top of :data:`AE_DATASET_DEFAULTS`."""
+    names = set(AE_DATASET_DEFAULTS) | set(per_method)
+    return {d: {**AE_DATASET_DEFAULTS.get(d, {}), **per_method.get(d, {})} for d in sorted(names)}
+
+
 class AutoencoderConfig(MethodConfig):
     """Stacked autoencoder pretraining, shared by the autoencoder family (DEC, IDEC, AE + k-means)."""
 
@@ -434,6 +473,21 @@ class AutoencoderConfig(MethodConfig):
     pretrain_iters_per_layer: int = Field(50000, ge=0)
     finetune_iters: int = Field(100000, ge=0)
     init_std: float = Field(0.01, gt=0, description="Gaussian init of every layer, as the official code")
+    # The official Caffe details (piiswrong/dec: pretrain.py writes the nets and solvers, dec.py make_net the
+    # layers; caffe/src/caffe/solver.cpp and layers/euclidean_loss_layer.cu the rules):
+    # EUCLIDEAN_LOSS = sum of squares / count / 2, i.e. half of the mean squared error used here.
+    pretrain_loss_scale: float = Field(0.5, gt=0, description="x MSE; Caffe's Euclidean loss is MSE / 2")
+    # every INNER_PRODUCT layer has "blobs_lr: 1, blobs_lr: 2": biases learn at twice the rate.
+    pretrain_bias_lr_mult: float = Field(2.0, gt=0, description="bias lr = this x lr (Caffe blobs_lr 2)")
+    # pt_solver/ft_solver: "momentum_burnin: 1000" (solver.cpp: momentum x iter / 1000 while iter < 1000),
+    # counted per `caffe train` run, i.e. per greedy layer and again for fine-tuning.
+    pretrain_momentum_burnin: int = Field(1000, ge=0, description="momentum ramps 0 -> momentum over this many "
+                                          "iterations of each stage (0: off)")
+    # Caffe's DATA layer reads the LevelDB (mnist_train) in order, wrapping around; nothing shuffles it.
+    # Deviation: the official pretraining reads only the training split (mnist_train, 60,000); here it
+    # reads the method's train split (DEC: train + test), because a method sees only its protocol's splits.
+    pretrain_data_order: Literal["sequential", "shuffled"] = Field(
+        "sequential", description="minibatches in data order, wrapping around (Caffe), or per-seed permutations")
     cuda_graphs: bool = Field(True, description="capture training steps as CUDA graphs (GPU only; same math)")
     # Deviation: Caffe multiplied in full fp32. TF32 tensor cores (10-bit mantissa products, fp32
     # accumulation) make the 10-seed batched model fit the speed target; GPU only, part of the stage key.
@@ -450,4 +504,6 @@ class AutoencoderConfig(MethodConfig):
                 "lr_step": self.pretrain_lr_step, "momentum": self.pretrain_momentum,
                 "batch_size": self.pretrain_batch_size, "iters_per_layer": self.pretrain_iters_per_layer,
                 "finetune_iters": self.finetune_iters, "init_std": self.init_std, "input_scale": self.input_scale,
-                "train_split": train_split, "cuda_graphs": self.cuda_graphs, "tf32": self.tf32}
+                "train_split": train_split, "cuda_graphs": self.cuda_graphs, "tf32": self.tf32,
+                "loss_scale": self.pretrain_loss_scale, "bias_lr_mult": self.pretrain_bias_lr_mult,
+                "momentum_burnin": self.pretrain_momentum_burnin, "data_order": self.pretrain_data_order}

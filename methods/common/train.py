@@ -46,6 +46,45 @@ class IndexStream:
         return out
 
 
+class SequentialIndexStreams:
+    """``[S, batch]`` minibatch indices walking ``range(n)`` in order, wrapping around at the end, the same
+    for every seed: what Caffe's DATA layer reads from a LevelDB (DEC's official pretraining and
+    self-training). ``start`` continues a walk, as DEC's ``seek`` does across target updates."""
+
+    def __init__(self, n: int, batch_size: int, n_seeds: int, device: torch.device, start: int = 0,
+                 block: int = 64):
+        self.n, self.batch_size, self.n_seeds, self.device = n, min(batch_size, n), n_seeds, device
+        self.pos = start % n
+        self.block = max(1, block)
+        self._buf = torch.empty(n_seeds, 0, dtype=torch.long, device=device)
+        self._at = 0
+
+    def next(self) -> torch.Tensor:
+        # `block` batches are made at once, so a step costs one slice (no kernel launch)
+        if self._at + self.batch_size > self._buf.shape[1]:
+            flat = (torch.arange(self.block * self.batch_size, device=self.device) + self.pos) % self.n
+            self._buf, self._at = flat.expand(self.n_seeds, -1), 0
+        out = self._buf[:, self._at:self._at + self.batch_size]
+        self._at += self.batch_size
+        self.pos = (self.pos + self.batch_size) % self.n
+        return out
+
+    def state(self) -> dict:
+        """Position in the walk (for checkpoints; same interface as SeedIndexStreams)."""
+        return {"buf": self._buf.cpu(), "at": self._at, "pos": self.pos}
+
+    def load_state(self, state: dict) -> None:
+        self._buf, self._at, self.pos = state["buf"].to(self.device), int(state["at"]), int(state["pos"])
+
+
+def index_streams(order: str, n: int, batch_size: int, generators: list[torch.Generator],
+                  device: torch.device) -> SeedIndexStreams | SequentialIndexStreams:
+    """``order``: "sequential" (Caffe's data layer) or "shuffled" (each seed its own permutations)."""
+    if order == "sequential":
+        return SequentialIndexStreams(n, batch_size, len(generators), device)
+    return SeedIndexStreams(n, batch_size, generators, device)
+
+
 class SeedIndexStreams:
     """``[S, batch]`` minibatch indices: row s is exactly what ``IndexStream(n, batch, gens[s])`` yields.
 
@@ -108,10 +147,15 @@ class GraphedStep:
         self.n_summed = 0
         self._graph: torch.cuda.CUDAGraph | None = None
         self._eager_left = warmup
+        self._momentum: torch.Tensor | None = None  # device scalar during a momentum burn-in
 
     def _body(self) -> None:
         loss = self.loss_fn(self.idx)
         loss.sum().backward()
+        if self._momentum is not None:  # momentum burn-in: buf <- m * buf before SGD with momentum 1
+            bufs = [st["momentum_buffer"] for st in self.opt.state.values() if st.get("momentum_buffer") is not None]
+            if bufs:
+                torch._foreach_mul_(bufs, self._momentum)
         self.opt.step()
         self.loss_sum += loss.detach()
         if self.after_fn is not None:
@@ -152,11 +196,8 @@ class GraphedStep:
             self._capture()
         self._graph.replay()
 
-    def set_lr(self, lr: float) -> None:
-        changed = any(g["lr"] != lr for g in self.opt.param_groups)
-        for g in self.opt.param_groups:
-            g["lr"] = lr
-        if changed and self._graph is not None:  # lr is baked into the captured kernels
+    def _recapture(self) -> None:
+        if self._graph is not None:
             self._graph = None
             self._eager_left = self.warmup
 
@@ -168,6 +209,45 @@ class GraphedStep:
         self.loss_sum.copy_(state["loss_sum"])  # in place: a graph captured later adds into this storage
         self.n_summed = int(state["n_summed"])
         self.opt.load_state_dict(state["opt"])
+
+    def set_lr(self, lr: float) -> None:
+        """Base learning rate; a group with ``lr_mult`` (Caffe's blobs_lr, e.g. 2 for biases) gets lr x mult."""
+        changed = any(g["lr"] != lr * g.get("lr_mult", 1.0) for g in self.opt.param_groups)
+        for g in self.opt.param_groups:
+            g["lr"] = lr * g.get("lr_mult", 1.0)
+        if changed:  # lr is baked into the captured kernels
+            self._recapture()
+
+    def set_momentum(self, momentum: float, final: float) -> None:
+        """Momentum for the next step; ``final`` is the optimizer's own value (Caffe's momentum burn-in:
+        ``momentum x iter / burnin`` while iter < burnin).
+
+        A captured graph bakes the momentum in, so while ``momentum != final`` the step runs SGD with
+        momentum 1 after scaling the buffers by a device scalar (buf <- m * buf, then buf <- buf + grad:
+        the same update), and the graph is captured once for the whole burn-in; at ``final`` it returns to
+        the plain optimizer (one re-capture)."""
+        if momentum != final:
+            if self._momentum is None:
+                self._momentum = torch.zeros((), device=self.device)
+                for g in self.opt.param_groups:
+                    g["momentum"] = 1.0
+                self._recapture()
+            self._momentum.fill_(momentum)
+        elif self._momentum is not None or any(g["momentum"] != final for g in self.opt.param_groups):
+            # (the second case: optimizer state loaded from a checkpoint taken during the burn-in)
+            self._momentum = None
+            for g in self.opt.param_groups:
+                g["momentum"] = final
+            self._recapture()
+
+    def reset_momentum(self) -> None:
+        """Zero the momentum buffers in place (the graph keeps their addresses): DEC's official code starts a
+        fresh Caffe solver, with empty momentum history, at each target update."""
+        with torch.no_grad():
+            for st in self.opt.state.values():
+                buf = st.get("momentum_buffer")
+                if buf is not None:
+                    buf.zero_()
 
     def mean_loss(self, reset: bool = True) -> torch.Tensor:
         """Mean loss since the last reset (per seed for batched closures), as a device tensor
@@ -181,8 +261,29 @@ class GraphedStep:
 
 def sgd(params, lr: float, momentum: float, device: torch.device) -> torch.optim.SGD:
     """SGD with momentum; on a GPU the fused kernel (one pass over parameters, gradients and
-    momentum: the optimizer step is memory-bound once many seeds are batched). Same update rule."""
+    momentum: the optimizer step is memory-bound once many seeds are batched). Same update rule.
+    ``params`` may be groups with an ``lr_mult`` (see :func:`lr_groups`).
+
+    PyTorch's rule (buf = m buf + g; p -= lr buf) equals Caffe's (h = m h + lr g; p -= h) while the lr
+    is constant; at a step decay Caffe's history keeps the old lr's share, PyTorch's rescales (a
+    difference over one momentum time constant, ~10 iterations, at each 20,000-iteration step)."""
+    if params and isinstance(params[0], dict):
+        params = [{**g, "lr": lr * g.get("lr_mult", 1.0)} for g in params]
     return torch.optim.SGD(params, lr=lr, momentum=momentum, fused=device.type == "cuda")
+
+
+def lr_groups(weights: list, biases: list, bias_lr_mult: float, others: list | None = None) -> list[dict]:
+    """Parameter groups with Caffe's per-blob learning-rate multipliers: biases x ``bias_lr_mult``
+    (DEC's layers say ``blobs_lr: 1, blobs_lr: 2``), the rest x 1."""
+    groups = [{"params": list(weights), "lr_mult": 1.0}, {"params": list(biases), "lr_mult": float(bias_lr_mult)}]
+    if others:
+        groups.append({"params": list(others), "lr_mult": 1.0})
+    return [g for g in groups if g["params"]]
+
+
+def burnin_momentum(momentum: float, it: int, burnin: int) -> float:
+    """Caffe's momentum_burnin (piiswrong/dec's solver.cpp): momentum x it / burnin while it < burnin."""
+    return momentum * it / burnin if burnin > 0 and it < burnin else momentum
 
 
 def adam(params, lr: float, device: torch.device, capturable: bool = False, **kwargs) -> torch.optim.Adam:
