@@ -32,7 +32,7 @@ from bench.history import append_run_safely
 from bench.records import ResultRecord, trial_key
 from bench.registry import get_method, resolve_config
 from bench.store import ResultStore
-from bench.suite import SuiteSpec
+from bench.suite import SuiteSpec, check_gpus
 from bench.trial import TrialUnit, execute_unit, utcnow
 
 log = logging.getLogger("bench.runner")
@@ -126,6 +126,7 @@ def run_suite(suite: SuiteSpec, *, store: ResultStore, data_root: Path, inline: 
     if address:
         _ray_init(address)
     gpus = _gpu_count(None if inline else address)
+    check_gpus(suite, gpus)  # a share no GPU can serve would leave trials PENDING forever
     plan = plan_suite(suite, store, data_root, force=force, gpus_available=gpus, code=code)
     manifest: dict[str, Any] = {
         "run_id": plan.run_id, "suite": suite.name, "suite_path": suite_path, "spec": suite.model_dump(mode="json"),
