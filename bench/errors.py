@@ -17,10 +17,15 @@ _PREFIX = "error: "
 
 
 def one_line(message: Any, limit: int = MAX_LINE - len(_PREFIX)) -> str:
-    """Whitespace collapsed, control characters replaced, at most ``limit`` characters; an over-long
-    message keeps its start (what is wrong) and its end (what to do)."""
-    text = " ".join(str(message).split())
-    text = "".join(c if c.isprintable() else "?" for c in text)
+    """Whitespace collapsed, control characters replaced, at most ``limit`` characters. An over-long message
+    first loses the middle of its longest words (paths), longest first, so hashes and hints stay whole;
+    then, if need be, its middle (the start says what is wrong, the end what to do)."""
+    words = "".join(c if c.isprintable() else "?" for c in " ".join(str(message).split())).split(" ")
+    for i in sorted(range(len(words)), key=lambda i: -len(words[i])):
+        if len(" ".join(words)) <= limit or len(words[i]) <= 48:
+            break
+        words[i] = words[i][:16] + "…" + words[i][-31:]
+    text = " ".join(words)
     if len(text) <= limit:
         return text
     tail = min(100, limit // 3)
