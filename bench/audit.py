@@ -378,9 +378,22 @@ def plot_curves(records: list[ResultRecord], path: Path) -> bool:
     return True
 
 
+AUDIT_FILES = ("audit.md", "audit.tex", "audit.csv", "claimed_vs_reproduced.png", "curves.png")
+
+
 def write_audit(rows: list[AuditRow], records: list[ResultRecord], out_dir: Path) -> dict[str, Path]:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """The audit files, published together (bench.report.publish): an empty audit is an error and never
+    replaces an earlier one, and a stale plot of an earlier audit does not stay beside the new tables."""
+    from bench.errors import BenchError
+    from bench.report import publish
+
+    if all(r.status == "no results" for r in rows):
+        raise BenchError(f"nothing to audit: no stored record has the method and dataset of any claim; the audit in "
+                         f"{out_dir} is left as it was (run a suite first, or pass --store)")
+    return publish(Path(out_dir), lambda stage: _write_audit_files(rows, records, stage), legacy=AUDIT_FILES)
+
+
+def _write_audit_files(rows: list[AuditRow], records: list[ResultRecord], out_dir: Path) -> dict[str, Path]:
     paths = {"markdown": out_dir / "audit.md", "latex": out_dir / "audit.tex", "csv": out_dir / "audit.csv",
              "scatter": out_dir / "claimed_vs_reproduced.png", "curves": out_dir / "curves.png"}
     paths["markdown"].write_text("# Claims audit\n\n" + markdown(rows) + "\n")

@@ -4,11 +4,19 @@ Rows are methods (and variants), columns dataset x metric, cells ``mean ± std``
 that finished, in percent as the papers print them, with ``n`` per dataset. Failed or interrupted
 seeds never enter a mean: they are counted next to ``n`` and listed with their errors. Each row
 states its protocol (splits, sizes, stem, epochs, batch), data md5 and code version beneath the table.
+
+A report never replaces good output with nothing: an empty selection is an error, and the files are
+written into a staging folder and moved in together (:func:`publish`), after which the folder holds
+only this report's files (plus anything a person put there, e.g. NOTES.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from bench.context import stable_hash
+from bench.errors import BenchError
 from bench.records import METRICS, ResultRecord
 
 METRIC_LABEL = {"acc": "ACC", "nmi": "NMI", "ari": "ARI"}
@@ -227,18 +236,53 @@ def plot_curves(records: list[ResultRecord], path: Path) -> bool:
     return True
 
 
-def write_report(records: list[ResultRecord], out_dir: Path, *, title: str,
-                 tables: list[dict[str, Any]] | None = None, run: dict[str, Any] | None = None) -> dict[str, Path]:
+#: lists the files the last report wrote into its folder (the ones the next report may replace or remove)
+OWNED_LIST = ".bench-files.json"
+REPORT_FILES = ("table.md", "table.tex", "results.png", "curves.png", "results.csv", "summary.csv")
+
+
+def publish(out_dir: Path, write: Callable[[Path], dict[str, Path]], legacy: Iterable[str] = ()) -> dict[str, Path]:
+    """Run ``write(staging_folder)``, then move what it wrote into ``out_dir`` and remove the files that an
+    earlier report put there (listed in OWNED_LIST, or the ``legacy`` names for folders from before the list)
+    and this one did not write. Other files in ``out_dir`` are left alone. If ``write`` fails, ``out_dir`` is
+    untouched."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
+    try:
+        paths = write(stage)
+        new = sorted(p.name for p in stage.iterdir() if p.is_file())
+        try:
+            old = json.loads((out_dir / OWNED_LIST).read_text())
+        except (OSError, ValueError):
+            old = list(legacy)
+        for name in new:
+            os.replace(stage / name, out_dir / name)
+        for name in set(map(str, old)) - set(new):
+            if "/" not in name and name not in ("", ".", ".."):
+                (out_dir / name).unlink(missing_ok=True)
+        (out_dir / OWNED_LIST).write_text(json.dumps(new))
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return {k: out_dir / Path(p).name for k, p in paths.items()}
+
+
+def write_report(records: list[ResultRecord], out_dir: Path, *, title: str,
+                 tables: list[dict[str, Any]] | None = None, run: dict[str, Any] | None = None) -> dict[str, Path]:
+    if not records:
+        raise BenchError(f"nothing to report: the selection holds no result records; the report in {out_dir} is "
+                         "left as it was (run the suite first, or pick another suite or --run)")
+    return publish(Path(out_dir), lambda stage: _write_report_files(records, stage, title=title, tables=tables,
+                                                                    run=run), legacy=REPORT_FILES)
+
+
+def _write_report_files(records: list[ResultRecord], out_dir: Path, *, title: str,
+                        tables: list[dict[str, Any]] | None, run: dict[str, Any] | None) -> dict[str, Path]:
     df = records_frame(records)
     summary = summarize(df)
     paths = {"csv": out_dir / "results.csv", "summary_csv": out_dir / "summary.csv", "markdown": out_dir / "table.md",
              "latex": out_dir / "table.tex", "plot": out_dir / "results.png"}
     df.to_csv(paths["csv"], index=False)
-    if summary.empty:
-        paths["markdown"].write_text(f"# {title}\n\nNo results.\n")
-        return paths
     summary.drop(columns=["errors"]).to_csv(paths["summary_csv"], index=False)
     md = [f"# {title}", ""]
     if run:
