@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from bench.claims import Claim
+from bench.metrics import DEGENERATE_RULE
 from bench.records import ResultRecord
 
 ALPHA = 0.05
@@ -61,6 +62,7 @@ class AuditRow:
     p: float = float("nan")
     seeds: list[int] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # "seed 3: failed (NaN loss)"
+    degenerate: list[int] = field(default_factory=list)  # ok seeds flagged by bench.metrics.DEGENERATE_RULE
     mismatch: str = ""
     synthetic: bool = False
     curve_keys: list[str] = field(default_factory=list)
@@ -167,6 +169,7 @@ def audit(claims: list[Claim], records: list[ResultRecord]) -> list[AuditRow]:
                        best=float(vals.max()) if len(vals) else math.nan, seeds=[r.seed for r in ok],
                        failed=[f"seed {r.seed}: {r.status}" + (f" ({r.error})" if r.error else "")
                                for r in use if not r.ok],
+                       degenerate=sorted(r.seed for r in ok if r.degenerate),
                        synthetic=any((r.env or {}).get("hostname") == SYNTHETIC_HOST for r in use),
                        curve_keys=[r.key for r in use if r.curve])
         if not matched:
@@ -218,6 +221,7 @@ def markdown(rows: list[AuditRow], *, only_with_results: bool = True) -> str:
         out += [f"**WARNING: {n_synth} row(s) use records labelled as synthetic fixtures "
                 f"(env.hostname = {SYNTHETIC_HOST}); they are test data, not reproduced results.**", ""]
     out += [f"Rule: {RULE_TEXT}", "", "† = value from a secondary transcription, not verified against the paper.",
+            f"⚠ degenerate = {DEGENERATE_RULE}; such seeds stay in the numbers (they are what the method produced).",
             "", "| method | dataset | metric | paper, table | claimed | reproduced (n seeds) | Δ (pt) | p | verdict |"
                 " failed seeds |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in shown:
@@ -227,6 +231,8 @@ def markdown(rows: list[AuditRow], *, only_with_results: bool = True) -> str:
         repro = _repro_text(r) + (f" (n={r.n})" if r.status != "no results" else "")
         if r.status == "mismatch":
             repro = f"[not compared] {repro}"
+        if r.degenerate:
+            repro += f" ⚠ degenerate seed(s) {', '.join(map(str, r.degenerate))}"
         out.append(f"| {_label(c)}{' — ' + c.label if c.label else ''} | {c.dataset} | {c.metric.upper()} | "
                    f"{_short(c.paper)}, {c.table} | {_claim_text(c)} | {repro} | {delta} | {p} | {r.verdict} | "
                    f"{'; '.join(r.failed) or '–'} |")
@@ -284,7 +290,7 @@ def latex(rows: list[AuditRow]) -> str:
 def write_csv(rows: list[AuditRow], path: Path) -> None:
     cols = ["method", "variant", "label", "dataset", "metric", "claimed", "claimed_std", "report", "n_runs",
             "verified", "paper", "table", "source", "claim_protocol", "claims_file", "status", "n", "mean", "std",
-            "best", "reproduced", "delta", "p", "verdict", "failed_seeds", "synthetic"]
+            "best", "reproduced", "delta", "p", "verdict", "failed_seeds", "synthetic", "degenerate_seeds"]
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(cols)
@@ -292,7 +298,8 @@ def write_csv(rows: list[AuditRow], path: Path) -> None:
             c = r.claim
             w.writerow([c.method, c.variant, c.label, c.dataset, c.metric, c.value, c.std, c.report, c.n_runs,
                         c.verified, c.paper, c.table, c.source, c.protocol_text(), c.where, r.status, r.n, r.mean,
-                        r.std, r.best, r.reproduced, r.delta, r.p, r.verdict, "; ".join(r.failed), r.synthetic])
+                        r.std, r.best, r.reproduced, r.delta, r.p, r.verdict, "; ".join(r.failed), r.synthetic,
+                        " ".join(map(str, r.degenerate))])
 
 
 def plot_claimed_vs_reproduced(rows: list[AuditRow], path: Path) -> None:

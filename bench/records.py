@@ -17,6 +17,9 @@ status                    "ok", "failed" (exception, NaN loss) or "interrupted" 
                           Ctrl-C). Only "ok" rows enter means; the others are counted as failures.
 error                     one line: the exception type and message, for failed/interrupted
 metrics                   {"acc", "nmi", "ari"} on the eval split, fractions in [0, 1]
+cluster_profile           ok seeds: n_clusters, n_nonempty, largest_share, size_entropy (normalised),
+                          largest_class_share (bench.metrics.cluster_profile); null on older records
+degenerate                ok seeds: the collapse flag by bench.metrics.DEGENERATE_RULE; null when unknown
 selection_rule            how the reported assignment was chosen, without labels
 curve                     per-epoch rows: epoch, loss, ..., eval_acc/eval_nmi/eval_ari when logged
 info                      method-specific facts (iterations, stop reason, stage reuse, ...)
@@ -57,6 +60,8 @@ class ResultRecord(BaseModel):
     status: Status
     error: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
+    cluster_profile: dict[str, Any] | None = None
+    degenerate: bool | None = None
     selection_rule: str = ""
     curve: list[dict[str, Any]] = Field(default_factory=list)
     info: dict[str, Any] = Field(default_factory=dict)

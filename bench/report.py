@@ -25,6 +25,7 @@ import pandas as pd
 
 from bench.context import stable_hash
 from bench.errors import BenchError
+from bench.metrics import DEGENERATE_RULE
 from bench.records import METRICS, ResultRecord
 
 METRIC_LABEL = {"acc": "ACC", "nmi": "NMI", "ari": "ARI"}
@@ -35,13 +36,16 @@ def records_frame(records: Iterable[ResultRecord]) -> pd.DataFrame:
     for r in records:
         rows.append({
             "method": r.method, "variant": r.variant, "dataset": r.dataset, "seed": r.seed, "status": r.status,
-            "error": r.error, **{m: r.metrics.get(m, np.nan) for m in METRICS},
+            "error": r.error, **{m: r.metrics.get(m, np.nan) for m in METRICS}, "degenerate": r.degenerate,
+            "largest_share": (r.cluster_profile or {}).get("largest_share"),
+            "n_nonempty": (r.cluster_profile or {}).get("n_nonempty"),
             "wall_s": r.timings.get("wall_s", np.nan), "peak_gpu_mem_mb": r.resources.get("peak_gpu_mem_mb"),
             "config_hash": stable_hash(r.config, 8), "protocol": protocol_text(r.protocol),
             "data_md5": r.data_md5, "code_version": r.env.get("code_version"), "selection_rule": r.selection_rule,
             "key": r.key,
         })
-    cols = ["method", "variant", "dataset", "seed", "status", "error", *METRICS, "wall_s", "peak_gpu_mem_mb",
+    cols = ["method", "variant", "dataset", "seed", "status", "error", *METRICS, "degenerate", "largest_share",
+            "n_nonempty", "wall_s", "peak_gpu_mem_mb",
             "config_hash", "protocol", "data_md5", "code_version", "selection_rule", "key"]
     return pd.DataFrame(rows, columns=cols)
 
@@ -81,6 +85,11 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         rec["code_version"] = ", ".join(sorted({str(c) for c in g["code_version"] if c}))
         rec["selection_rule"] = g["selection_rule"].iloc[0]
         rec["seeds"] = ",".join(str(s) for s in sorted(ok["seed"]))
+        degen = ok[ok["degenerate"].fillna(False).astype(bool)]
+        rec["n_degenerate"] = len(degen)
+        rec["degenerate_seeds"] = "; ".join(
+            f"seed {int(d.seed)} ({int(d.n_nonempty)} clusters non-empty, largest {100 * d.largest_share:.0f}%)"
+            for d in degen.sort_values("seed").itertuples())
         rec["errors"] = sorted({str(e) for e in g.loc[g["status"] != "ok", "error"] if e})
         out.append(rec)
     return pd.DataFrame(out)
@@ -117,8 +126,8 @@ def markdown_table(summary: pd.DataFrame, *, rows=None, datasets=None, metrics=M
                 cells.append(_cell(sub.at[d, f"{m}_mean"], sub.at[d, f"{m}_std"]) if d in sub.index else "")
         for d in ds_order:
             if d in sub.index:
-                n, nf = int(sub.at[d, "n"]), int(sub.at[d, "n_failed"])
-                cells.append(f"{n}" + (f" (+{nf} failed)" if nf else ""))
+                n, nf, nd = int(sub.at[d, "n"]), int(sub.at[d, "n_failed"]), int(sub.at[d, "n_degenerate"])
+                cells.append(f"{n}" + (f" ({nd} degenerate ⚠)" if nd else "") + (f" (+{nf} failed)" if nf else ""))
             else:
                 cells.append("")
         lines.append("| " + " | ".join(cells) + " |")
@@ -151,11 +160,15 @@ def latex_table(summary: pd.DataFrame, *, rows=None, datasets=None, metrics=METR
                     continue
                 mean, std = sub.at[d, f"{m}_mean"], sub.at[d, f"{m}_std"]
                 txt = f"{mean * 100:.1f}" + ("" if np.isnan(std) else f"$\\pm${std * 100:.1f}")
+                txt += "$^\\ddagger$" if sub.at[d, "n_degenerate"] else ""
                 cells.append(f"\\textbf{{{txt}}}" if np.isclose(mean, best[(d, m)]) else txt)
         out.append(f"{_tex(row)} & " + " & ".join(cells) + " \\\\")
     out += ["\\bottomrule", "\\end{tabular}"]
+    caption = _tex(caption)
+    if (summary["n_degenerate"] > 0).any():
+        caption = (caption + " " if caption else "") + "$^\\ddagger$: includes degenerate (collapsed) seeds."
     if caption:
-        out.append(f"\\caption{{{_tex(caption)}}}")
+        out.append(f"\\caption{{{caption}}}")
     out.append("\\end{table}")
     return "\n".join(out)
 
@@ -171,6 +184,12 @@ def notes(summary: pd.DataFrame) -> str:
         lines.append(f"- **{r['row']}** on {r['dataset']}: {r['protocol']}; seeds {r['seeds'] or '–'}; "
                      f"data md5 `{r['data_md5']}`; code `{r['code_version']}`; selection: {r['selection_rule']}; "
                      f"mean wall {r['wall_s_mean']:.1f} s")
+    degenerate = summary[summary["n_degenerate"] > 0]
+    if len(degenerate):
+        lines += ["", f"Degenerate seeds (⚠; kept in the means, they are what the method produced; {DEGENERATE_RULE}):",
+                  ""]
+        for _, r in degenerate.iterrows():
+            lines.append(f"- {r['row']} on {r['dataset']}: {r['degenerate_seeds']}")
     failures = summary[summary["n_failed"] > 0]
     if len(failures):
         lines += ["", "Failed or interrupted seeds (excluded from the means):", ""]
