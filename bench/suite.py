@@ -308,7 +308,9 @@ def _loc_text(loc: tuple) -> str:
 
 def validation_line(exc: ValidationError, source: str) -> str:
     """The first pydantic error as one line: where, what, a short view of the value, a suggestion."""
-    err = exc.errors(include_url=False)[0]
+    errors = exc.errors(include_url=False)
+    # a misspelt key is both unknown and (for the right one) missing: name the typo, with a suggestion
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = tuple(err["loc"])
     where = _loc_text(loc)
     if err["type"] == "extra_forbidden":
@@ -318,7 +320,8 @@ def validation_line(exc: ValidationError, source: str) -> str:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return f"{source}: {where}: unknown key{hint}; allowed here: {', '.join(allowed)}"
     if err["type"] == "missing":
-        return f"{source}: {where}: missing; a suite needs at least name, seeds, datasets and methods"
+        need = "a suite needs at least name, seeds, datasets and methods" if len(loc) == 1 else "it is required here"
+        return f"{source}: {where}: missing; {need}"
     msg = str(err["msg"]).removeprefix("Value error, ")
     return f"{source}: {where}: {msg} (got {brief(err.get('input'))})"
 

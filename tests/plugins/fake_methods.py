@@ -76,3 +76,20 @@ class SignalsItself(ClusteringMethod):
 
             os.kill(os.getpid(), signal.SIGTERM)
         return ClusterOutput(labels=torch.zeros(len(data.x_eval), dtype=torch.long))
+
+
+@register_method
+class CollapsesOnSeed(ClusteringMethod):
+    """Balanced clusters (image index modulo K), except one seed that puts every image in one cluster."""
+
+    name = "test_collapse"
+    selection_rule = "none (test method)"
+
+    class Config(MethodConfig):
+        collapse_on_seed: int = 3
+
+    def run(self, data, ctx):
+        n = len(data.x_eval)
+        if ctx.seed == self.config.collapse_on_seed:
+            return ClusterOutput(labels=torch.zeros(n, dtype=torch.long))
+        return ClusterOutput(labels=torch.arange(n) % data.n_clusters)
