@@ -54,7 +54,8 @@ def evaluate(y_true, y_pred) -> dict[str, float]:
 
 #: the documented rule (README "Metrics", reports, audit)
 DEGENERATE_RULE = ("a seed is degenerate when fewer than half of the K clusters are non-empty, or when its "
-                   "largest cluster holds more than max(50%, 2 x the largest class's share) of the evaluated images")
+                   "largest cluster holds more than 2 x the largest class's share of the evaluated images, "
+                   "bounded to [50%, 90%]")
 
 
 def cluster_profile(y_pred, n_clusters: int, y_true=None) -> dict[str, float | int | bool]:
@@ -83,7 +84,7 @@ def cluster_profile(y_pred, n_clusters: int, y_true=None) -> dict[str, float | i
     else:
         largest_class = 1.0 / k
     largest = float(shares.max())
-    degenerate = 2 * n_nonempty < k or largest > max(0.5, 2 * largest_class)
+    degenerate = 2 * n_nonempty < k or largest > min(0.9, max(0.5, 2 * largest_class))
     return {"n_clusters": k, "n_nonempty": n_nonempty, "largest_share": round(largest, 6),
             "size_entropy": round(min(1.0, max(0.0, entropy)), 6), "largest_class_share": round(largest_class, 6),
             "degenerate": bool(degenerate)}
