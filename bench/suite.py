@@ -59,6 +59,8 @@ MAX_TRIALS = 100_000
 #: plain names: they become file and folder names (report folders, run ids, Ray trial folders)
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
 _NAME_RE = re.compile(NAME_PATTERN)
+#: libyaml's parser when PyYAML was built with it (several times faster), else the pure-Python one; both safe
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _CORE_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "seq", "map")}
 
 
@@ -196,7 +198,7 @@ def safe_yaml(text: str, source: str = "<suite>") -> Any:
     aliases, repeated keys, several documents."""
     try:
         _check_events(text, source)
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text)
         try:
             node = loader.get_single_node()
             if node is None:
@@ -215,7 +217,7 @@ def safe_yaml(text: str, source: str = "<suite>") -> Any:
 def _check_events(text: str, source: str) -> None:
     """One streaming pass (no recursion, nothing built): tags and nesting depth."""
     depth = 0
-    for ev in yaml.parse(text, Loader=yaml.SafeLoader):
+    for ev in yaml.parse(text, Loader=_Loader):
         tag = getattr(ev, "tag", None)
         if tag is not None and tag not in _CORE_TAGS and not (tag == "!" and isinstance(ev, yaml.ScalarEvent)):
             line = ev.start_mark.line + 1

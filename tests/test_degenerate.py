@@ -65,7 +65,7 @@ def test_fewer_than_half_the_clusters_is_degenerate():
     assert "fewer than half of the K clusters" in DEGENERATE_RULE
 
 
-@settings(max_examples=150, derandomize=True, deadline=None)
+@settings(max_examples=150, derandomize=True, deadline=None, database=None)
 @given(st.lists(st.integers(0, 30), min_size=1, max_size=300), st.integers(1, 30))
 def test_profile_is_always_in_range(pred, k):
     prof = cluster_profile(np.array(pred), k)
