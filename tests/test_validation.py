@@ -201,6 +201,12 @@ def test_gpu_requests_without_a_gpu(env, capsys, extra, pattern):
     refused(env, capsys, "run", suite, "--dry-run", "--store", env / "store", pattern=pattern)
 
 
+@pytest.mark.skipif(bool(HAS_GPU), reason="needs a machine without a GPU")
+def test_trial_on_cuda_without_a_gpu(env, capsys):
+    refused(env, capsys, "trial", "kmeans", "digits", "--device", "cuda", "--store", env / "store",
+            pattern="asks for device: cuda but this machine")
+
+
 def test_gpu_check_itself():
     spec = parse_suite(safe_yaml(GOOD + "resources: {gpus_per_trial: 2}\n"))
     with pytest.raises(BenchError, match="only 1 GPU"):
