@@ -196,6 +196,10 @@ def drill(n_examples: int, seed: int, timeout_s: float, workdir: Path) -> Counte
     data = workdir / "data"
     data.mkdir(exist_ok=True)
     path = workdir / "suite.yaml"
+    # warm-up, not counted: the first dry run imports torch and hashes the bundled data (tens of seconds on a
+    # loaded machine), which is start-up, not a hang
+    warm = run_cli(["run", "--dry-run", "--store", str(workdir / "store"), "--data", str(data)], 600)
+    print(f"warm-up (suites/default.yaml, not counted): {warm[0]}", file=sys.stderr)
 
     @hypothesis_seed(seed)
     @settings(max_examples=n_examples, database=None, deadline=None, suppress_health_check=list(HealthCheck),
