@@ -127,7 +127,7 @@ def markdown_table(summary: pd.DataFrame, *, rows=None, datasets=None, metrics=M
         for d in ds_order:
             if d in sub.index:
                 n, nf, nd = int(sub.at[d, "n"]), int(sub.at[d, "n_failed"]), int(sub.at[d, "n_degenerate"])
-                cells.append(f"{n}" + (f" ({nd} degenerate ⚠)" if nd else "") + (f" (+{nf} failed)" if nf else ""))
+                cells.append(f"{n}" + (f" (+{nf} failed)" if nf else "") + (f" ({nd} degenerate ⚠)" if nd else ""))
             else:
                 cells.append("")
         lines.append("| " + " | ".join(cells) + " |")

@@ -36,6 +36,7 @@ import re
 import stat
 import tempfile
 import typing
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -54,6 +55,8 @@ MAX_DEPTH = 32
 MAX_NODES = 100_000
 MAX_SEEDS = 1000
 MAX_SEED = 2**31 - 1  # torch, numpy and Python all take it
+#: datasets, methods, variants or tables one suite may list
+MAX_LIST = 200
 #: (method, variant, dataset, seed) trials one suite may plan
 MAX_TRIALS = 100_000
 #: plain names: they become file and folder names (report folders, run ids, Ray trial folders)
@@ -90,10 +93,11 @@ class _Strict(BaseModel):
 
 class MethodEntry(_Strict):
     name: Name
-    variants: list[Name] = Field(default_factory=lambda: ["default"])
+    variants: Annotated[list[Name], Field(max_length=MAX_LIST)] = Field(default_factory=lambda: ["default"])
     config: dict[str, Any] = Field(default_factory=dict)
     config_by_dataset: dict[Name, dict[str, Any]] = Field(default_factory=dict)
-    datasets: list[Name] | None = None  # restrict this method to some of the suite's datasets
+    #: restrict this method to some of the suite's datasets
+    datasets: Annotated[list[Name], Field(max_length=MAX_LIST)] | None = None
     gpus_per_trial: Share | None = None
     #: run this many seeds inside one trial (methods that batch seeds into one model)
     seed_batch: Annotated[StrictInt, Field(ge=1, le=MAX_SEEDS)] | None = None
@@ -129,13 +133,13 @@ class SuiteSpec(_Strict):
     name: Name
     description: Annotated[str, Field(max_length=5000)] = ""
     seeds: Annotated[list[Seed], Field(max_length=MAX_SEEDS)]
-    datasets: list[Name]
-    methods: list[MethodEntry]
+    datasets: Annotated[list[Name], Field(max_length=MAX_LIST)]
+    methods: Annotated[list[MethodEntry], Field(max_length=MAX_LIST)]
     protocol: ProtocolOverride = Field(default_factory=ProtocolOverride)
     resources: Resources = Field(default_factory=Resources)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     deterministic: bool = False
-    tables: list[TableSpec] = Field(default_factory=list)
+    tables: Annotated[list[TableSpec], Field(max_length=MAX_LIST)] = Field(default_factory=list)
 
     @field_validator("seeds", mode="before")
     @classmethod
@@ -245,8 +249,8 @@ def _check_nodes(root: yaml.Node, source: str) -> None:
             kids = _children(node)
             size[nid] = 1 + sum(size[id(k)] for k in kids)
             if size[nid] > MAX_NODES:
-                raise BenchError(f"{source}: YAML aliases expand to more than {MAX_NODES:,} values (an alias "
-                                 "bomb?); write the suite out plainly")
+                raise BenchError(f"{source}: the YAML holds more than {MAX_NODES:,} values once its aliases are "
+                                 "expanded (an alias bomb?); a suite needs a few hundred")
             continue
         if nid in size:
             continue
@@ -254,8 +258,13 @@ def _check_nodes(root: yaml.Node, source: str) -> None:
             raise BenchError(f"{source}:{node.start_mark.line + 1}: a YAML alias refers to the node that "
                              "contains it; write plain lists and mappings")
         if isinstance(node, yaml.MappingNode):
-            keys = [k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)]
-            dup = next((k for i, k in enumerate(keys) if k in keys[:i] and k != "<<"), None)
+            dup, seen = None, set()
+            for k, _ in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.value != "<<":
+                    if k.value in seen:
+                        dup = k.value
+                        break
+                    seen.add(k.value)
             if dup is not None:
                 raise BenchError(f"{source}:{node.start_mark.line + 1}: key {brief(dup)} appears twice in one "
                                  "mapping; keep one")
@@ -353,7 +362,7 @@ def _check_grid(spec: SuiteSpec, source: str) -> None:
     for field in ("seeds", "datasets"):
         values = getattr(spec, field)
         if len(set(values)) != len(values):
-            dup = next(v for i, v in enumerate(values) if v in values[:i])
+            dup = next(v for v, n in Counter(values).items() if n > 1)
             raise BenchError(f"{source}: {field} repeat ({brief(dup)} twice); list each once")
     n_trials = 0
     for i, m in enumerate(spec.methods):
