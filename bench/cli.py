@@ -169,7 +169,7 @@ def cmd_trial(args) -> int:
     check_name(args.method, "method")
     check_name(args.dataset, "dataset")
     check_name(args.variant, "--variant")
-    suite = parse_suite({"name": f"trial-{args.method}", "seeds": [args.seed], "datasets": [args.dataset],
+    suite = parse_suite({"name": f"trial-{args.method}"[:64], "seeds": [args.seed], "datasets": [args.dataset],
                          "methods": [{"name": args.method, "variants": [args.variant],
                                       "config": parse_set(args.set)}], "device": args.device}, "command line")
     check_store(args.store)
