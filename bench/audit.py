@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from bench.claims import Claim
+from bench.metrics import DEGENERATE_RULE
 from bench.records import ResultRecord
 
 ALPHA = 0.05
@@ -70,6 +71,7 @@ class AuditRow:
     p: float = float("nan")
     seeds: list[int] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # "seed 3: failed (NaN loss)"
+    degenerate: list[int] = field(default_factory=list)  # ok seeds flagged by bench.metrics.DEGENERATE_RULE
     mismatch: str = ""
     synthetic: bool = False
     curve_keys: list[str] = field(default_factory=list)
@@ -189,6 +191,7 @@ def audit(claims: list[Claim], records: list[ResultRecord]) -> list[AuditRow]:
                        seeds=[r.seed for r in ok],
                        failed=[f"seed {r.seed}: {r.status}" + (f" ({r.error})" if r.error else "")
                                for r in use if not r.ok],
+                       degenerate=sorted(r.seed for r in ok if r.degenerate),
                        synthetic=any((r.env or {}).get("hostname") == SYNTHETIC_HOST for r in use),
                        curve_keys=[r.key for r in use if r.curve])
         if not matched or convention_gap:
@@ -243,6 +246,7 @@ def markdown(rows: list[AuditRow], *, only_with_results: bool = True) -> str:
         out += [f"**WARNING: {n_synth} row(s) use records labelled as synthetic fixtures "
                 f"(env.hostname = {SYNTHETIC_HOST}); they are test data, not reproduced results.**", ""]
     out += [f"Rule: {RULE_TEXT}", "", "† = value from a secondary transcription, not verified against the paper.",
+            f"⚠ degenerate = {DEGENERATE_RULE}; such seeds stay in the numbers (they are what the method produced).",
             "", "| method | dataset | metric | paper, table | claimed | reproduced (n seeds) | Δ (pt) | p | verdict |"
                 " failed seeds |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in shown:
@@ -252,6 +256,8 @@ def markdown(rows: list[AuditRow], *, only_with_results: bool = True) -> str:
         repro = _repro_text(r) + (f" (n={r.n})" if r.status != "no results" else "")
         if r.status == "mismatch":
             repro = f"[not compared] {repro}"
+        if r.degenerate:
+            repro += f" ⚠ degenerate seed(s) {', '.join(map(str, r.degenerate))}"
         out.append(f"| {_label(c)}{' — ' + c.label if c.label else ''} | {c.dataset} | {c.metric_label} | "
                    f"{_short(c.paper)}, {c.table} | {_claim_text(c)} | {repro} | {delta} | {p} | {r.verdict} | "
                    f"{'; '.join(r.failed) or '–'} |")
@@ -311,7 +317,7 @@ def write_csv(rows: list[AuditRow], path: Path) -> None:
     cols = ["method", "variant", "label", "dataset", "metric", "claimed", "claimed_std", "report", "n_runs",
             "verified", "paper", "table", "source", "claim_protocol", "claims_file", "status", "n", "mean", "std",
             "best", "best_seed", "reproduced", "delta", "p", "verdict", "failed_seeds", "synthetic",
-            "nmi_normalisation", "record_metric"]
+            "nmi_normalisation", "record_metric", "degenerate_seeds"]
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(cols)
@@ -320,7 +326,8 @@ def write_csv(rows: list[AuditRow], path: Path) -> None:
             w.writerow([c.method, c.variant, c.label, c.dataset, c.metric, c.value, c.std, c.report, c.n_runs,
                         c.verified, c.paper, c.table, c.source, c.protocol_text(), c.where, r.status, r.n, r.mean,
                         r.std, r.best, r.best_seed, r.reproduced, r.delta, r.p, r.verdict, "; ".join(r.failed),
-                        r.synthetic, c.nmi_normalisation if c.metric == "nmi" else "", c.record_metric])
+                        r.synthetic, c.nmi_normalisation if c.metric == "nmi" else "", c.record_metric,
+                        " ".join(map(str, r.degenerate))])
 
 
 def plot_claimed_vs_reproduced(rows: list[AuditRow], path: Path) -> None:
@@ -406,9 +413,22 @@ def plot_curves(records: list[ResultRecord], path: Path) -> bool:
     return True
 
 
+AUDIT_FILES = ("audit.md", "audit.tex", "audit.csv", "claimed_vs_reproduced.png", "curves.png")
+
+
 def write_audit(rows: list[AuditRow], records: list[ResultRecord], out_dir: Path) -> dict[str, Path]:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """The audit files, published together (bench.report.publish): an empty audit is an error and never
+    replaces an earlier one, and a stale plot of an earlier audit does not stay beside the new tables."""
+    from bench.errors import BenchError
+    from bench.report import publish
+
+    if all(r.status == "no results" for r in rows):
+        raise BenchError(f"nothing to audit: no stored record has the method and dataset of any claim; the audit in "
+                         f"{out_dir} is left as it was (run a suite first, or pass --store)")
+    return publish(Path(out_dir), lambda stage: _write_audit_files(rows, records, stage), legacy=AUDIT_FILES)
+
+
+def _write_audit_files(rows: list[AuditRow], records: list[ResultRecord], out_dir: Path) -> dict[str, Path]:
     paths = {"markdown": out_dir / "audit.md", "latex": out_dir / "audit.tex", "csv": out_dir / "audit.csv",
              "scatter": out_dir / "claimed_vs_reproduced.png", "curves": out_dir / "curves.png"}
     paths["markdown"].write_text("# Claims audit\n\n" + markdown(rows) + "\n")

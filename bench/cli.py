@@ -1,6 +1,6 @@
 """``bench``: run suites, build reports, list methods and datasets.
 
-    bench run [SUITE.yaml] [--inline] [--address ADDR] [--force | --resume [RUN_ID]] [--only M,...] [--store DIR]
+    bench run [SUITE.yaml] [--inline] [--address ADDR] [--force | --resume [RUN_ID]] [--only M,...] [--dry-run]
     bench report [SUITE_NAME | SUITE.yaml] [--run RUN_ID] [--store DIR] [--out DIR]
     bench trial METHOD DATASET [--seed N] [--variant V] [--set key=value ...]
     bench list [METHOD]
@@ -8,8 +8,9 @@
     bench history [SUITE] [--rebuild] [--store DIR]
     bench regress SUITE [--store DIR] [--out DIR]     (exit 1 on a regression)
 
-User errors print one line (``error: ...``) and exit 2; failed trials make ``run`` exit 1; a run cut short
-by SIGINT / SIGTERM still records what finished and writes its report, then exits 130 / 143.
+User errors (including bad arguments) print one line (``error: ...``) and exit 2, before anything is written;
+failed trials make ``run`` exit 1; a run cut short by SIGINT / SIGTERM still records what finished and
+writes its report, then exits 130 / 143. The input checks themselves live in bench.suite.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ import signal
 import sys
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from bench.errors import BenchError
 
@@ -42,9 +41,18 @@ def _data_root(args) -> Path:
     return Path(args.data).expanduser().resolve() if args.data else default_data_root()
 
 
+def _check_data_args(args) -> None:
+    from bench.data import default_cache_dir
+    from bench.suite import check_folder
+
+    if args.data is not None:
+        check_folder(args.data, "--data", write=False)
+    check_folder(default_cache_dir(), "the data cache ($BENCH_CACHE)")
+
+
 def cmd_run(args) -> int:
     from bench.runner import exit_code_for, run_suite, trap_signals
-    from bench.suite import load_suite
+    from bench.suite import check_folder, check_store, load_suite
 
     store = _store(args)
     if args.resume and args.force:
@@ -58,6 +66,12 @@ def cmd_run(args) -> int:
         suite = load_suite(path)
     if args.only:
         suite = only_methods(suite, args.only)
+    check_store(args.store, write=not args.dry_run)
+    if not args.no_report and not args.dry_run:
+        check_folder(args.out, "--out")
+    _check_data_args(args)
+    if args.dry_run:
+        return _dry_run(suite, args)
     # A signal before the run starts aborts it (nothing is written); during the run, run_suite records it;
     # after the run (report), it is noted and the report still completes. Any of them sets the exit code.
     received: list[str] = []
@@ -99,10 +113,32 @@ def resumed_suite(store, run_id: str):
     return parse_suite(man["spec"], f"run {run_id}"), Path(man.get("suite_path") or f"run {run_id}")
 
 
+def _dry_run(suite, args) -> int:
+    """Plan as `bench run` would (every name, config, data file and resource checked), print it, write nothing."""
+    from bench.runner import _gpu_count, plan_suite
+    from bench.suite import check_gpus
+
+    if args.address:
+        raise BenchError("--dry-run plans on this machine; leave out --address")
+    gpus = _gpu_count(None)
+    check_gpus(suite, gpus)
+    plan = plan_suite(suite, _store(args), _data_root(args), force=args.force, gpus_available=gpus)
+    n_seeds = sum(len(u.seeds) for u in plan.units)
+    print(f"dry run of suite {suite.name!r}: {n_seeds} trial(s) in {len(plan.units)} unit(s) to run, "
+          f"{len(plan.skipped)} reused from {Path(args.store)}; nothing was run or written")
+    for u in plan.units[:50]:
+        print(f"  {u.method}/{u.variant} on {u.dataset}, seeds {u.seeds}, {u.cpus:g} CPU, {u.gpus:g} GPU")
+    if len(plan.units) > 50:
+        print(f"  ... and {len(plan.units) - 50} more unit(s)")
+    return 0
+
+
 def only_methods(suite, names: list[str]):
     """The suite restricted to the methods named (``--only dec,idec``; repeatable). Trial keys do not
     depend on the suite, so a later full run reuses what a restricted run stored."""
     wanted = {n.strip() for item in names for n in item.split(",") if n.strip()}
+    if not wanted:
+        raise BenchError("--only names no method; pass method names of the suite, e.g. --only dec,idec")
     present = [m.name for m in suite.methods]
     unknown = sorted(wanted - set(present))
     if unknown:
@@ -124,8 +160,10 @@ def _report(store, manifest: dict[str, Any], tables, out_dir: Path) -> None:
 
 
 def cmd_report(args) -> int:
-    from bench.suite import SuiteSpec, load_suite
+    from bench.suite import SuiteSpec, check_folder, check_store, load_suite
 
+    check_store(args.store, write=False)
+    check_folder(args.out, "--out")
     store = _store(args)
     tables = []
     name = args.suite
@@ -149,23 +187,34 @@ def cmd_report(args) -> int:
 
 def parse_set(items: list[str]) -> dict[str, Any]:
     """`--set key=value` pairs, values read as YAML (numbers, lists, booleans)."""
+    from bench.errors import brief
+    from bench.suite import safe_yaml
+
     out = {}
     for item in items:
         if "=" not in item:
-            raise BenchError(f"--set expects key=value, got {item!r}")
+            raise BenchError(f"--set expects key=value, got {brief(item)}")
         key, val = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(val)
+        if not key.strip():
+            raise BenchError(f"--set {brief(item)}: the key is empty; write key=value")
+        out[key.strip()] = safe_yaml(val, f"--set {key.strip()[:40]}")
     return out
 
 
 def cmd_trial(args) -> int:
     """One trial inline, for debugging: same planning and records as `bench run`."""
-    from bench.runner import run_suite
-    from bench.suite import parse_suite
+    from bench.suite import check_name, check_store, parse_suite
 
-    suite = parse_suite({"name": f"trial-{args.method}", "seeds": [args.seed], "datasets": [args.dataset],
+    check_name(args.method, "method")
+    check_name(args.dataset, "dataset")
+    check_name(args.variant, "--variant")
+    suite = parse_suite({"name": f"trial-{args.method}"[:64], "seeds": [args.seed], "datasets": [args.dataset],
                          "methods": [{"name": args.method, "variants": [args.variant],
                                       "config": parse_set(args.set)}], "device": args.device}, "command line")
+    check_store(args.store)
+    _check_data_args(args)
+    from bench.runner import run_suite
+
     store = _store(args)
     manifest = run_suite(suite, store=store, data_root=_data_root(args), inline=True, force=args.force)
     for t in manifest["trials"]:
@@ -191,8 +240,15 @@ def cmd_list(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument as one BenchError line (exit 2) instead of usage + message."""
+
+    def error(self, message: str):
+        raise BenchError(f"{self.prog}: {message}; `{self.prog} --help` lists the arguments")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bench", description="Reproducibility harness for deep image clustering.")
+    p = _Parser(prog="bench", description="Reproducibility harness for deep image clustering.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -213,6 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only these methods of the suite (a later full run reuses their records)")
     r.add_argument("--out", default="reports", help="where the report goes (default: reports/)")
     r.add_argument("--no-report", action="store_true")
+    r.add_argument("--dry-run", action="store_true",
+                   help="check and plan everything (names, configs, data md5s, resources), print the plan, "
+                        "write nothing")
     common(r)
     r.set_defaults(func=cmd_run)
 
@@ -245,7 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_audit(args) -> int:
     from bench.audit import audit, markdown, write_audit
     from bench.claims import load_claims
+    from bench.suite import check_folder, check_store
 
+    check_store(args.store, write=False)
+    check_folder(args.out, "--out")
     claims = load_claims(args.claims)
     store = _store(args)
     records = list(store.records())
@@ -260,18 +322,37 @@ def cmd_audit(args) -> int:
 def cmd_history(args) -> int:
     from bench.history import history_table
 
+    _check_history_args(args)
     print(history_table(_store(args), args.suite, args.db, rebuild=args.rebuild))
     return 0
 
 
 def cmd_regress(args) -> int:
     from bench.regress import regress_suite
+    from bench.suite import check_folder, check_name
 
+    check_name(args.suite, "suite")
+    if not 1 <= args.window <= 100_000:
+        raise BenchError(f"--window {args.window}: compare with 1 to 100000 previous runs")
+    _check_history_args(args)
+    check_folder(args.out, "--out")
     out = Path(args.out) / args.suite
     code, md = regress_suite(_store(args), args.suite, out_dir=out, db_path=args.db, window=args.window)
     print(md)
     print(f"summary: {out / 'regress.md'}; trend plots: {out}/trend_*.png")
     return code
+
+
+def _check_history_args(args) -> None:
+    """The store (it holds history.db unless --db says otherwise) and the --db file."""
+    from bench.suite import check_folder, check_store
+
+    check_store(args.store, write=args.db is None)
+    if args.db is not None:
+        db = Path(args.db).expanduser()
+        if db.is_dir():
+            raise BenchError(f"--db {db} is a folder; pass a database file path (e.g. results/history.db)")
+        check_folder(db.parent if str(db.parent) else ".", "--db's folder")
 
 
 def _add_audit_history_regress(sub, common) -> None:
@@ -298,7 +379,11 @@ def _add_audit_history_regress(sub, common) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     args.command_line = argv is None  # the `bench` command itself, not a caller's process: see _exit_now
     try:

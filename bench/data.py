@@ -4,7 +4,14 @@ Files live under ``data/`` in torchvision's layout and are pinned by ``data.dvc`
 restores them). Before anything trains, every file of the dataset is hashed and compared with the
 md5 that DVC's manifest for ``data.dvc`` records (or, where that manifest is not available locally,
 with the official md5 listed here, which is the same value). A missing file or a mismatch stops
-the trial with one line naming the file, both hashes and the command that fixes it.
+the trial with one line naming the file, both hashes and the command that fixes it; so does a file
+that is a folder, a symlink loop or unreadable.
+
+Caches are verified too: an archive is unpacked into ``$BENCH_CACHE/unpacked/<archive md5>/`` while its
+bytes are hashed (the unpacked copy comes from exactly the pinned bytes), and a stamp (``stamp.json``)
+records each unpacked file's size, mtime and md5. Each process re-hashes a cached file the first time it
+uses it, and again whenever its inode, size, mtime or ctime change; a copy that does not match its stamp
+(or has none) is rebuilt from the verified source, never read.
 
 Splits: ``train``, ``test`` and ``all`` (= train + test, the DEC/CC protocol). Images come back as
 ``uint8 [N, C, H, W]``; labels as ``int64 [N]``; labels stay with the harness.
@@ -13,12 +20,15 @@ Splits: ``train``, ``test`` and ``all`` (= train + test, the DEC/CC protocol). I
 from __future__ import annotations
 
 import dataclasses
+import errno
 import gzip
 import hashlib
 import json
+import logging
 import os
 import pickle
 import shutil
+import stat
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +40,8 @@ from filelock import FileLock
 from bench.errors import BenchError, DataError
 
 FETCH_HINT = "run `dvc pull` in the project root (README: Data)"
+RESTORE_HINT = "restore it with `dvc checkout data` or `dvc pull`"
+log = logging.getLogger("bench.data")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,8 +123,12 @@ def dvc_manifest(project_root: Path) -> dict[str, str] | None:
     candidates += [Path(url) / rel for url in _local_remote_urls(project_root)]
     for cand in candidates:
         if cand.exists():
-            entries = json.loads(cand.read_text())
-            return {e["relpath"]: e["md5"] for e in entries}
+            try:
+                entries = json.loads(cand.read_text())
+                return {e["relpath"]: e["md5"] for e in entries}
+            except (OSError, ValueError, KeyError, TypeError):
+                raise BenchError(f"DVC's manifest {cand} for data.dvc is unreadable or corrupt; delete it and run "
+                                 "`dvc pull` to restore it") from None
     return None
 
 
@@ -146,14 +162,33 @@ def verify_files(spec: DatasetSpec, root: Path, pinned: dict[str, str] | None = 
     got = {}
     for rel, want in expected.items():
         path = root / rel
-        if not path.exists():
-            raise DataError(f"dataset {spec.name!r}: missing file {path}; {spec.fetch_hint}")
-        have = md5_file(path)
+        have = _md5_data_file(path, spec)
         if have != want:
             raise DataError(f"dataset {spec.name!r}: {path} has md5 {have} but data.dvc pins {want}; the file is "
-                            "corrupt or a different version: restore it with `dvc checkout data` or `dvc pull`")
+                            f"corrupt or a different version: {RESTORE_HINT}")
         got[rel] = have
     return got
+
+
+def _md5_data_file(path: Path, spec: DatasetSpec) -> str:
+    """md5 of a pinned file, or one DataError line for a missing, odd or unreadable one."""
+    where = f"dataset {spec.name!r}: {path}"
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        raise DataError(f"dataset {spec.name!r}: missing file {path}; {spec.fetch_hint}") from None
+    except OSError as exc:
+        why = "is a symlink loop" if exc.errno == errno.ELOOP else f"cannot be read ({exc.strerror})"
+        raise DataError(f"{where} {why}; {RESTORE_HINT}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise DataError(f"{where} is a folder where a file belongs; remove it, then {RESTORE_HINT}")
+    if not stat.S_ISREG(st.st_mode):
+        raise DataError(f"{where} is not a regular file (a FIFO, socket or device); remove it, then {RESTORE_HINT}")
+    try:
+        return md5_file(path)
+    except OSError as exc:
+        raise DataError(f"{where} cannot be read ({exc.strerror or type(exc).__name__}); fix its permissions or "
+                        f"{RESTORE_HINT}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,19 +250,124 @@ def dataset_identity(spec: DatasetSpec, root: Path, pinned: dict[str, str] | Non
     return combined_md5(file_md5s), file_md5s
 
 
-def _cached_copy(src: Path, md5: str, cache_dir: Path, opener=gzip.open) -> Path:
-    """Decompress ``src`` once into the cache (keyed by its md5); the DVC-tracked tree stays untouched."""
-    dst = cache_dir / "unpacked" / md5 / src.name.rsplit(".", 1)[0]
-    if dst.exists():
-        return dst
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(dst) + ".lock"):
-        if not dst.exists():
-            tmp = dst.with_suffix(".part")
-            with opener(src, "rb") as fin, open(tmp, "wb") as fout:
-                shutil.copyfileobj(fin, fout)
-            os.replace(tmp, dst)
-    return dst
+class _HashingReader:
+    """A read-only file wrapper that hashes every byte read (archives are unpacked from the very bytes
+    that are checked against the pin, not from a second read of the file)."""
+
+    def __init__(self, fh):
+        self._fh, self.md5 = fh, hashlib.md5()
+
+    def read(self, n: int = -1) -> bytes:
+        block = self._fh.read(n)
+        self.md5.update(block)
+        return block
+
+    def drain(self) -> str:
+        while self.read(1 << 22):
+            pass
+        return self.md5.hexdigest()
+
+
+def _unpack_verified(src: Path, md5: str, unpack: Callable[[_HashingReader, Path], None], into: Path) -> None:
+    """Unpack ``src`` into ``into`` while hashing it; DataError when its bytes are not the pinned ones."""
+    with open(src, "rb") as fh:
+        reader = _HashingReader(fh)
+        unpack(reader, into)
+        have = reader.drain()
+    if have != md5:
+        raise DataError(f"{src} changed while being unpacked (md5 {have}, pinned {md5}); {RESTORE_HINT}")
+
+
+#: cached files hashed by this process: path -> (inode, size, mtime_ns, ctime_ns) when it matched its stamp
+_VERIFIED: dict[str, tuple[int, int, int, int]] = {}
+STAMP = "stamp.json"
+
+
+def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns  # ctime moves on any write, even a reset mtime
+
+
+def _entry_ok(entry: Path) -> bool:
+    """Every file the stamp lists is a regular file with its stamped size and md5 (hashed once per process,
+    and again when its signature changes)."""
+    try:
+        stamp = json.loads((entry / STAMP).read_text())
+        files = stamp["files"]
+        for rel, want in files.items():
+            path = entry / rel
+            st = os.stat(path)
+            if not stat.S_ISREG(st.st_mode) or st.st_size != want["size"]:
+                return False
+            if _VERIFIED.get(str(path)) == _signature(st):
+                continue
+            if md5_file(path) != want["md5"]:
+                return False
+            _VERIFIED[str(path)] = _signature(os.stat(path))
+        return bool(files)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+
+
+def _write_stamp(folder: Path, source: Path, source_md5: str) -> None:
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != STAMP):
+        st = path.stat()
+        files[path.relative_to(folder).as_posix()] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                                                      "md5": md5_file(path)}
+    (folder / STAMP).write_text(json.dumps({"source": source.name, "source_md5": source_md5, "files": files},
+                                           indent=1))
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or (path.exists() and not path.is_dir()):
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+def verified_cache_entry(src: Path, md5: str, cache_dir: Path,
+                         unpack: Callable[[_HashingReader, Path], None]) -> Path:
+    """``$BENCH_CACHE/unpacked/<md5>/``, holding ``src`` unpacked by ``unpack`` and matching its stamp.
+    A missing, partial or changed entry is rebuilt from ``src`` (whose md5 must be ``md5``)."""
+    entry = Path(cache_dir) / "unpacked" / md5
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(entry) + ".lock"):
+            if _entry_ok(entry):
+                return entry
+            if entry.exists() or entry.is_symlink():
+                log.warning("data cache %s does not match its stamp (changed, partial or corrupt); rebuilding it "
+                            "from %s", entry, src)
+                _remove(entry)
+            tmp = entry.with_name(f"{md5}.part-{os.getpid()}")
+            _remove(tmp)
+            tmp.mkdir()
+            try:
+                _unpack_verified(src, md5, unpack, tmp)
+                _write_stamp(tmp, src, md5)
+                os.replace(tmp, entry)
+            finally:
+                _remove(tmp)
+            if not _entry_ok(entry):  # e.g. a cache on storage that does not keep what is written
+                raise DataError(f"the data cache {entry} does not hold what was just unpacked into it; check the "
+                                "disk or set $BENCH_CACHE to another folder")
+            return entry
+    except OSError as exc:
+        raise DataError(f"cannot build the data cache {entry} ({exc.strerror or type(exc).__name__}); make it "
+                        "writable or set $BENCH_CACHE to another folder") from None
+
+
+def _gunzip_into(name: str):
+    def unpack(reader: _HashingReader, into: Path) -> None:
+        with gzip.GzipFile(fileobj=reader, mode="rb") as fin, open(into / name, "wb") as fout:
+            shutil.copyfileobj(fin, fout)
+    return unpack
+
+
+def _cached_copy(src: Path, md5: str, cache_dir: Path) -> Path:
+    """The gunzipped copy of ``src`` in the verified cache; the DVC-tracked tree stays untouched."""
+    name = src.name.rsplit(".", 1)[0]
+    return verified_cache_entry(src, md5, cache_dir, _gunzip_into(name)) / name
 
 
 def _nchw(x: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -316,21 +456,21 @@ CIFAR10_MEMBERS = {
 def _read_cifar10(root: Path, cache: Path, md5s: dict[str, str], members: dict[str, str] | None = None) -> Splits:
     members = CIFAR10_MEMBERS if members is None else members
     archive = root / "cifar-10-batches-bin.tar.xz"
-    out = cache / "unpacked" / md5s["cifar-10-batches-bin.tar.xz"]
-    folder = out / "cifar-10-batches-bin"
-    out.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(out) + ".lock"):
-        if not (folder / "test_batch.bin").exists():
-            with tarfile.open(archive) as tar:
-                tar.extractall(out, filter="data")
+
+    def untar(reader: _HashingReader, into: Path) -> None:
+        with tarfile.open(fileobj=reader, mode="r|xz") as tar:  # a stream: every byte goes through the hash
+            tar.extractall(into, filter="data")
+
+    folder = verified_cache_entry(archive, md5s["cifar-10-batches-bin.tar.xz"], cache, untar) / "cifar-10-batches-bin"
     # Members are checked when the archive is the official one data.dvc pins; a different archive
-    # pinned on purpose (a lab's own copy, the tests' tiny one) has only its own md5 to go by.
+    # pinned on purpose (a lab's own copy, the tests' tiny one) has only its own md5 (and the stamp) to go by.
     official = md5s["cifar-10-batches-bin.tar.xz"] == DATASETS["cifar10"].files["cifar-10-batches-bin.tar.xz"]
     for name, want in members.items():
-        have = md5_file(folder / name)
+        path = folder / name
+        have = md5_file(path) if path.is_file() else "(missing)"
         if official and have != want:
             raise DataError(f"dataset 'cifar10': member {name} of {archive} has md5 {have}, expected {want}; "
-                            f"delete {out} and restore the archive with `dvc checkout data`")
+                            f"{RESTORE_HINT}")
 
     def parse(name: str) -> tuple[np.ndarray, np.ndarray]:
         rec = np.fromfile(folder / name, np.uint8).reshape(-1, 3073)

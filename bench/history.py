@@ -114,7 +114,8 @@ def _records_of(store, manifest: dict[str, Any]) -> list[tuple[ResultRecord, dic
         status = entry.get("status") if entry.get("status") in ("ok", "failed", "interrupted") else "interrupted"
         own = rec.model_copy(update={"run_id": manifest.get("run_id"), "status": status,
                                      "metrics": entry.get("metrics") or {}, "error": entry.get("error"),
-                                     "timings": {}, "resources": {}, "curve": []})
+                                     "timings": {}, "resources": {}, "curve": [],
+                                     "cluster_profile": None, "degenerate": None})  # the later run's, not this one's
         out.append((own, entry, "manifest"))
     return out
 

@@ -19,6 +19,9 @@ error                     one line: the exception type and message, for failed/i
 metrics                   {"acc", "nmi", "nmi_geometric", "ari"} on the eval split, fractions in [0, 1]
                           (nmi: arithmetic normalisation; nmi_geometric: the pre-2019 convention, see
                           bench.metrics; records written before it existed lack nmi_geometric)
+cluster_profile           ok seeds: n_clusters, n_nonempty, largest_share, size_entropy (normalised),
+                          largest_class_share (bench.metrics.cluster_profile); null on older records
+degenerate                ok seeds: the collapse flag by bench.metrics.DEGENERATE_RULE; null when unknown
 selection_rule            how the reported assignment was chosen, without labels
 curve                     per-epoch rows: epoch, loss, ..., eval_acc/eval_nmi/eval_ari when logged
 info                      method-specific facts (iterations, stop reason, stage reuse, ...)
@@ -60,6 +63,8 @@ class ResultRecord(BaseModel):
     status: Status
     error: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
+    cluster_profile: dict[str, Any] | None = None
+    degenerate: bool | None = None
     selection_rule: str = ""
     curve: list[dict[str, Any]] = Field(default_factory=list)
     info: dict[str, Any] = Field(default_factory=dict)

@@ -20,6 +20,9 @@ Rule (stated in every report). Per (method, variant, dataset, config, protocol) 
   same hardware (CPU and GPU model) are compared.
 * **Failures**: seeds that failed or were interrupted in the latest run, where none of the previous runs
   in the window had any for that group, are flagged (they are never counted as zeros).
+* **Degenerate seeds** (bench.metrics.DEGENERATE_RULE: a collapsed clustering): ok seeds of the latest run
+  flagged degenerate, where none of the previous runs in the window had a degenerate seed for that group,
+  are flagged.
 
 Fewer than 2 seeds on either side, or no previous run: "insufficient history", never flagged.
 Exit status 1 when anything is flagged.
@@ -52,7 +55,8 @@ RULES_TEXT = (
     f"{K_BETWEEN:g} x std of the historical per-run means). Runtime / peak memory: Welch one-sided "
     f"(Holm, alpha = {ALPHA}) AND more than {RUNTIME_REL:.0%} and {RUNTIME_ABS_S:g} s slower / "
     f"{MEMORY_REL:.0%} and {MEMORY_ABS_MB:g} MB more, same hardware only. New failed or interrupted seeds "
-    f"are flagged. Fewer than 2 seeds or no history: not tested.")
+    f"are flagged, and so are new degenerate seeds (collapsed clusterings). Fewer than 2 seeds or no history: "
+    f"not tested.")
 
 
 @dataclass
@@ -213,6 +217,36 @@ def build_series(latest_rows, history_runs: list[tuple[str, list]]) -> tuple[lis
     return series, failures
 
 
+def _is_degenerate(row) -> bool:
+    """The record's flag (bench.metrics.DEGENERATE_RULE); False for records from before the flag existed."""
+    try:
+        return bool(json.loads(row["record_json"] or "{}").get("degenerate"))
+    except (ValueError, TypeError, AttributeError):
+        return False
+
+
+def degenerate_seeds(latest_rows, history_runs: list[tuple[str, list]]) -> list[dict[str, Any]]:
+    """One entry per group whose latest run has degenerate ok seeds; ``flagged`` when the group has history and
+    none of its previous runs had a degenerate seed (a newly collapsing method is a regression)."""
+    hist_groups = [_group_rows(rows) for _, rows in history_runs]
+    out = []
+    for gkey, rows in _group_rows(latest_rows).items():
+        bad = sorted(r["seed"] for r in rows if r["status"] == "ok" and _is_degenerate(r))
+        if not bad:
+            continue
+        seen: set[str] = set()
+        hist_ok = hist_bad = 0
+        for groups in hist_groups:
+            hrows = [r for r in groups.get(gkey, []) if r["key"] not in seen and r["status"] == "ok"]
+            seen.update(r["key"] for r in hrows)
+            hist_ok += len(hrows)
+            hist_bad += sum(_is_degenerate(r) for r in hrows)
+        out.append({"method": gkey[0], "variant": gkey[1], "dataset": gkey[2], "seeds": bad,
+                    "n": sum(r["status"] == "ok" for r in rows), "history_degenerate": hist_bad,
+                    "flagged": hist_bad == 0 and hist_ok > 0})
+    return out
+
+
 def regress_suite(store, suite: str, *, out_dir: Path, db_path: str | Path | None = None, window: int = WINDOW,
                   alpha: float = ALPHA) -> tuple[int, str]:
     """Compare the latest finished run of ``suite`` with its history. Returns (exit code, Markdown)."""
@@ -235,17 +269,18 @@ def regress_suite(store, suite: str, *, out_dir: Path, db_path: str | Path | Non
         by_run.setdefault(r["run_id"], []).append(r)
     history_runs = [(r["run_id"], by_run.get(r["run_id"], [])) for r in previous]
     series, failures = build_series(latest_rows, history_runs)
+    degenerate = degenerate_seeds(latest_rows, history_runs)
     comps = evaluate(series, alpha)
-    flagged = [c for c in comps if c.flagged] + [f for f in failures if f["flagged"]]
+    flagged = [c for c in comps if c.flagged] + [f for f in failures + degenerate if f["flagged"]]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = plot_trends(latest, previous, latest_rows, prev_rows, comps, out_dir)
-    md = render_markdown(suite, latest, previous, comps, failures, plots)
+    md = render_markdown(suite, latest, previous, comps, failures, plots, degenerate)
     (out_dir / "regress.md").write_text(md)
     (out_dir / "regress.json").write_text(json.dumps({
         "suite": suite, "latest_run": latest["run_id"], "previous_runs": [r["run_id"] for r in previous],
         "regression": bool(flagged), "rules": RULES_TEXT, "comparisons": [asdict(c) for c in comps],
-        "failures": failures}, indent=1, default=float))
+        "failures": failures, "degenerate": degenerate}, indent=1, default=float))
     return (1 if flagged else 0), md
 
 
@@ -269,11 +304,13 @@ def _fmt(c: Comparison) -> list[str]:
             chg, thr, p, verdict]
 
 
-def render_markdown(suite, latest, previous, comps, failures, plots) -> str:
+def render_markdown(suite, latest, previous, comps, failures, plots, degenerate=()) -> str:
     flagged = [c for c in comps if c.flagged]
     new_fail = [f for f in failures if f["flagged"]]
-    status = (f"**REGRESSION**: {len(flagged)} metric(s) and {len(new_fail)} group(s) with new failures"
-              if flagged or new_fail else "**OK**: no regression")
+    new_degen = [d for d in degenerate if d["flagged"]]
+    status = (f"**REGRESSION**: {len(flagged)} metric(s), {len(new_fail)} group(s) with new failures and "
+              f"{len(new_degen)} with new degenerate seeds" if flagged or new_fail or new_degen
+              else "**OK**: no regression")
     lines = [f"# Regression check: suite `{suite}`", "", status, "",
              f"Latest run `{latest['run_id']}` (started {latest['started_at']}, code `{latest['code_version']}`) "
              f"against {len(previous)} previous run(s).", "", f"Rule: {RULES_TEXT}", "",
@@ -288,6 +325,13 @@ def render_markdown(suite, latest, previous, comps, failures, plots) -> str:
             tag = " **new: REGRESSION**" if f["flagged"] else ""
             lines.append(f"- {f['method']} [{f['variant']}] on {f['dataset']}: {f['n_failed']} of {f['n']} seeds"
                          f"{tag}; {'; '.join(f['errors'])}")
+    if degenerate:
+        lines += ["", "Degenerate seeds in the latest run (collapsed clusterings; see the rule in the records' "
+                  "docs):", ""]
+        for d in degenerate:
+            tag = " **new: REGRESSION**" if d["flagged"] else f" (history had {d['history_degenerate']})"
+            lines.append(f"- {d['method']} [{d['variant']}] on {d['dataset']}: seed(s) "
+                         f"{', '.join(map(str, d['seeds']))} of {d['n']}{tag}")
     if plots:
         lines += ["", "Trends: " + ", ".join(f"[{p.name}]({p.name})" for p in plots)]
     return "\n".join(lines) + "\n"

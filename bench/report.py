@@ -4,11 +4,19 @@ Rows are methods (and variants), columns dataset x metric, cells ``mean ± std``
 that finished, in percent as the papers print them, with ``n`` per dataset. Failed or interrupted
 seeds never enter a mean: they are counted next to ``n`` and listed with their errors. Each row
 states its protocol (splits, sizes, stem, epochs, batch), data md5 and code version beneath the table.
+
+A report never replaces good output with nothing: an empty selection is an error, and the files are
+written into a staging folder and moved in together (:func:`publish`), after which the folder holds
+only this report's files (plus anything a person put there, e.g. NOTES.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +24,8 @@ import numpy as np
 import pandas as pd
 
 from bench.context import stable_hash
+from bench.errors import BenchError
+from bench.metrics import DEGENERATE_RULE
 from bench.records import ALL_METRICS, METRICS, ResultRecord
 
 METRIC_LABEL = {"acc": "ACC", "nmi": "NMI", "nmi_geometric": "NMI (geometric)", "ari": "ARI"}
@@ -26,13 +36,16 @@ def records_frame(records: Iterable[ResultRecord]) -> pd.DataFrame:
     for r in records:
         rows.append({
             "method": r.method, "variant": r.variant, "dataset": r.dataset, "seed": r.seed, "status": r.status,
-            "error": r.error, **{m: r.metrics.get(m, np.nan) for m in ALL_METRICS},
+            "error": r.error, **{m: r.metrics.get(m, np.nan) for m in ALL_METRICS}, "degenerate": r.degenerate,
+            "largest_share": (r.cluster_profile or {}).get("largest_share"),
+            "n_nonempty": (r.cluster_profile or {}).get("n_nonempty"),
             "wall_s": r.timings.get("wall_s", np.nan), "peak_gpu_mem_mb": r.resources.get("peak_gpu_mem_mb"),
             "config_hash": stable_hash(r.config, 8), "protocol": protocol_text(r.protocol),
             "data_md5": r.data_md5, "code_version": r.env.get("code_version"), "selection_rule": r.selection_rule,
             "key": r.key,
         })
-    cols = ["method", "variant", "dataset", "seed", "status", "error", *ALL_METRICS, "wall_s", "peak_gpu_mem_mb",
+    cols = ["method", "variant", "dataset", "seed", "status", "error", *ALL_METRICS, "degenerate", "largest_share",
+            "n_nonempty", "wall_s", "peak_gpu_mem_mb",
             "config_hash", "protocol", "data_md5", "code_version", "selection_rule", "key"]
     return pd.DataFrame(rows, columns=cols)
 
@@ -72,6 +85,11 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         rec["code_version"] = ", ".join(sorted({str(c) for c in g["code_version"] if c}))
         rec["selection_rule"] = g["selection_rule"].iloc[0]
         rec["seeds"] = ",".join(str(s) for s in sorted(ok["seed"]))
+        degen = ok[ok["degenerate"].fillna(False).astype(bool)]
+        rec["n_degenerate"] = len(degen)
+        rec["degenerate_seeds"] = "; ".join(
+            f"seed {int(d.seed)} ({int(d.n_nonempty)} clusters non-empty, largest {100 * d.largest_share:.0f}%)"
+            for d in degen.sort_values("seed").itertuples())
         rec["errors"] = sorted({str(e) for e in g.loc[g["status"] != "ok", "error"] if e})
         out.append(rec)
     return pd.DataFrame(out)
@@ -108,8 +126,8 @@ def markdown_table(summary: pd.DataFrame, *, rows=None, datasets=None, metrics=M
                 cells.append(_cell(sub.at[d, f"{m}_mean"], sub.at[d, f"{m}_std"]) if d in sub.index else "")
         for d in ds_order:
             if d in sub.index:
-                n, nf = int(sub.at[d, "n"]), int(sub.at[d, "n_failed"])
-                cells.append(f"{n}" + (f" (+{nf} failed)" if nf else ""))
+                n, nf, nd = int(sub.at[d, "n"]), int(sub.at[d, "n_failed"]), int(sub.at[d, "n_degenerate"])
+                cells.append(f"{n}" + (f" (+{nf} failed)" if nf else "") + (f" ({nd} degenerate ⚠)" if nd else ""))
             else:
                 cells.append("")
         lines.append("| " + " | ".join(cells) + " |")
@@ -142,11 +160,15 @@ def latex_table(summary: pd.DataFrame, *, rows=None, datasets=None, metrics=METR
                     continue
                 mean, std = sub.at[d, f"{m}_mean"], sub.at[d, f"{m}_std"]
                 txt = f"{mean * 100:.1f}" + ("" if np.isnan(std) else f"$\\pm${std * 100:.1f}")
+                txt += "$^\\ddagger$" if sub.at[d, "n_degenerate"] else ""
                 cells.append(f"\\textbf{{{txt}}}" if np.isclose(mean, best[(d, m)]) else txt)
         out.append(f"{_tex(row)} & " + " & ".join(cells) + " \\\\")
     out += ["\\bottomrule", "\\end{tabular}"]
+    caption = _tex(caption)
+    if (summary["n_degenerate"] > 0).any():
+        caption = (caption + " " if caption else "") + "$^\\ddagger$: includes degenerate (collapsed) seeds."
     if caption:
-        out.append(f"\\caption{{{_tex(caption)}}}")
+        out.append(f"\\caption{{{caption}}}")
     out.append("\\end{table}")
     return "\n".join(out)
 
@@ -162,6 +184,12 @@ def notes(summary: pd.DataFrame) -> str:
         lines.append(f"- **{r['row']}** on {r['dataset']}: {r['protocol']}; seeds {r['seeds'] or '–'}; "
                      f"data md5 `{r['data_md5']}`; code `{r['code_version']}`; selection: {r['selection_rule']}; "
                      f"mean wall {r['wall_s_mean']:.1f} s")
+    degenerate = summary[summary["n_degenerate"] > 0]
+    if len(degenerate):
+        lines += ["", f"Degenerate seeds (⚠; kept in the means, they are what the method produced; {DEGENERATE_RULE}):",
+                  ""]
+        for _, r in degenerate.iterrows():
+            lines.append(f"- {r['row']} on {r['dataset']}: {r['degenerate_seeds']}")
     failures = summary[summary["n_failed"] > 0]
     if len(failures):
         lines += ["", "Failed or interrupted seeds (excluded from the means):", ""]
@@ -227,18 +255,53 @@ def plot_curves(records: list[ResultRecord], path: Path) -> bool:
     return True
 
 
-def write_report(records: list[ResultRecord], out_dir: Path, *, title: str,
-                 tables: list[dict[str, Any]] | None = None, run: dict[str, Any] | None = None) -> dict[str, Path]:
+#: lists the files the last report wrote into its folder (the ones the next report may replace or remove)
+OWNED_LIST = ".bench-files.json"
+REPORT_FILES = ("table.md", "table.tex", "results.png", "curves.png", "results.csv", "summary.csv")
+
+
+def publish(out_dir: Path, write: Callable[[Path], dict[str, Path]], legacy: Iterable[str] = ()) -> dict[str, Path]:
+    """Run ``write(staging_folder)``, then move what it wrote into ``out_dir`` and remove the files that an
+    earlier report put there (listed in OWNED_LIST, or the ``legacy`` names for folders from before the list)
+    and this one did not write. Other files in ``out_dir`` are left alone. If ``write`` fails, ``out_dir`` is
+    untouched."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
+    try:
+        paths = write(stage)
+        new = sorted(p.name for p in stage.iterdir() if p.is_file())
+        try:
+            old = json.loads((out_dir / OWNED_LIST).read_text())
+        except (OSError, ValueError):
+            old = list(legacy)
+        for name in new:
+            os.replace(stage / name, out_dir / name)
+        for name in set(map(str, old)) - set(new):
+            if "/" not in name and name not in ("", ".", ".."):
+                (out_dir / name).unlink(missing_ok=True)
+        (out_dir / OWNED_LIST).write_text(json.dumps(new))
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return {k: out_dir / Path(p).name for k, p in paths.items()}
+
+
+def write_report(records: list[ResultRecord], out_dir: Path, *, title: str,
+                 tables: list[dict[str, Any]] | None = None, run: dict[str, Any] | None = None) -> dict[str, Path]:
+    if not records:
+        raise BenchError(f"nothing to report: the selection holds no result records; the report in {out_dir} is "
+                         "left as it was (run the suite first, or pick another suite or --run)")
+    return publish(Path(out_dir), lambda stage: _write_report_files(records, stage, title=title, tables=tables,
+                                                                    run=run), legacy=REPORT_FILES)
+
+
+def _write_report_files(records: list[ResultRecord], out_dir: Path, *, title: str,
+                        tables: list[dict[str, Any]] | None, run: dict[str, Any] | None) -> dict[str, Path]:
     df = records_frame(records)
     summary = summarize(df)
     paths = {"csv": out_dir / "results.csv", "summary_csv": out_dir / "summary.csv", "markdown": out_dir / "table.md",
              "latex": out_dir / "table.tex", "plot": out_dir / "results.png"}
     df.to_csv(paths["csv"], index=False)
-    if summary.empty:
-        paths["markdown"].write_text(f"# {title}\n\nNo results.\n")
-        return paths
     summary.drop(columns=["errors"]).to_csv(paths["summary_csv"], index=False)
     md = [f"# {title}", ""]
     if run:

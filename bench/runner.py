@@ -36,7 +36,7 @@ from bench.history import append_run_safely
 from bench.records import ResultRecord, trial_key
 from bench.registry import get_method, resolve_config
 from bench.store import ResultStore, driver_alive, driver_identity
-from bench.suite import SuiteSpec
+from bench.suite import SuiteSpec, check_gpus
 from bench.trial import TrialUnit, execute_unit, utcnow
 
 log = logging.getLogger("bench.runner")
@@ -161,6 +161,7 @@ def run_suite(suite: SuiteSpec, *, store: ResultStore, data_root: Path, inline: 
         if address:
             check_store_reachable(store)
     gpus = _gpu_count(None if inline else address)
+    check_gpus(suite, gpus)  # a share no GPU can serve would leave trials PENDING forever
     started = previous["started_at"] if previous else utcnow()
     plan = plan_suite(suite, store, data_root, force=force, gpus_available=gpus, code=code,
                       run_id=previous["run_id"] if previous else None)

@@ -27,7 +27,7 @@ from bench.context import TrialContext
 from bench.data import load_dataset
 from bench.errors import BenchError
 from bench.method import ClusteringData, ClusterOutput
-from bench.metrics import evaluate
+from bench.metrics import cluster_profile, evaluate
 from bench.provenance import environment
 from bench.records import ResultRecord
 from bench.registry import get_method, resolve_config
@@ -244,8 +244,14 @@ def _scored(base: dict, ctx: TrialContext, key: str, out: ClusterOutput, y_eval:
     if ctx.stage_hits:
         info["stages"] = dict(ctx.stage_hits)
     info["n_clusters_found"] = int(np.unique(labels).size)
+    profile = cluster_profile(labels, int(unit.protocol["n_clusters"]), y_eval)
+    degenerate = bool(profile.pop("degenerate"))
+    if degenerate:
+        log.warning("%s on %s seed %d is degenerate: %d of %d clusters non-empty, the largest holds %.0f%%",
+                    unit.method, unit.dataset, ctx.seed, profile["n_nonempty"], profile["n_clusters"],
+                    100 * profile["largest_share"])
     return ResultRecord(key=key, seed=ctx.seed, status="ok", metrics=evaluate(y_eval, labels), curve=ctx.curve,
-                        info=info, **base)
+                        info=info, cluster_profile=profile, degenerate=degenerate, **base)
 
 
 def _failed(base: dict, seed: int, key: str, exc: BaseException, unit: TrialUnit, status: str = "failed",

@@ -97,3 +97,19 @@ class Sleeps(ClusteringMethod):
         ctx.log_epoch(1, loss=0.1)
         v = data.x_eval.flatten(1)[:, 20].long()
         return ClusterOutput(labels=(v * data.n_clusters) // 256)
+
+
+class CollapsesOnSeed(ClusteringMethod):
+    """Balanced clusters (image index modulo K), except one seed that puts every image in one cluster."""
+
+    name = "test_collapse"
+    selection_rule = "none (test method)"
+
+    class Config(MethodConfig):
+        collapse_on_seed: int = 3
+
+    def run(self, data, ctx):
+        n = len(data.x_eval)
+        if ctx.seed == self.config.collapse_on_seed:
+            return ClusterOutput(labels=torch.zeros(n, dtype=torch.long))
+        return ClusterOutput(labels=torch.arange(n) % data.n_clusters)
