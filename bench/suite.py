@@ -29,7 +29,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bench.errors import BenchError, yaml_error
-from bench.method import Split
+
+#: a protocol split (the methods' papers and the suites' overrides). Defined here, not in bench.method,
+#: so that reading and checking a suite imports neither torch nor Ray (bench.method re-exports it).
+Split = Literal["train", "test", "all"]
 
 METRIC_NAMES = ("acc", "nmi", "ari")
 
