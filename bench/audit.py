@@ -64,6 +64,8 @@ class AuditRow:
     mismatch: str = ""
     synthetic: bool = False
     curve_keys: list[str] = field(default_factory=list)
+    run_ids: list[str] = field(default_factory=list)  # the runs whose records the verdict used
+    code_versions: list[str] = field(default_factory=list)
 
 
 def _norm(v: Any) -> Any:
@@ -168,7 +170,10 @@ def audit(claims: list[Claim], records: list[ResultRecord]) -> list[AuditRow]:
                        failed=[f"seed {r.seed}: {r.status}" + (f" ({r.error})" if r.error else "")
                                for r in use if not r.ok],
                        synthetic=any((r.env or {}).get("hostname") == SYNTHETIC_HOST for r in use),
-                       curve_keys=[r.key for r in use if r.curve])
+                       curve_keys=[r.key for r in use if r.curve],
+                       run_ids=sorted({r.run_id for r in ok if r.run_id}),
+                       code_versions=sorted({str((r.env or {}).get("code_version")) for r in ok
+                                             if (r.env or {}).get("code_version")}))
         if not matched:
             closest = min(cand, key=lambda r: sum(_norm(r.protocol.get(k)) != _norm(v)
                                                   for k, v in c.compared_protocol.items()))
@@ -210,6 +215,19 @@ def _repro_text(r: AuditRow) -> str:
     return txt
 
 
+def _compared_text(r: AuditRow) -> str:
+    if r.status != "compared" or math.isnan(r.reproduced):
+        return "–"
+    return f"{_pct(r.reproduced)} ({'best seed' if r.claim.report == 'best' else 'mean'})"
+
+
+def _used_text(r: AuditRow) -> str:
+    """Which records the verdict used: n seeds, the runs that wrote them, their code version(s)."""
+    if not r.run_ids:
+        return "–"
+    return f"{r.n} seed(s) from {', '.join(r.run_ids)}; code {', '.join(r.code_versions) or '?'}"
+
+
 def markdown(rows: list[AuditRow], *, only_with_results: bool = True) -> str:
     shown = [r for r in rows if r.status != "no results"] if only_with_results else rows
     n_synth = sum(r.synthetic for r in shown)
@@ -218,8 +236,8 @@ def markdown(rows: list[AuditRow], *, only_with_results: bool = True) -> str:
         out += [f"**WARNING: {n_synth} row(s) use records labelled as synthetic fixtures "
                 f"(env.hostname = {SYNTHETIC_HOST}); they are test data, not reproduced results.**", ""]
     out += [f"Rule: {RULE_TEXT}", "", "† = value from a secondary transcription, not verified against the paper.",
-            "", "| method | dataset | metric | paper, table | claimed | reproduced (n seeds) | Δ (pt) | p | verdict |"
-                " failed seeds |", "|---|---|---|---|---|---|---|---|---|---|"]
+            "", "| method | dataset | metric | paper, table | claimed | reproduced (n seeds) | compared | Δ (pt) | p | "
+                "verdict | records used | failed seeds |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in shown:
         c = r.claim
         delta = "–" if math.isnan(r.delta) else f"{100 * r.delta:+.1f}"
@@ -228,8 +246,8 @@ def markdown(rows: list[AuditRow], *, only_with_results: bool = True) -> str:
         if r.status == "mismatch":
             repro = f"[not compared] {repro}"
         out.append(f"| {_label(c)}{' — ' + c.label if c.label else ''} | {c.dataset} | {c.metric.upper()} | "
-                   f"{_short(c.paper)}, {c.table} | {_claim_text(c)} | {repro} | {delta} | {p} | {r.verdict} | "
-                   f"{'; '.join(r.failed) or '–'} |")
+                   f"{_short(c.paper)}, {c.table} | {_claim_text(c)} | {repro} | {_compared_text(r)} | {delta} | {p} | "
+                   f"{r.verdict} | {_used_text(r)} | {'; '.join(r.failed) or '–'} |")
     counts: dict[str, int] = {}
     for r in rows:
         key = r.verdict.split(":")[0]
@@ -284,7 +302,7 @@ def latex(rows: list[AuditRow]) -> str:
 def write_csv(rows: list[AuditRow], path: Path) -> None:
     cols = ["method", "variant", "label", "dataset", "metric", "claimed", "claimed_std", "report", "n_runs",
             "verified", "paper", "table", "source", "claim_protocol", "claims_file", "status", "n", "mean", "std",
-            "best", "reproduced", "delta", "p", "verdict", "failed_seeds", "synthetic"]
+            "best", "reproduced", "delta", "p", "verdict", "failed_seeds", "synthetic", "run_ids", "code_versions"]
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(cols)
@@ -292,7 +310,8 @@ def write_csv(rows: list[AuditRow], path: Path) -> None:
             c = r.claim
             w.writerow([c.method, c.variant, c.label, c.dataset, c.metric, c.value, c.std, c.report, c.n_runs,
                         c.verified, c.paper, c.table, c.source, c.protocol_text(), c.where, r.status, r.n, r.mean,
-                        r.std, r.best, r.reproduced, r.delta, r.p, r.verdict, "; ".join(r.failed), r.synthetic])
+                        r.std, r.best, r.reproduced, r.delta, r.p, r.verdict, "; ".join(r.failed), r.synthetic,
+                        " ".join(r.run_ids), " ".join(r.code_versions)])
 
 
 def plot_claimed_vs_reproduced(rows: list[AuditRow], path: Path) -> None:
@@ -307,6 +326,21 @@ def plot_claimed_vs_reproduced(rows: list[AuditRow], path: Path) -> None:
     ax.plot([0, 100], [0, 100], color="black", lw=1)
     ax.fill_between([0, 100], [-TOLERANCE * 100, 100 - TOLERANCE * 100], [TOLERANCE * 100, 100 + TOLERANCE * 100],
                     color="gray", alpha=0.2, label=f"±{TOLERANCE * 100:.0f} pt")
+    from matplotlib.lines import Line2D
+
+    from bench.registry import method_label
+
+    placed: list[tuple[float, float]] = []
+
+    def annotate(r: AuditRow, y: float) -> None:  # method/dataset metric, as the tables name them
+        name = method_label(r.claim.method) + ("" if r.claim.variant == "default" else f" [{r.claim.variant}]")
+        xy = (100 * r.claim.value, 100 * y)
+        crowd = sum(abs(px - xy[0]) < 6 and abs(py - xy[1]) < 3 for px, py in placed)  # stack near labels
+        placed.append(xy)
+        ax.annotate(f"{name}/{r.claim.dataset} {r.claim.metric.upper()}", xy, xytext=(4, 3 - 7 * crowd),
+                    textcoords="offset points", fontsize=6, alpha=0.85,
+                    arrowprops={"arrowstyle": "-", "lw": 0.3, "alpha": 0.5} if crowd else None)
+
     done = set()
     for r in rows:
         if r.status != "compared" or math.isnan(r.reproduced):
@@ -314,21 +348,27 @@ def plot_claimed_vs_reproduced(rows: list[AuditRow], path: Path) -> None:
         v = r.verdict if r.verdict in colors else "insufficient seeds"
         yerr = 0 if (math.isnan(r.std) or r.claim.report == "best") else 100 * r.std
         ax.errorbar(100 * r.claim.value, 100 * r.reproduced, yerr=yerr, xerr=100 * (r.claim.std or 0),
-                    fmt="o" if r.claim.report != "best" else "^", ms=4, color=colors[v], capsize=2, alpha=0.8,
+                    fmt="o" if r.claim.report != "best" else "^", ms=5, color=colors[v], capsize=2, alpha=0.8,
                     label=None if v in done else v)
+        annotate(r, r.reproduced)
         done.add(v)
     for r in rows:
         if r.status == "mismatch" and not math.isnan(r.reproduced):
             ax.scatter(100 * r.claim.value, 100 * r.reproduced, marker="x", color="tab:orange",
                        label=None if "mismatch" in done else "protocol mismatch (not judged)")
+            annotate(r, r.reproduced)
             done.add("mismatch")
+    handles, labels = ax.get_legend_handles_labels()
+    shapes = [Line2D([], [], marker="o", ls="", color="black", label="● mean / single claim: mean ± std"),
+              Line2D([], [], marker="^", ls="", color="black", label="▲ best-of-n claim: best seed")]
+    ax.legend(handles=handles + shapes, labels=labels + [h.get_label() for h in shapes], fontsize=7,
+              loc="upper left")
     ax.set_xlim(0, 100)
     ax.set_ylim(0, 100)
     ax.set_xlabel("claimed (%)")
-    ax.set_ylabel("reproduced (%): mean ± std; ▲ best seed for best-of-n claims")
+    ax.set_ylabel("reproduced (%)")
     ax.set_title("Claims audit: claimed vs reproduced")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

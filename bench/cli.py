@@ -1,14 +1,19 @@
 """``bench``: run suites, build reports, list methods and datasets.
 
-    bench run [SUITE.yaml] [--inline] [--address ADDR] [--force] [--only M,...] [--store DIR] [--data DIR]
-    bench report [SUITE_NAME | SUITE.yaml] [--run RUN_ID] [--store DIR] [--out DIR]
+    bench run [SUITE] [--inline] [--address ADDR] [--force] [--only M,...] [--store DIR] [--data DIR]
+    bench report [SUITE] [--run RUN_ID] [--store DIR] [--out DIR]
     bench trial METHOD DATASET [--seed N] [--variant V] [--set key=value ...]
+    bench trials [--store DIR]                           (the single trials `bench trial` ran)
     bench list [METHOD]
-    bench audit [--claims DIR] [--store DIR] [--out DIR]
+    bench doctor [--store DIR] [--data DIR] [--address ADDR]
+    bench audit [--suite SUITE | --run RUN_ID] [--claims DIR] [--store DIR] [--out DIR]
     bench history [SUITE] [--rebuild] [--store DIR]
     bench regress SUITE [--store DIR] [--out DIR]     (exit 1 on a regression)
 
-User errors print one line (``error: ...``) and exit 2; failed trials make ``run`` exit 1.
+SUITE is a YAML path or a suite name (``default`` = suites/default.yaml); the store is ``--store``, else
+``$BENCH_STORE``, else the user data directory (bench.store.default_store_root). User errors print one
+line (``error: ...``) and exit 2; failed trials make ``run`` exit 1. Start-up imports only argparse and
+PyYAML here: torch, Ray, pandas and the methods load inside the command that needs them.
 """
 
 from __future__ import annotations
@@ -24,13 +29,41 @@ import yaml
 
 from bench.errors import BenchError
 
-DEFAULT_SUITE = Path(__file__).resolve().parent.parent / "suites" / "default.yaml"
+SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
+DEFAULT_SUITE = SUITES_DIR / "default.yaml"
 
 
 def _store(args) -> ResultStore:  # noqa: F821
-    from bench.store import ResultStore
+    from bench.store import ResultStore, default_store_root
 
-    return ResultStore(args.store)
+    return ResultStore(args.store or default_store_root())
+
+
+def suite_file(arg: str | None) -> Path:
+    """A suite argument as a file: a YAML path, or a name found as suites/<name>.yaml."""
+    if not arg:
+        return DEFAULT_SUITE
+    path = Path(arg)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    named = SUITES_DIR / f"{arg}.yaml"
+    if named.exists():
+        return named
+    known = sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+    raise BenchError(f"no suite {arg!r}: not a file, and not one of {SUITES_DIR}/*.yaml ({', '.join(known)}); "
+                     "pass a suite YAML path or one of these names")
+
+
+def suite_name(arg: str | None) -> str | None:
+    """A suite argument as a name: a YAML path gives the name inside it; anything else is the name."""
+    if not arg:
+        return None
+    path = Path(arg)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        from bench.suite import load_suite
+
+        return load_suite(path).name
+    return arg
 
 
 def _data_root(args) -> Path:
@@ -40,71 +73,109 @@ def _data_root(args) -> Path:
 
 
 def cmd_run(args) -> int:
-    from bench.runner import run_suite
     from bench.suite import load_suite
 
-    path = Path(args.suite) if args.suite else DEFAULT_SUITE
-    suite = load_suite(path)
-    if args.only:
-        suite = only_methods(suite, args.only)
+    path = suite_file(args.suite)
+    suite = load_suite(path)  # a malformed suite stops here, before torch or Ray are imported
+    only = only_methods(suite, args.only) if args.only else None
+    from bench.runner import run_suite
+
     store = _store(args)
     manifest = run_suite(suite, store=store, data_root=_data_root(args), inline=args.inline, address=args.address,
-                         force=args.force, suite_path=str(path))
+                         force=args.force, suite_path=str(path), only=only)
     statuses = [t["status"] for t in manifest["trials"]]
     n_bad = sum(s not in ("ok", "reused") for s in statuses)
     print(f"run {manifest['run_id']}: {statuses.count('ok')} ok, {statuses.count('reused')} reused, {n_bad} failed "
           f"or interrupted; records in {store.records_dir}")
     if not args.no_report:
-        _report(store, manifest, suite.tables, Path(args.out) / suite.name)
+        _report_suite(store, suite, Path(args.out) / suite.name)
     return 1 if n_bad else 0
 
 
-def only_methods(suite, names: list[str]):
-    """The suite restricted to the methods named (``--only dec,idec``; repeatable). Trial keys do not
-    depend on the suite, so a later full run reuses what a restricted run stored."""
+def only_methods(suite, names: list[str]) -> set[str]:
+    """The methods named by ``--only dec,idec`` (repeatable), checked against the suite. Trial keys do
+    not depend on the suite, so a later full run reuses what a restricted run stored."""
     wanted = {n.strip() for item in names for n in item.split(",") if n.strip()}
     present = [m.name for m in suite.methods]
     unknown = sorted(wanted - set(present))
     if unknown:
         raise BenchError(f"--only {', '.join(unknown)}: not a method of suite {suite.name!r} "
                          f"(it has {', '.join(dict.fromkeys(present))})")
-    return suite.model_copy(update={"methods": [m for m in suite.methods if m.name in wanted]})
+    return wanted
 
 
-def _report(store, manifest: dict[str, Any], tables, out_dir: Path) -> None:
-    from bench.report import write_report
-
-    records = store.run_records(manifest)
-    specs = [t.model_dump() if hasattr(t, "model_dump") else t for t in tables] or None
-    paths = write_report(records, out_dir, title=f"Suite {manifest['suite']}", tables=specs, run=manifest)
+def _print_report(paths: dict[str, Path]) -> None:
     print(f"report: {paths['markdown']} (table), {paths['plot']} (plot), {paths['latex']} (LaTeX), "
           f"{paths['csv']} (per-seed CSV)")
     md = paths["markdown"].read_text().split("\n")
     print("\n".join(line for line in md if line.startswith("|")))
 
 
+def _report_suite(store, suite, out_dir: Path) -> None:
+    """The store's view of the suite (bench.view): every trial of its grid, newest finished record."""
+    from bench.report import write_report
+    from bench.view import suite_view
+
+    view = suite_view(store, suite)
+    specs = [t.model_dump() for t in suite.tables] or None
+    note = (f"The store's view of suite {suite.name!r} in {store.root}: for each of the grid's "
+            f"{len(view.records) + len(view.missing)} trials, the newest finished record, whichever run wrote it "
+            f"(runs: {', '.join(view.run_ids) or 'none'}).")
+    if view.missing:
+        note += f" {len(view.missing)} trial(s) have no record yet: {'; '.join(view.missing)}."
+    paths = write_report(view.records, out_dir, title=f"Suite {suite.name}", tables=specs, note=note)
+    if view.missing:
+        print(f"{len(view.missing)} trial(s) of the grid have no record yet (`bench run` runs them)")
+    _print_report(paths)
+
+
 def cmd_report(args) -> int:
-    from bench.suite import SuiteSpec, load_suite
+    from bench.suite import parse_suite
 
     store = _store(args)
-    tables = []
-    name = args.suite
-    if name and (name.endswith((".yaml", ".yml")) or Path(name).is_file()):
-        spec: SuiteSpec = load_suite(name)
-        name, tables = spec.name, spec.tables
     if args.run:
         manifest = next((m for m in store.runs() if m["run_id"] == args.run), None)
         if manifest is None:
-            raise BenchError(f"no run {args.run!r} in {store.runs_dir}; `bench report` without --run takes the latest")
-    else:
-        manifest = store.latest_run(name)
-        if manifest is None:
-            which = f"suite {name!r}" if name else "any suite"
-            raise BenchError(f"no stored run of {which} in {store.root}; run `bench run SUITE.yaml` first")
-    if not tables and manifest.get("spec", {}).get("tables"):
-        tables = manifest["spec"]["tables"]
-    _report(store, manifest, tables, Path(args.out) / manifest["suite"])
+            raise BenchError(f"no run {args.run!r} in {store.runs_dir}; `bench report` without --run shows the "
+                             "store's view of the suite")
+        from bench.history import records_as_of_run
+        from bench.report import write_report
+
+        tables = (manifest.get("spec") or {}).get("tables") or None
+        paths = write_report(records_as_of_run(store, manifest), Path(args.out) / manifest["suite"],
+                             title=f"Suite {manifest['suite']}, run {manifest['run_id']}", tables=tables,
+                             run=manifest)
+        _print_report(paths)
+        return 0
+    arg = args.suite
+    if arg and (Path(arg).suffix in (".yaml", ".yml") or Path(arg).is_file()):
+        from bench.suite import load_suite
+
+        suite = load_suite(arg)
+    else:  # a name: the suite as its latest run stored it (the whole suite, also after --only)
+        manifest = _latest_suite_run(store, arg)
+        if manifest is None and arg and (SUITES_DIR / f"{arg}.yaml").exists():
+            from bench.suite import load_suite
+
+            suite = load_suite(SUITES_DIR / f"{arg}.yaml")
+        elif manifest is None:
+            which = f"suite {arg!r}" if arg else "any suite"
+            raise BenchError(f"no stored run of {which} in {store.root}; run `bench run SUITE` first")
+        else:
+            suite = parse_suite(manifest["spec"], f"the spec stored with run {manifest['run_id']}")
+    _report_suite(store, suite, Path(args.out) / suite.name)
     return 0
+
+
+def _latest_suite_run(store, name: str | None) -> dict[str, Any] | None:
+    runs = [m for m in store.runs(name) if not _is_trial(m)]
+    return runs[-1] if runs else None
+
+
+def _is_trial(manifest: dict[str, Any]) -> bool:
+    # runs written before "kind" existed: `bench trial` named its suite trial-<method>
+    return manifest.get("kind") == "trial" or (manifest.get("kind") is None
+                                               and str(manifest.get("suite", "")).startswith("trial-"))
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
@@ -127,11 +198,41 @@ def cmd_trial(args) -> int:
                          "methods": [{"name": args.method, "variants": [args.variant],
                                       "config": parse_set(args.set)}], "device": args.device}, "command line")
     store = _store(args)
-    manifest = run_suite(suite, store=store, data_root=_data_root(args), inline=True, force=args.force)
+    manifest = run_suite(suite, store=store, data_root=_data_root(args), inline=True, force=args.force,
+                         kind="trial")
     for t in manifest["trials"]:
         print(json.dumps({k: t.get(k) for k in ("method", "variant", "dataset", "seed", "status", "metrics",
                                                   "error", "key")}))
     return 0 if all(t["status"] in ("ok", "reused") for t in manifest["trials"]) else 1
+
+
+def cmd_trials(args) -> int:
+    """The single trials `bench trial` ran: their own listing, not a pseudo-suite in reports or history."""
+    store = _store(args)
+    runs = [m for m in store.runs() if _is_trial(m)]
+    if not runs:
+        print(f"no single trials in {store.root} (`bench trial METHOD DATASET` runs one)")
+        return 0
+    print(f"Single trials in {store.root} ({len(runs)} run(s) of `bench trial`), oldest first:\n")
+    print("| run | method | dataset | seed | status | ACC | NMI | ARI | config | error |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for m in runs:
+        spec_methods = (m.get("spec") or {}).get("methods") or [{}]
+        overrides = spec_methods[0].get("config") or {}
+        for t in m.get("trials", []):
+            met = t.get("metrics") or {}
+            cells = [f"{100 * met[k]:.1f}" if k in met else "–" for k in ("acc", "nmi", "ari")]
+            label = t["method"] + ("" if t.get("variant", "default") == "default" else f" [{t['variant']}]")
+            cfg = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "defaults"
+            print(f"| {m['run_id']} | {label} | {t['dataset']} | {t['seed']} | {t.get('status')} | "
+                  + " | ".join(cells) + f" | {cfg} | {t.get('error') or ''} |")
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    from bench.doctor import run_checks
+
+    return run_checks(_store(args), _data_root(args), address=args.address)
 
 
 def cmd_list(args) -> int:
@@ -157,12 +258,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp, data=True):
-        sp.add_argument("--store", default="results", help="results store folder (default: results)")
+        sp.add_argument("--store", default=None, help="results store folder (default: $BENCH_STORE, else the "
+                                                      "user data dir; `bench doctor` prints it)")
         if data:
             sp.add_argument("--data", default=None, help="data root (default: $BENCH_DATA or ./data)")
 
     r = sub.add_parser("run", help="run a suite (methods x variants x datasets x seeds)")
-    r.add_argument("suite", nargs="?", help=f"suite YAML (default: {DEFAULT_SUITE.name}, k-means and DEC on digits)")
+    r.add_argument("suite", nargs="?", help="suite YAML or name in suites/ (default: default, k-means and DEC on "
+                                            "digits)")
     r.add_argument("--inline", action="store_true", help="run trials one by one in this process, without Ray")
     r.add_argument("--address", help="join an existing Ray cluster (e.g. auto or ray://head:10001)")
     r.add_argument("--force", action="store_true", help="re-run trials even if an identical one is stored")
@@ -174,8 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     rp = sub.add_parser("report", help="tables and plots from stored results")
-    rp.add_argument("suite", nargs="?", help="suite name or YAML file (default: the latest run of any suite)")
-    rp.add_argument("--run", help="a specific run id (see results/runs/)")
+    rp.add_argument("suite", nargs="?", help="suite name or YAML file (default: the suite of the latest run); "
+                                             "shows each trial's newest finished record, whichever run wrote it")
+    rp.add_argument("--run", help="one run's records only (run ids: STORE/runs/, `bench history`)")
     rp.add_argument("--out", default="reports")
     common(rp, data=False)
     rp.set_defaults(func=cmd_report)
@@ -191,6 +295,15 @@ def build_parser() -> argparse.ArgumentParser:
     common(t)
     t.set_defaults(func=cmd_trial)
 
+    ts = sub.add_parser("trials", help="list the single trials `bench trial` ran")
+    common(ts, data=False)
+    ts.set_defaults(func=cmd_trials)
+
+    d = sub.add_parser("doctor", help="check what a run needs: GPU, data, store, disk, Ray cluster")
+    d.add_argument("--address", help="also check that this Ray cluster is reachable (e.g. auto)")
+    common(d)
+    d.set_defaults(func=cmd_doctor)
+
     ls = sub.add_parser("list", help="methods and datasets, or one method's config")
     ls.add_argument("method", nargs="?")
     ls.set_defaults(func=cmd_list)
@@ -205,7 +318,23 @@ def cmd_audit(args) -> int:
 
     claims = load_claims(args.claims)
     store = _store(args)
-    records = list(store.records())
+    if args.run:
+        manifest = next((m for m in store.runs() if m["run_id"] == args.run), None)
+        if manifest is None:
+            raise BenchError(f"no run {args.run!r} in {store.runs_dir}; `bench history` lists the runs")
+        from bench.history import records_as_of_run
+
+        records = records_as_of_run(store, manifest)
+        print(f"audit of the records of run {args.run} (as that run left them)")
+    elif args.suite:
+        from bench.suite import load_suite
+        from bench.view import suite_view
+
+        suite = load_suite(suite_file(args.suite))
+        records = suite_view(store, suite).records
+        print(f"audit of the store's view of suite {suite.name!r} (newest finished record per trial)")
+    else:
+        records = list(store.records())
     rows = audit(claims, records)
     paths = write_audit(rows, records, Path(args.out))
     print(markdown(rows))
@@ -217,15 +346,16 @@ def cmd_audit(args) -> int:
 def cmd_history(args) -> int:
     from bench.history import history_table
 
-    print(history_table(_store(args), args.suite, args.db, rebuild=args.rebuild))
+    print(history_table(_store(args), suite_name(args.suite), args.db, rebuild=args.rebuild))
     return 0
 
 
 def cmd_regress(args) -> int:
     from bench.regress import regress_suite
 
-    out = Path(args.out) / args.suite
-    code, md = regress_suite(_store(args), args.suite, out_dir=out, db_path=args.db, window=args.window)
+    name = suite_name(args.suite)
+    out = Path(args.out) / name
+    code, md = regress_suite(_store(args), name, out_dir=out, db_path=args.db, window=args.window)
     print(md)
     print(f"summary: {out / 'regress.md'}; trend plots: {out}/trend_*.png")
     return code
@@ -234,19 +364,22 @@ def cmd_regress(args) -> int:
 def _add_audit_history_regress(sub, common) -> None:
     a = sub.add_parser("audit", help="papers' claims (claims/*.yaml) vs reproduced results of the same protocol")
     a.add_argument("--claims", default=None, help="claims folder or file (default: the repo's claims/)")
+    which = a.add_mutually_exclusive_group()
+    which.add_argument("--suite", help="judge only this suite's records (name or YAML; its store view)")
+    which.add_argument("--run", help="judge only the records of this run")
     a.add_argument("--out", default="reports/audit", help="where audit.md/.tex/.csv and plots go")
     common(a, data=False)
     a.set_defaults(func=cmd_audit)
 
     h = sub.add_parser("history", help="list the stored runs of a suite (history database)")
-    h.add_argument("suite", nargs="?", help="suite name (default: all suites)")
+    h.add_argument("suite", nargs="?", help="suite name or YAML (default: all suites)")
     h.add_argument("--db", default=None, help="history database (default: STORE/history.db)")
     h.add_argument("--rebuild", action="store_true", help="re-import every runs/*.json manifest from scratch")
     common(h, data=False)
     h.set_defaults(func=cmd_history)
 
     g = sub.add_parser("regress", help="latest run of a suite vs its history; exit 1 on a regression")
-    g.add_argument("suite", help="suite name")
+    g.add_argument("suite", help="suite name or YAML")
     g.add_argument("--db", default=None, help="history database (default: STORE/history.db)")
     g.add_argument("--window", type=int, default=30, help="previous runs compared (default: 30)")
     g.add_argument("--out", default="reports/regress", help="regress.md and trend plots go to OUT/SUITE/")
