@@ -381,9 +381,11 @@ def plot_curves(records: list[ResultRecord], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from bench.registry import method_label
+
     groups: dict[tuple[str, str, str], list[ResultRecord]] = {}
     for r in records:
-        if r.ok and r.curve:
+        if r.ok and len(r.curve) >= 2:  # a single logged point (k-means) is no curve
             groups.setdefault((r.method, r.variant, r.dataset), []).append(r)
     if not groups:
         return False
@@ -405,7 +407,7 @@ def plot_curves(records: list[ResultRecord], path: Path) -> bool:
         scale = 100 if field_ == "eval_acc" else 1
         ax.plot(xs, mean * scale, lw=1.2)
         ax.fill_between(xs, (mean - sd) * scale, (mean + sd) * scale, alpha=0.25)
-        ax.set_title(f"{key[0]}{'' if key[1] == 'default' else ' [' + key[1] + ']'} on {key[2]} "
+        ax.set_title(f"{method_label(key[0])}{'' if key[1] == 'default' else ' [' + key[1] + ']'} on {key[2]} "
                      f"(n={len(recs)})", fontsize=8)
         ax.set_xlabel("epoch")
         ax.set_ylabel("eval ACC (%)" if field_ == "eval_acc" else "loss")

@@ -262,7 +262,7 @@ def plot_curves(records: list[ResultRecord], path: Path) -> bool:
 
     groups: dict[tuple[str, str], list[ResultRecord]] = {}
     for r in records:
-        if any("eval_acc" in row for row in r.curve):
+        if sum("eval_acc" in row for row in r.curve) >= 2:  # one point (k-means' final score) is no curve
             label = method_label(r.method) + ("" if r.variant == "default" else f" [{r.variant}]")
             groups.setdefault((label, r.dataset), []).append(r)
     if not groups:

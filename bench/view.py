@@ -4,9 +4,10 @@ wrote it.
 A trial of the grid is (method, variant, dataset, seed) with the config and protocol the suite resolves
 to today. A stored record belongs to it when all six agree; the code version and the run that wrote
 it do not matter (the report lists both), so ``bench run --only kmeans`` after a full run still shows
-DEC from the earlier run. Per trial the newest ``ok`` record wins; a trial with no ``ok`` record shows
-its newest failed or interrupted one (counted as failed, never averaged in); a trial with no record
-at all is listed as missing.
+DEC from the earlier run. A config key the record predates counts as agreeing when today's value is
+the key's default (new keys default to the old behaviour, bench.records). Per trial the newest ``ok``
+record wins; a trial with no ``ok`` record shows its newest failed or interrupted one (counted as
+failed, never averaged in); a trial with no record at all is listed as missing.
 """
 
 from __future__ import annotations
@@ -25,9 +26,14 @@ class SuiteView:
     run_ids: list[str] = field(default_factory=list)  # the runs that wrote the records shown, oldest first
 
 
-def _match_key(method: str, variant: str, dataset: str, seed: int, config: dict[str, Any],
-               protocol: dict[str, Any]) -> tuple:
-    return method, variant, dataset, int(seed), stable_hash(config), stable_hash(protocol)
+def _cell_key(method: str, variant: str, dataset: str, seed: int, protocol: dict[str, Any]) -> tuple:
+    return method, variant, dataset, int(seed), stable_hash(protocol)
+
+
+def _same_config(record: dict[str, Any], today: dict[str, Any], defaults: dict[str, Any]) -> bool:
+    if any(k not in today or today[k] != v for k, v in record.items()):
+        return False
+    return all(k in record or (k in defaults and today[k] == defaults[k]) for k in today)
 
 
 def _newness(r: ResultRecord) -> tuple:
@@ -36,15 +42,19 @@ def _newness(r: ResultRecord) -> tuple:
 
 def suite_view(store, suite, only: set[str] | None = None) -> SuiteView:
     """``suite``: a SuiteSpec; its grid is resolved as planning does (bench.runner.suite_grid)."""
+    from bench.registry import get_method
     from bench.runner import suite_grid
 
     cells = suite_grid(suite, only)
-    wanted = {_match_key(c.method, c.variant, c.dataset, s, c.config, c.protocol): (c, s)
-              for c in cells for s in suite.seeds}
+    wanted = {_cell_key(c.method, c.variant, c.dataset, s, c.protocol): (c, s) for c in cells for s in suite.seeds}
+    defaults = {c.method: {k: f.default for k, f in get_method(c.method).Config.model_fields.items()}
+                for c in cells}
     best: dict[tuple, ResultRecord] = {}
     for r in store.records():
-        k = _match_key(r.method, r.variant, r.dataset, r.seed, r.config, r.protocol)
-        if k in wanted and (k not in best or _newness(r) > _newness(best[k])):
+        k = _cell_key(r.method, r.variant, r.dataset, r.seed, r.protocol)
+        if k not in wanted or not _same_config(r.config, wanted[k][0].config, defaults[r.method]):
+            continue
+        if k not in best or _newness(r) > _newness(best[k]):
             best[k] = r
     records, missing = [], []
     for k, (cell, seed) in wanted.items():  # grid order: methods, variants, datasets, seeds
