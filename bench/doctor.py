@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,7 +93,27 @@ def check_cache(cache: Path) -> Check:
     return Check("cache", "FAIL", f"{cache} is not writable; set BENCH_CACHE to a writable folder")
 
 
+def _unreachable(address: str, timeout_s: float = 5.0) -> str:
+    """'' when host:port accepts a TCP connection (or the address is 'auto'), else why not. Probed first
+    because ray.init waits minutes on an address that does not answer."""
+    if address == "auto":
+        return ""
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return f"not host:port, ray://host:port or auto: {address!r}"
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        return f"nothing answers at {host}:{port} ({exc.strerror or exc})"
+    return ""
+
+
 def check_ray(address: str) -> Check:
+    why = _unreachable(address)
+    if why:
+        return Check("ray", "FAIL", f"cannot reach the Ray cluster at {address}: {why}; start it with "
+                                    "`ray start --head` or check `ray status` on the head node")
     try:
         import ray
 

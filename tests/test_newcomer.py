@@ -141,6 +141,17 @@ def test_doctor_one_line_per_check_and_a_corrupt_file_fails(tmp_path, capsys):
     assert any(line.startswith(("ok", "warn")) and " gpu " in f" {line} " for line in out.splitlines())
 
 
+def test_doctor_says_when_the_ray_cluster_does_not_answer(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert main(["doctor", "--store", str(tmp_path / "st"), "--address", f"127.0.0.1:{port}"]) == 1
+    ray_line = next(line for line in capsys.readouterr().out.splitlines() if line.split()[1:2] == ["ray"])
+    assert ray_line.startswith("FAIL") and f"nothing answers at 127.0.0.1:{port}" in ray_line
+
+
 def test_audit_says_which_records_it_used(tmp_path):
     from bench.audit import audit, markdown
     from bench.claims import Claim
