@@ -11,7 +11,8 @@ def rec(method, dataset, seed, acc, status="ok", variant="default", config=None)
                         protocol={"train_split": "all", "eval_split": "all", "n_clusters": 10, "batch_size": 256},
                         data_md5="abc", status=status, error=None if status == "ok" else "Boom: x",
                         metrics={"acc": acc, "nmi": acc / 2, "ari": acc / 3} if status == "ok" else {},
-                        curve=[{"epoch": 1, "eval_acc": acc}, {"epoch": 2, "eval_acc": acc}], env={"code_version": "c1"})
+                        curve=[{"epoch": 1, "eval_acc": acc}, {"epoch": 2, "eval_acc": acc}],
+                        env={"code_version": "c1"})
 
 
 def test_mean_std_over_ok_seeds_only():
