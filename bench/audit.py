@@ -75,6 +75,8 @@ class AuditRow:
     mismatch: str = ""
     synthetic: bool = False
     curve_keys: list[str] = field(default_factory=list)
+    run_ids: list[str] = field(default_factory=list)  # the runs whose records the verdict used
+    code_versions: list[str] = field(default_factory=list)
 
 
 def _norm(v: Any) -> Any:
@@ -193,7 +195,10 @@ def audit(claims: list[Claim], records: list[ResultRecord]) -> list[AuditRow]:
                                for r in use if not r.ok],
                        degenerate=sorted(r.seed for r in ok if r.degenerate),
                        synthetic=any((r.env or {}).get("hostname") == SYNTHETIC_HOST for r in use),
-                       curve_keys=[r.key for r in use if r.curve])
+                       curve_keys=[r.key for r in use if r.curve],
+                       run_ids=sorted({r.run_id for r in ok if r.run_id}),
+                       code_versions=sorted({str((r.env or {}).get("code_version")) for r in ok
+                                             if (r.env or {}).get("code_version")}))
         if not matched or convention_gap:
             if matched:
                 row.mismatch = convention_gap
@@ -238,6 +243,20 @@ def _repro_text(r: AuditRow) -> str:
     return txt
 
 
+def _compared_text(r: AuditRow) -> str:
+    if r.status != "compared" or math.isnan(r.reproduced):
+        return "–"
+    what = f"best seed ({r.best_seed}) by ACC" if r.claim.report == "best" else "mean"
+    return f"{_pct(r.reproduced)} ({what})"
+
+
+def _used_text(r: AuditRow) -> str:
+    """Which records the verdict used: n seeds, the runs that wrote them, their code version(s)."""
+    if not r.run_ids:
+        return "–"
+    return f"{r.n} seed(s) from {', '.join(r.run_ids)}; code {', '.join(r.code_versions) or '?'}"
+
+
 def markdown(rows: list[AuditRow], *, only_with_results: bool = True) -> str:
     shown = [r for r in rows if r.status != "no results"] if only_with_results else rows
     n_synth = sum(r.synthetic for r in shown)
@@ -247,8 +266,8 @@ def markdown(rows: list[AuditRow], *, only_with_results: bool = True) -> str:
                 f"(env.hostname = {SYNTHETIC_HOST}); they are test data, not reproduced results.**", ""]
     out += [f"Rule: {RULE_TEXT}", "", "† = value from a secondary transcription, not verified against the paper.",
             f"⚠ degenerate = {DEGENERATE_RULE}; such seeds stay in the numbers (they are what the method produced).",
-            "", "| method | dataset | metric | paper, table | claimed | reproduced (n seeds) | Δ (pt) | p | verdict |"
-                " failed seeds |", "|---|---|---|---|---|---|---|---|---|---|"]
+            "", "| method | dataset | metric | paper, table | claimed | reproduced (n seeds) | compared | Δ (pt) | p | "
+                "verdict | records used | failed seeds |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in shown:
         c = r.claim
         delta = "–" if math.isnan(r.delta) else f"{100 * r.delta:+.1f}"
@@ -259,8 +278,8 @@ def markdown(rows: list[AuditRow], *, only_with_results: bool = True) -> str:
         if r.degenerate:
             repro += f" ⚠ degenerate seed(s) {', '.join(map(str, r.degenerate))}"
         out.append(f"| {_label(c)}{' — ' + c.label if c.label else ''} | {c.dataset} | {c.metric_label} | "
-                   f"{_short(c.paper)}, {c.table} | {_claim_text(c)} | {repro} | {delta} | {p} | {r.verdict} | "
-                   f"{'; '.join(r.failed) or '–'} |")
+                   f"{_short(c.paper)}, {c.table} | {_claim_text(c)} | {repro} | {_compared_text(r)} | {delta} | {p} | "
+                   f"{r.verdict} | {_used_text(r)} | {'; '.join(r.failed) or '–'} |")
     counts: dict[str, int] = {}
     for r in rows:
         key = r.verdict.split(":")[0]
@@ -317,7 +336,7 @@ def write_csv(rows: list[AuditRow], path: Path) -> None:
     cols = ["method", "variant", "label", "dataset", "metric", "claimed", "claimed_std", "report", "n_runs",
             "verified", "paper", "table", "source", "claim_protocol", "claims_file", "status", "n", "mean", "std",
             "best", "best_seed", "reproduced", "delta", "p", "verdict", "failed_seeds", "synthetic",
-            "nmi_normalisation", "record_metric", "degenerate_seeds"]
+            "nmi_normalisation", "record_metric", "degenerate_seeds", "run_ids", "code_versions"]
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(cols)
@@ -327,7 +346,7 @@ def write_csv(rows: list[AuditRow], path: Path) -> None:
                         c.verified, c.paper, c.table, c.source, c.protocol_text(), c.where, r.status, r.n, r.mean,
                         r.std, r.best, r.best_seed, r.reproduced, r.delta, r.p, r.verdict, "; ".join(r.failed),
                         r.synthetic, c.nmi_normalisation if c.metric == "nmi" else "", c.record_metric,
-                        " ".join(map(str, r.degenerate))])
+                        " ".join(map(str, r.degenerate)), " ".join(r.run_ids), " ".join(r.code_versions)])
 
 
 def plot_claimed_vs_reproduced(rows: list[AuditRow], path: Path) -> None:
@@ -342,6 +361,21 @@ def plot_claimed_vs_reproduced(rows: list[AuditRow], path: Path) -> None:
     ax.plot([0, 100], [0, 100], color="black", lw=1)
     ax.fill_between([0, 100], [-TOLERANCE * 100, 100 - TOLERANCE * 100], [TOLERANCE * 100, 100 + TOLERANCE * 100],
                     color="gray", alpha=0.2, label=f"±{TOLERANCE * 100:.0f} pt")
+    from matplotlib.lines import Line2D
+
+    from bench.registry import method_label
+
+    placed: list[tuple[float, float]] = []
+
+    def annotate(r: AuditRow, y: float) -> None:  # method/dataset metric, as the tables name them
+        name = method_label(r.claim.method) + ("" if r.claim.variant == "default" else f" [{r.claim.variant}]")
+        xy = (100 * r.claim.value, 100 * y)
+        crowd = sum(abs(px - xy[0]) < 6 and abs(py - xy[1]) < 3 for px, py in placed)  # stack near labels
+        placed.append(xy)
+        ax.annotate(f"{name}/{r.claim.dataset} {r.claim.metric.upper()}", xy, xytext=(4, 3 - 7 * crowd),
+                    textcoords="offset points", fontsize=6, alpha=0.85,
+                    arrowprops={"arrowstyle": "-", "lw": 0.3, "alpha": 0.5} if crowd else None)
+
     done = set()
     for r in rows:
         if r.status != "compared" or math.isnan(r.reproduced):
@@ -349,21 +383,27 @@ def plot_claimed_vs_reproduced(rows: list[AuditRow], path: Path) -> None:
         v = r.verdict if r.verdict in colors else "insufficient seeds"
         yerr = 0 if (math.isnan(r.std) or r.claim.report == "best") else 100 * r.std
         ax.errorbar(100 * r.claim.value, 100 * r.reproduced, yerr=yerr, xerr=100 * (r.claim.std or 0),
-                    fmt="o" if r.claim.report != "best" else "^", ms=4, color=colors[v], capsize=2, alpha=0.8,
+                    fmt="o" if r.claim.report != "best" else "^", ms=5, color=colors[v], capsize=2, alpha=0.8,
                     label=None if v in done else v)
+        annotate(r, r.reproduced)
         done.add(v)
     for r in rows:
         if r.status == "mismatch" and not math.isnan(r.reproduced):
             ax.scatter(100 * r.claim.value, 100 * r.reproduced, marker="x", color="tab:orange",
                        label=None if "mismatch" in done else "protocol mismatch (not judged)")
+            annotate(r, r.reproduced)
             done.add("mismatch")
+    handles, labels = ax.get_legend_handles_labels()
+    shapes = [Line2D([], [], marker="o", ls="", color="black", label="● mean / single claim: mean ± std"),
+              Line2D([], [], marker="^", ls="", color="black", label="▲ best-of-n claim: best seed")]
+    ax.legend(handles=handles + shapes, labels=labels + [h.get_label() for h in shapes], fontsize=7,
+              loc="upper left")
     ax.set_xlim(0, 100)
     ax.set_ylim(0, 100)
     ax.set_xlabel("claimed (%)")
-    ax.set_ylabel("reproduced (%): mean ± std; ▲ best seed for best-of-n claims")
+    ax.set_ylabel("reproduced (%)")
     ax.set_title("Claims audit: claimed vs reproduced")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -376,9 +416,11 @@ def plot_curves(records: list[ResultRecord], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from bench.registry import method_label
+
     groups: dict[tuple[str, str, str], list[ResultRecord]] = {}
     for r in records:
-        if r.ok and r.curve:
+        if r.ok and len(r.curve) >= 2:  # a single logged point (k-means) is no curve
             groups.setdefault((r.method, r.variant, r.dataset), []).append(r)
     if not groups:
         return False
@@ -400,7 +442,7 @@ def plot_curves(records: list[ResultRecord], path: Path) -> bool:
         scale = 100 if field_ == "eval_acc" else 1
         ax.plot(xs, mean * scale, lw=1.2)
         ax.fill_between(xs, (mean - sd) * scale, (mean + sd) * scale, alpha=0.25)
-        ax.set_title(f"{key[0]}{'' if key[1] == 'default' else ' [' + key[1] + ']'} on {key[2]} "
+        ax.set_title(f"{method_label(key[0])}{'' if key[1] == 'default' else ' [' + key[1] + ']'} on {key[2]} "
                      f"(n={len(recs)})", fontsize=8)
         ax.set_xlabel("epoch")
         ax.set_ylabel("eval ACC (%)" if field_ == "eval_acc" else "loss")

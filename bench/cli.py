@@ -1,16 +1,21 @@
 """``bench``: run suites, build reports, list methods and datasets.
 
-    bench run [SUITE.yaml] [--inline] [--address ADDR] [--force | --resume [RUN_ID]] [--only M,...] [--dry-run]
-    bench report [SUITE_NAME | SUITE.yaml] [--run RUN_ID] [--store DIR] [--out DIR]
+    bench run [SUITE] [--inline] [--address ADDR] [--force | --resume [RUN_ID]] [--only M,...] [--dry-run]
+    bench report [SUITE] [--run RUN_ID] [--store DIR] [--out DIR]
     bench trial METHOD DATASET [--seed N] [--variant V] [--set key=value ...]
+    bench trials [--store DIR]                           (the single trials `bench trial` ran)
     bench list [METHOD]
-    bench audit [--claims DIR] [--store DIR] [--out DIR]
+    bench doctor [--store DIR] [--data DIR] [--address ADDR]
+    bench audit [--suite SUITE | --run RUN_ID] [--claims DIR] [--store DIR] [--out DIR]
     bench history [SUITE] [--rebuild] [--store DIR]
     bench regress SUITE [--store DIR] [--out DIR]     (exit 1 on a regression)
 
-User errors (including bad arguments) print one line (``error: ...``) and exit 2, before anything is written;
-failed trials make ``run`` exit 1; a run cut short by SIGINT / SIGTERM still records what finished and
-writes its report, then exits 130 / 143. The input checks themselves live in bench.suite.
+SUITE is a YAML path or a suite name (``default`` = suites/default.yaml); the store is ``--store``, else
+``$BENCH_STORE``, else the user data directory (bench.store.default_store_root). User errors (including bad
+arguments) print one line (``error: ...``) and exit 2, before anything is written (the input checks live in
+bench.suite); failed trials make ``run`` exit 1; a run cut short by SIGINT / SIGTERM still records what
+finished and writes its report, then exits 130 / 143. Start-up imports only argparse and PyYAML here: torch,
+Ray, pandas and the methods load inside the command that needs them.
 """
 
 from __future__ import annotations
@@ -26,13 +31,41 @@ from typing import Any
 
 from bench.errors import BenchError
 
-DEFAULT_SUITE = Path(__file__).resolve().parent.parent / "suites" / "default.yaml"
+SUITES_DIR = Path(__file__).resolve().parent.parent / "suites"
+DEFAULT_SUITE = SUITES_DIR / "default.yaml"
 
 
 def _store(args) -> ResultStore:  # noqa: F821
-    from bench.store import ResultStore
+    from bench.store import ResultStore, default_store_root
 
-    return ResultStore(args.store)
+    return ResultStore(args.store or default_store_root())
+
+
+def suite_file(arg: str | None) -> Path:
+    """A suite argument as a file: a YAML path, or a name found as suites/<name>.yaml."""
+    if not arg:
+        return DEFAULT_SUITE
+    path = Path(arg)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    named = SUITES_DIR / f"{arg}.yaml"
+    if named.exists():
+        return named
+    known = sorted(p.stem for p in SUITES_DIR.glob("*.yaml"))
+    raise BenchError(f"no suite {arg!r}: not a file, and not one of {SUITES_DIR}/*.yaml ({', '.join(known)}); "
+                     "pass a suite YAML path or one of these names")
+
+
+def suite_name(arg: str | None) -> str | None:
+    """A suite argument as a name: a YAML path gives the name inside it; anything else is the name."""
+    if not arg:
+        return None
+    path = Path(arg)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        from bench.suite import load_suite
+
+        return load_suite(path).name
+    return arg
 
 
 def _data_root(args) -> Path:
@@ -51,34 +84,35 @@ def _check_data_args(args) -> None:
 
 
 def cmd_run(args) -> int:
-    from bench.runner import exit_code_for, run_suite, trap_signals
     from bench.suite import check_folder, check_store, load_suite
 
-    store = _store(args)
     if args.resume and args.force:
         raise BenchError("--resume continues a run with that run's own --force setting; drop --force")
     if args.resume and args.only:
         raise BenchError("--resume continues a whole run; drop --only")
     if isinstance(args.resume, str) and not args.suite:  # `bench run --resume RUN_ID`: the run names its suite
-        suite, path = resumed_suite(store, args.resume)
+        suite, path = resumed_suite(_store(args), args.resume)
     else:
-        path = Path(args.suite) if args.suite else DEFAULT_SUITE
-        suite = load_suite(path)
-    if args.only:
-        suite = only_methods(suite, args.only)
-    check_store(args.store, write=not args.dry_run)
+        path = suite_file(args.suite)
+        suite = load_suite(path)  # a malformed suite stops here, before torch or Ray are imported
+    only = only_methods(suite, args.only) if args.only else None
+    store = _store(args)  # (bench.store imports torch: only after the suite passed its checks)
+    check_store(store.root, write=not args.dry_run)
     if not args.no_report and not args.dry_run:
         check_folder(args.out, "--out")
     _check_data_args(args)
     if args.dry_run:
-        return _dry_run(suite, args)
+        return _dry_run(suite, args, only)
+    from bench.runner import exit_code_for, run_suite, trap_signals
+
     # A signal before the run starts aborts it (nothing is written); during the run, run_suite records it;
     # after the run (report), it is noted and the report still completes. Any of them sets the exit code.
     received: list[str] = []
     with trap_signals(received) as trap:
         try:
             manifest = run_suite(suite, store=store, data_root=_data_root(args), inline=args.inline,
-                                 address=args.address, force=args.force, suite_path=str(path), resume=args.resume)
+                                 address=args.address, force=args.force, suite_path=str(path), resume=args.resume,
+                                 only=only)
         except KeyboardInterrupt:
             name = received[0] if received else "SIGINT"
             print(f"{name} before the run started: nothing was run", file=sys.stderr)
@@ -89,7 +123,7 @@ def cmd_run(args) -> int:
         print(f"run {manifest['run_id']}: {statuses.count('ok')} ok, {statuses.count('reused')} reused, {n_bad} "
               f"failed or interrupted; records in {store.records_dir}")
         if not args.no_report:
-            _report(store, manifest, suite.tables, Path(args.out) / suite.name)
+            _report_suite(store, suite, Path(args.out) / suite.name)
         if getattr(args, "command_line", False):  # leaving the block installs _exit_now, with no gap between
             trap.previous = dict.fromkeys(trap.previous, _exit_now)
     late = 128 + int(signal.Signals[received[0]]) if received else None
@@ -113,7 +147,7 @@ def resumed_suite(store, run_id: str):
     return parse_suite(man["spec"], f"run {run_id}"), Path(man.get("suite_path") or f"run {run_id}")
 
 
-def _dry_run(suite, args) -> int:
+def _dry_run(suite, args, only: set[str] | None = None) -> int:
     """Plan as `bench run` would (every name, config, data file and resource checked), print it, write nothing."""
     from bench.runner import _gpu_count, plan_suite
     from bench.suite import check_gpus
@@ -122,10 +156,10 @@ def _dry_run(suite, args) -> int:
         raise BenchError("--dry-run plans on this machine; leave out --address")
     gpus = _gpu_count(None)
     check_gpus(suite, gpus)
-    plan = plan_suite(suite, _store(args), _data_root(args), force=args.force, gpus_available=gpus)
+    plan = plan_suite(suite, _store(args), _data_root(args), force=args.force, gpus_available=gpus, only=only)
     n_seeds = sum(len(u.seeds) for u in plan.units)
     print(f"dry run of suite {suite.name!r}: {n_seeds} trial(s) in {len(plan.units)} unit(s) to run, "
-          f"{len(plan.skipped)} reused from {Path(args.store)}; nothing was run or written")
+          f"{len(plan.skipped)} reused from {_store(args).root}; nothing was run or written")
     for u in plan.units[:50]:
         print(f"  {u.method}/{u.variant} on {u.dataset}, seeds {u.seeds}, {u.cpus:g} CPU, {u.gpus:g} GPU")
     if len(plan.units) > 50:
@@ -133,9 +167,9 @@ def _dry_run(suite, args) -> int:
     return 0
 
 
-def only_methods(suite, names: list[str]):
-    """The suite restricted to the methods named (``--only dec,idec``; repeatable). Trial keys do not
-    depend on the suite, so a later full run reuses what a restricted run stored."""
+def only_methods(suite, names: list[str]) -> set[str]:
+    """The methods named by ``--only dec,idec`` (repeatable), checked against the suite. Trial keys do
+    not depend on the suite, so a later full run reuses what a restricted run stored."""
     wanted = {n.strip() for item in names for n in item.split(",") if n.strip()}
     if not wanted:
         raise BenchError("--only names no method; pass method names of the suite, e.g. --only dec,idec")
@@ -144,45 +178,83 @@ def only_methods(suite, names: list[str]):
     if unknown:
         raise BenchError(f"--only {', '.join(unknown)}: not a method of suite {suite.name!r} "
                          f"(it has {', '.join(dict.fromkeys(present))})")
-    return suite.model_copy(update={"methods": [m for m in suite.methods if m.name in wanted]})
+    return wanted
 
 
-def _report(store, manifest: dict[str, Any], tables, out_dir: Path) -> None:
-    from bench.report import write_report
-
-    records = store.run_records(manifest)
-    specs = [t.model_dump() if hasattr(t, "model_dump") else t for t in tables] or None
-    paths = write_report(records, out_dir, title=f"Suite {manifest['suite']}", tables=specs, run=manifest)
+def _print_report(paths: dict[str, Path]) -> None:
     print(f"report: {paths['markdown']} (table), {paths['plot']} (plot), {paths['latex']} (LaTeX), "
           f"{paths['csv']} (per-seed CSV)")
     md = paths["markdown"].read_text().split("\n")
     print("\n".join(line for line in md if line.startswith("|")))
 
 
-def cmd_report(args) -> int:
-    from bench.suite import SuiteSpec, check_folder, check_store, load_suite
+def _report_suite(store, suite, out_dir: Path) -> None:
+    """The store's view of the suite (bench.view): every trial of its grid, newest finished record."""
+    from bench.report import write_report
+    from bench.view import suite_view
 
-    check_store(args.store, write=False)
+    view = suite_view(store, suite)
+    specs = [t.model_dump() for t in suite.tables] or None
+    note = (f"The store's view of suite {suite.name!r} in {store.root}: for each of the grid's "
+            f"{len(view.records) + len(view.missing)} trials, the newest finished record, whichever run wrote it "
+            f"(runs: {', '.join(view.run_ids) or 'none'}).")
+    if view.missing:
+        note += f" {len(view.missing)} trial(s) have no record yet: {'; '.join(view.missing)}."
+    paths = write_report(view.records, out_dir, title=f"Suite {suite.name}", tables=specs, note=note)
+    if view.missing:
+        print(f"{len(view.missing)} trial(s) of the grid have no record yet (`bench run` runs them)")
+    _print_report(paths)
+
+
+def cmd_report(args) -> int:
+    from bench.suite import check_folder, check_store, parse_suite
+
+    check_store(_store(args).root, write=False)
     check_folder(args.out, "--out")
     store = _store(args)
-    tables = []
-    name = args.suite
-    if name and (name.endswith((".yaml", ".yml")) or Path(name).is_file()):
-        spec: SuiteSpec = load_suite(name)
-        name, tables = spec.name, spec.tables
     if args.run:
         manifest = next((m for m in store.runs() if m["run_id"] == args.run), None)
         if manifest is None:
-            raise BenchError(f"no run {args.run!r} in {store.runs_dir}; `bench report` without --run takes the latest")
-    else:
-        manifest = store.latest_run(name)
-        if manifest is None:
-            which = f"suite {name!r}" if name else "any suite"
-            raise BenchError(f"no stored run of {which} in {store.root}; run `bench run SUITE.yaml` first")
-    if not tables and manifest.get("spec", {}).get("tables"):
-        tables = manifest["spec"]["tables"]
-    _report(store, manifest, tables, Path(args.out) / manifest["suite"])
+            raise BenchError(f"no run {args.run!r} in {store.runs_dir}; `bench report` without --run shows the "
+                             "store's view of the suite")
+        from bench.history import records_as_of_run
+        from bench.report import write_report
+
+        tables = (manifest.get("spec") or {}).get("tables") or None
+        paths = write_report(records_as_of_run(store, manifest), Path(args.out) / manifest["suite"],
+                             title=f"Suite {manifest['suite']}, run {manifest['run_id']}", tables=tables,
+                             run=manifest)
+        _print_report(paths)
+        return 0
+    arg = args.suite
+    if arg and (Path(arg).suffix in (".yaml", ".yml") or Path(arg).is_file()):
+        from bench.suite import load_suite
+
+        suite = load_suite(arg)
+    else:  # a name: the suite as its latest run stored it (the whole suite, also after --only)
+        manifest = _latest_suite_run(store, arg)
+        if manifest is None and arg and (SUITES_DIR / f"{arg}.yaml").exists():
+            from bench.suite import load_suite
+
+            suite = load_suite(SUITES_DIR / f"{arg}.yaml")
+        elif manifest is None:
+            which = f"suite {arg!r}" if arg else "any suite"
+            raise BenchError(f"no stored run of {which} in {store.root}; run `bench run SUITE` first")
+        else:
+            suite = parse_suite(manifest["spec"], f"the spec stored with run {manifest['run_id']}")
+    _report_suite(store, suite, Path(args.out) / suite.name)
     return 0
+
+
+def _latest_suite_run(store, name: str | None) -> dict[str, Any] | None:
+    runs = [m for m in store.runs(name) if not _is_trial(m)]
+    return runs[-1] if runs else None
+
+
+def _is_trial(manifest: dict[str, Any]) -> bool:
+    # runs written before "kind" existed: `bench trial` named its suite trial-<method>
+    return manifest.get("kind") == "trial" or (manifest.get("kind") is None
+                                               and str(manifest.get("suite", "")).startswith("trial-"))
 
 
 def parse_set(items: list[str]) -> dict[str, Any]:
@@ -211,16 +283,46 @@ def cmd_trial(args) -> int:
     suite = parse_suite({"name": f"trial-{args.method}"[:64], "seeds": [args.seed], "datasets": [args.dataset],
                          "methods": [{"name": args.method, "variants": [args.variant],
                                       "config": parse_set(args.set)}], "device": args.device}, "command line")
-    check_store(args.store)
+    check_store(_store(args).root)
     _check_data_args(args)
     from bench.runner import run_suite
 
     store = _store(args)
-    manifest = run_suite(suite, store=store, data_root=_data_root(args), inline=True, force=args.force)
+    manifest = run_suite(suite, store=store, data_root=_data_root(args), inline=True, force=args.force,
+                         kind="trial")
     for t in manifest["trials"]:
         print(json.dumps({k: t.get(k) for k in ("method", "variant", "dataset", "seed", "status", "metrics",
                                                   "error", "key")}))
     return 0 if all(t["status"] in ("ok", "reused") for t in manifest["trials"]) else 1
+
+
+def cmd_trials(args) -> int:
+    """The single trials `bench trial` ran: their own listing, not a pseudo-suite in reports or history."""
+    store = _store(args)
+    runs = [m for m in store.runs() if _is_trial(m)]
+    if not runs:
+        print(f"no single trials in {store.root} (`bench trial METHOD DATASET` runs one)")
+        return 0
+    print(f"Single trials in {store.root} ({len(runs)} run(s) of `bench trial`), oldest first:\n")
+    print("| run | method | dataset | seed | status | ACC | NMI | ARI | config | error |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for m in runs:
+        spec_methods = (m.get("spec") or {}).get("methods") or [{}]
+        overrides = spec_methods[0].get("config") or {}
+        for t in m.get("trials", []):
+            met = t.get("metrics") or {}
+            cells = [f"{100 * met[k]:.1f}" if k in met else "–" for k in ("acc", "nmi", "ari")]
+            label = t["method"] + ("" if t.get("variant", "default") == "default" else f" [{t['variant']}]")
+            cfg = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "defaults"
+            print(f"| {m['run_id']} | {label} | {t['dataset']} | {t['seed']} | {t.get('status')} | "
+                  + " | ".join(cells) + f" | {cfg} | {t.get('error') or ''} |")
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    from bench.doctor import run_checks
+
+    return run_checks(_store(args), _data_root(args), address=args.address)
 
 
 def cmd_list(args) -> int:
@@ -253,12 +355,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp, data=True):
-        sp.add_argument("--store", default="results", help="results store folder (default: results)")
+        sp.add_argument("--store", default=None, help="results store folder (default: $BENCH_STORE, else the "
+                                                      "user data dir; `bench doctor` prints it)")
         if data:
             sp.add_argument("--data", default=None, help="data root (default: $BENCH_DATA or ./data)")
 
     r = sub.add_parser("run", help="run a suite (methods x variants x datasets x seeds)")
-    r.add_argument("suite", nargs="?", help=f"suite YAML (default: {DEFAULT_SUITE.name}, k-means and DEC on digits)")
+    r.add_argument("suite", nargs="?", help="suite YAML or name in suites/ (default: default, k-means and DEC on "
+                                            "digits)")
     r.add_argument("--inline", action="store_true", help="run trials one by one in this process, without Ray")
     r.add_argument("--address", help="join an existing Ray cluster (e.g. auto or ray://head:10001)")
     r.add_argument("--force", action="store_true", help="re-run trials even if an identical one is stored")
@@ -276,8 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     rp = sub.add_parser("report", help="tables and plots from stored results")
-    rp.add_argument("suite", nargs="?", help="suite name or YAML file (default: the latest run of any suite)")
-    rp.add_argument("--run", help="a specific run id (see results/runs/)")
+    rp.add_argument("suite", nargs="?", help="suite name or YAML file (default: the suite of the latest run); "
+                                             "shows each trial's newest finished record, whichever run wrote it")
+    rp.add_argument("--run", help="one run's records only (run ids: STORE/runs/, `bench history`)")
     rp.add_argument("--out", default="reports")
     common(rp, data=False)
     rp.set_defaults(func=cmd_report)
@@ -293,6 +398,15 @@ def build_parser() -> argparse.ArgumentParser:
     common(t)
     t.set_defaults(func=cmd_trial)
 
+    ts = sub.add_parser("trials", help="list the single trials `bench trial` ran")
+    common(ts, data=False)
+    ts.set_defaults(func=cmd_trials)
+
+    d = sub.add_parser("doctor", help="check what a run needs: GPU, data, store, disk, Ray cluster")
+    d.add_argument("--address", help="also check that this Ray cluster is reachable (e.g. auto)")
+    common(d)
+    d.set_defaults(func=cmd_doctor)
+
     ls = sub.add_parser("list", help="methods and datasets, or one method's config")
     ls.add_argument("method", nargs="?")
     ls.set_defaults(func=cmd_list)
@@ -306,11 +420,27 @@ def cmd_audit(args) -> int:
     from bench.claims import load_claims
     from bench.suite import check_folder, check_store
 
-    check_store(args.store, write=False)
+    check_store(_store(args).root, write=False)
     check_folder(args.out, "--out")
     claims = load_claims(args.claims)
     store = _store(args)
-    records = list(store.records())
+    if args.run:
+        manifest = next((m for m in store.runs() if m["run_id"] == args.run), None)
+        if manifest is None:
+            raise BenchError(f"no run {args.run!r} in {store.runs_dir}; `bench history` lists the runs")
+        from bench.history import records_as_of_run
+
+        records = records_as_of_run(store, manifest)
+        print(f"audit of the records of run {args.run} (as that run left them)")
+    elif args.suite:
+        from bench.suite import load_suite
+        from bench.view import suite_view
+
+        suite = load_suite(suite_file(args.suite))
+        records = suite_view(store, suite).records
+        print(f"audit of the store's view of suite {suite.name!r} (newest finished record per trial)")
+    else:
+        records = list(store.records())
     rows = audit(claims, records)
     paths = write_audit(rows, records, Path(args.out))
     print(markdown(rows))
@@ -323,7 +453,7 @@ def cmd_history(args) -> int:
     from bench.history import history_table
 
     _check_history_args(args)
-    print(history_table(_store(args), args.suite, args.db, rebuild=args.rebuild))
+    print(history_table(_store(args), suite_name(args.suite), args.db, rebuild=args.rebuild))
     return 0
 
 
@@ -331,13 +461,14 @@ def cmd_regress(args) -> int:
     from bench.regress import regress_suite
     from bench.suite import check_folder, check_name
 
-    check_name(args.suite, "suite")
+    name = suite_name(args.suite)
+    check_name(name, "suite")
     if not 1 <= args.window <= 100_000:
         raise BenchError(f"--window {args.window}: compare with 1 to 100000 previous runs")
     _check_history_args(args)
     check_folder(args.out, "--out")
-    out = Path(args.out) / args.suite
-    code, md = regress_suite(_store(args), args.suite, out_dir=out, db_path=args.db, window=args.window)
+    out = Path(args.out) / name
+    code, md = regress_suite(_store(args), name, out_dir=out, db_path=args.db, window=args.window)
     print(md)
     print(f"summary: {out / 'regress.md'}; trend plots: {out}/trend_*.png")
     return code
@@ -347,7 +478,7 @@ def _check_history_args(args) -> None:
     """The store (it holds history.db unless --db says otherwise) and the --db file."""
     from bench.suite import check_folder, check_store
 
-    check_store(args.store, write=args.db is None)
+    check_store(_store(args).root, write=args.db is None)
     if args.db is not None:
         db = Path(args.db).expanduser()
         if db.is_dir():
@@ -358,19 +489,22 @@ def _check_history_args(args) -> None:
 def _add_audit_history_regress(sub, common) -> None:
     a = sub.add_parser("audit", help="papers' claims (claims/*.yaml) vs reproduced results of the same protocol")
     a.add_argument("--claims", default=None, help="claims folder or file (default: the repo's claims/)")
+    which = a.add_mutually_exclusive_group()
+    which.add_argument("--suite", help="judge only this suite's records (name or YAML; its store view)")
+    which.add_argument("--run", help="judge only the records of this run")
     a.add_argument("--out", default="reports/audit", help="where audit.md/.tex/.csv and plots go")
     common(a, data=False)
     a.set_defaults(func=cmd_audit)
 
     h = sub.add_parser("history", help="list the stored runs of a suite (history database)")
-    h.add_argument("suite", nargs="?", help="suite name (default: all suites)")
+    h.add_argument("suite", nargs="?", help="suite name or YAML (default: all suites)")
     h.add_argument("--db", default=None, help="history database (default: STORE/history.db)")
     h.add_argument("--rebuild", action="store_true", help="re-import every runs/*.json manifest from scratch")
     common(h, data=False)
     h.set_defaults(func=cmd_history)
 
     g = sub.add_parser("regress", help="latest run of a suite vs its history; exit 1 on a regression")
-    g.add_argument("suite", help="suite name")
+    g.add_argument("suite", help="suite name or YAML")
     g.add_argument("--db", default=None, help="history database (default: STORE/history.db)")
     g.add_argument("--window", type=int, default=30, help="previous runs compared (default: 30)")
     g.add_argument("--out", default="reports/regress", help="regress.md and trend plots go to OUT/SUITE/")

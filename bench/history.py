@@ -120,8 +120,17 @@ def _records_of(store, manifest: dict[str, Any]) -> list[tuple[ResultRecord, dic
     return out
 
 
+def records_as_of_run(store, manifest: dict[str, Any]) -> list[ResultRecord]:
+    """One run's records as that run left them (a later run's overwrite replaced by this run's own
+    manifest entry): what `bench report --run` and `bench audit --run` show."""
+    return [rec for rec, _entry, _source in _records_of(store, manifest)]
+
+
 def append_run(store, manifest: dict[str, Any], db_path: str | Path | None = None) -> int:
-    """Add (or replace) one run and all its per-seed results, in one transaction. Returns the row count."""
+    """Add (or replace) one run and all its per-seed results, in one transaction. Returns the row count.
+    Single trials (`bench trial`, manifest kind "trial") are not suite runs and stay out (`bench trials`)."""
+    if manifest.get("kind") == "trial":
+        return 0
     rows = [_result_row(manifest["run_id"], rec, entry, src) for rec, entry, src in _records_of(store, manifest)]
     code = manifest.get("code") or {}
     statuses = [r[6] for r in rows]
@@ -167,7 +176,7 @@ def sync(store, db_path: str | Path | None = None, *, rebuild: bool = False) -> 
         con.close()
     added = 0
     for man in store.runs():
-        if man.get("status") == "running" or not man.get("finished_at"):
+        if man.get("status") == "running" or not man.get("finished_at") or man.get("kind") == "trial":
             continue
         if have.get(man["run_id"]) == (man.get("finished_at"), man.get("status")):
             continue

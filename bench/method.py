@@ -24,13 +24,13 @@ That makes "picked the best epoch by ACC" impossible by construction.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
-Split = Literal["train", "test", "all"]
+from bench.suite import Split
 
 
 class MethodConfig(BaseModel):
@@ -99,6 +99,8 @@ class ClusteringMethod:
     """Base class: declare ``name``, ``Config``, ``paper``, ``selection_rule``; implement ``run``."""
 
     name: ClassVar[str]
+    #: how tables and plots name the method (the papers' spelling, e.g. "k-means"); defaults to ``name``
+    label: ClassVar[str] = ""
     paper: ClassVar[str] = ""
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     #: Named presets of config overrides, e.g. CC's head ablations. "default" is the paper recipe.

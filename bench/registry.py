@@ -14,6 +14,8 @@ import importlib.util
 import os
 import pkgutil
 import sys
+import types
+import typing
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,13 @@ def get_method(name: str) -> type[ClusteringMethod]:
                          f"{', '.join(sorted(_METHODS))} (`bench list` shows them)") from None
 
 
+def method_label(name: str) -> str:
+    """The method's display label (``label``, e.g. "k-means"), or its name when it has none or is unknown."""
+    _discover()
+    cls = _METHODS.get(name)
+    return (getattr(cls, "label", "") or name) if cls else name
+
+
 def _did_you_mean(name: str, options) -> str:
     close = difflib.get_close_matches(str(name), list(options), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -118,15 +127,47 @@ def resolve_config(method: str, variant: str = "default", dataset: str | None = 
         raise BenchError(f"method {method!r}, config key {loc!r}: {err['msg']} (got {err.get('input')!r})") from None
 
 
+def type_text(annotation: Any) -> str:
+    """A config field's type as a reader writes it: ``int``, ``'sgd' | 'adam'``, ``list[int]``, ``float | None``."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_text(a) for a in args)
+    if origin is typing.Annotated:
+        return type_text(args[0])
+    if origin is not None:
+        name = getattr(origin, "__name__", str(origin))
+        return f"{name}[{', '.join('...' if a is Ellipsis else type_text(a) for a in args)}]" if args else name
+    if annotation is type(None):
+        return "None"
+    return getattr(annotation, "__name__", str(annotation).replace("typing.", ""))
+
+
+def default_text(field: Any) -> str:
+    """A config field's default: its value, the value its factory makes, or 'required'."""
+    if field.default_factory is not None:
+        try:
+            return repr(field.default_factory())
+        except TypeError:  # a factory that needs the validated data
+            return "(computed)"
+    if field.is_required():
+        return "required"
+    return repr(field.default)
+
+
 def describe_method(name: str) -> str:
     """Human-readable config listing for `bench list NAME`."""
     cls = get_method(name)
     lines = [f"{cls.name}: {cls.paper}", f"  splits: train={cls.train_split} eval={cls.eval_split}",
-             f"  selection rule: {cls.selection_rule}", f"  variants: {', '.join(cls.variants)}", "  config:"]
+             f"  selection rule: {cls.selection_rule}", f"  variants: {', '.join(cls.variants)}",
+             "  config (key: type = paper default):"]
     for key, field in cls.Config.model_fields.items():
-        ann = getattr(field.annotation, "__name__", str(field.annotation))
         desc = f"  # {field.description}" if field.description else ""
-        lines.append(f"    {key}: {ann} = {field.default!r}{desc}")
-    if cls.dataset_defaults:
-        lines.append(f"  per-dataset defaults: {cls.dataset_defaults}")
+        lines.append(f"    {key}: {type_text(field.annotation)} = {default_text(field)}{desc}")
+    for variant, overrides in cls.variants.items():
+        if overrides:
+            lines.append(f"  variant {variant}: " + ", ".join(f"{k}={v!r}" for k, v in overrides.items()))
+    for ds, overrides in cls.dataset_defaults.items():
+        lines.append(f"  on {ds}: " + ", ".join(f"{k}={v!r}" for k, v in overrides.items()))
     return "\n".join(lines)

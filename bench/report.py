@@ -59,9 +59,12 @@ def protocol_text(p: dict[str, Any]) -> str:
 
 
 def row_labels(df: pd.DataFrame) -> pd.Series:
-    """method [variant], plus a config hash when one (method, variant, dataset) has several configs."""
+    """Method label [variant] (the method's ``label``, e.g. "k-means"), plus a config hash when one
+    (method, variant, dataset) has several configs."""
+    from bench.registry import method_label
+
     multi = df.groupby(["method", "variant", "dataset"])["config_hash"].transform("nunique") > 1
-    label = df["method"] + np.where(df["variant"] != "default", " [" + df["variant"] + "]", "")
+    label = df["method"].map(method_label) + np.where(df["variant"] != "default", " [" + df["variant"] + "]", "")
     return label + np.where(multi, " #" + df["config_hash"], "")
 
 
@@ -79,6 +82,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             vals = ok[m].astype(float)
             rec[f"{m}_mean"] = vals.mean() if len(vals) else np.nan
             rec[f"{m}_std"] = vals.std(ddof=1) if len(vals) > 1 else np.nan
+            rec[f"{m}_values"] = list(vals)  # per seed, for the plots' points and the LaTeX significance marks
         rec["wall_s_mean"] = ok["wall_s"].astype(float).mean() if len(ok) else np.nan
         rec["protocol"] = "; ".join(sorted(set(g["protocol"])))
         rec["data_md5"] = ", ".join(sorted(set(g["data_md5"])))
@@ -134,15 +138,52 @@ def markdown_table(summary: pd.DataFrame, *, rows=None, datasets=None, metrics=M
     return "\n".join(lines)
 
 
+#: the LaTeX tables' significance level for "best" (Welch's one-sided t-test on the per-seed values)
+BEST_ALPHA = 0.05
+BEST_RULE = (f"Bold: the best mean, significantly better than every other row (Welch's one-sided t-test on the "
+             f"per-seed values, alpha = {BEST_ALPHA}); underlined: the best mean and the rows not significantly "
+             f"worse than it (a tie).")
+
+
+def best_marks(means: dict[str, float], values: dict[str, list[float]], alpha: float = BEST_ALPHA) -> dict[str, str]:
+    """Per row of one column: "bold" for a best that is significantly better than every other row,
+    "tie" for the best and the rows it does not beat significantly (Welch's one-sided t-test), else ""."""
+    from scipy import stats
+
+    rows = [r for r, v in means.items() if not np.isnan(v)]
+    if not rows:
+        return {}
+    top = max(rows, key=lambda r: means[r])
+    tied = []
+    for r in rows:
+        if r == top:
+            continue
+        a, b = np.asarray(values.get(top, []), float), np.asarray(values.get(r, []), float)
+        if len(a) < 2 or len(b) < 2:  # no test possible: not shown as significant
+            tied.append(r)
+            continue
+        if np.all(a == a[0]) and np.all(b == b[0]):
+            p = 0.0 if a[0] > b[0] else 1.0
+        else:
+            p = float(stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue)
+        if not p < alpha:
+            tied.append(r)
+    if not tied:
+        return {top: "bold"}
+    return {r: "tie" for r in (top, *tied)}
+
+
 def latex_table(summary: pd.DataFrame, *, rows=None, datasets=None, metrics=METRICS, caption: str = "") -> str:
-    """booktabs table, best mean per column in bold, values in percent."""
+    """booktabs table, values in percent; the best mean is bold only when significantly better than
+    every other row, else the tied rows are underlined (BEST_RULE, stated in the caption)."""
     summary, ds_order = _select(summary, rows, datasets)
     row_names = list(dict.fromkeys(summary["row"]))
-    best = {}
+    marks: dict[tuple[str, str], dict[str, str]] = {}
     for d in ds_order:
         for m in metrics:
-            col = summary[summary["dataset"] == d][f"{m}_mean"]
-            best[(d, m)] = col.max() if len(col) else np.nan
+            col = summary[summary["dataset"] == d]
+            marks[(d, m)] = best_marks(dict(zip(col["row"], col[f"{m}_mean"].astype(float))),
+                                       dict(zip(col["row"], col[f"{m}_values"]))) if len(col) > 1 else {}
     colspec = "l" + "c" * (len(ds_order) * len(metrics))
     out = ["\\begin{table}[t]", "\\centering", f"\\begin{{tabular}}{{{colspec}}}", "\\toprule",
            " & " + " & ".join(f"\\multicolumn{{{len(metrics)}}}{{c}}{{{_tex(d)}}}" for d in ds_order) + " \\\\"]
@@ -161,14 +202,15 @@ def latex_table(summary: pd.DataFrame, *, rows=None, datasets=None, metrics=METR
                 mean, std = sub.at[d, f"{m}_mean"], sub.at[d, f"{m}_std"]
                 txt = f"{mean * 100:.1f}" + ("" if np.isnan(std) else f"$\\pm${std * 100:.1f}")
                 txt += "$^\\ddagger$" if sub.at[d, "n_degenerate"] else ""
-                cells.append(f"\\textbf{{{txt}}}" if np.isclose(mean, best[(d, m)]) else txt)
+                mark = marks[(d, m)].get(row, "")
+                cells.append(f"\\textbf{{{txt}}}" if mark == "bold" else f"\\underline{{{txt}}}" if mark == "tie"
+                             else txt)
         out.append(f"{_tex(row)} & " + " & ".join(cells) + " \\\\")
     out += ["\\bottomrule", "\\end{tabular}"]
-    caption = _tex(caption)
+    caption = (_tex(caption) + " " if caption else "") + f"(mean $\\pm$ std over seeds, \\%). {_tex(BEST_RULE)}"
     if (summary["n_degenerate"] > 0).any():
-        caption = (caption + " " if caption else "") + "$^\\ddagger$: includes degenerate (collapsed) seeds."
-    if caption:
-        out.append(f"\\caption{{{caption}}}")
+        caption += " $^\\ddagger$: includes degenerate (collapsed) seeds."
+    out.append(f"\\caption{{{caption}}}")
     out.append("\\end{table}")
     return "\n".join(out)
 
@@ -199,27 +241,38 @@ def notes(summary: pd.DataFrame) -> str:
 
 
 def plot_bars(summary: pd.DataFrame, path: Path, metrics=METRICS) -> None:
+    """Per dataset: bars = mean over the finished seeds (in %, as the tables), error bars = std, dots =
+    the individual seeds, n under each method's label; rows are labelled as in the tables."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     datasets = list(dict.fromkeys(summary["dataset"]))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(max(5.0, 4.5 * len(datasets)), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(max(5.0, 4.5 * len(datasets)), 3.8), squeeze=False)
     for ax, ds in zip(axes[0], datasets):
         sub = summary[summary["dataset"] == ds]
         x = np.arange(len(sub))
         width = 0.8 / len(metrics)
         for i, m in enumerate(metrics):
-            ax.bar(x + (i - (len(metrics) - 1) / 2) * width, sub[f"{m}_mean"] * 100, width,
-                   yerr=np.nan_to_num(sub[f"{m}_std"] * 100), capsize=3, label=METRIC_LABEL[m])
-        ax.set_xticks(x, sub["row"], rotation=20, ha="right")
+            xm = x + (i - (len(metrics) - 1) / 2) * width
+            bars = ax.bar(xm, sub[f"{m}_mean"] * 100, width, yerr=np.nan_to_num(sub[f"{m}_std"] * 100), capsize=3,
+                          label=METRIC_LABEL[m], alpha=0.85)
+            for xi, vals in zip(xm, sub[f"{m}_values"]):
+                if len(vals):
+                    jitter = np.linspace(-width / 4, width / 4, len(vals)) if len(vals) > 1 else [0.0]
+                    ax.scatter(xi + np.asarray(jitter), np.asarray(vals) * 100, s=9, color="black", zorder=3,
+                               linewidths=0, label="one seed" if (i, xi) == (0, xm[0]) else None)
+            del bars
+        ticks = [f"{r}\nn={int(n)}" + (f" (+{int(nf)} failed)" if nf else "")
+                 for r, n, nf in zip(sub["row"], sub["n"], sub["n_failed"])]
+        ax.set_xticks(x, ticks, fontsize=8)
         ax.set_ylim(0, 112)  # headroom for the legend row
         ax.set_yticks(range(0, 101, 20))
-        ax.set_title(f"{ds} (mean ± std over seeds)")
-        ax.set_ylabel("%")
+        ax.set_title(f"{ds}: mean ± std over n seeds, dots = seeds", fontsize=9)
+        ax.set_ylabel("score (%)")
         ax.grid(axis="y", alpha=0.3)
-    axes[0][0].legend(loc="upper center", ncol=len(metrics), fontsize=8, frameon=False)
+    axes[0][0].legend(loc="upper center", ncol=len(metrics) + 1, fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -232,21 +285,23 @@ def plot_curves(records: list[ResultRecord], path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from bench.registry import method_label
+
     groups: dict[tuple[str, str], list[ResultRecord]] = {}
     for r in records:
-        if any("eval_acc" in row for row in r.curve):
-            label = r.method + ("" if r.variant == "default" else f" [{r.variant}]")
+        if sum("eval_acc" in row for row in r.curve) >= 2:  # one point (k-means' final score) is no curve
+            label = method_label(r.method) + ("" if r.variant == "default" else f" [{r.variant}]")
             groups.setdefault((label, r.dataset), []).append(r)
     if not groups:
         return False
     fig, axes = plt.subplots(1, len(groups), figsize=(4.2 * len(groups), 3.2), squeeze=False)
     for ax, ((label, ds), recs) in zip(axes[0], groups.items()):
         for r in recs:
-            pts = [(row["epoch"], row["eval_acc"]) for row in r.curve if "eval_acc" in row]
+            pts = [(row["epoch"], 100 * row["eval_acc"]) for row in r.curve if "eval_acc" in row]
             ax.plot(*zip(*pts), marker=".", lw=1, label=f"seed {r.seed}" + ("" if r.ok else f" ({r.status})"))
         ax.set_title(f"{label} on {ds}")
         ax.set_xlabel("epoch")
-        ax.set_ylabel("eval ACC (not used for selection)")
+        ax.set_ylabel("eval ACC (%), not used for selection")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -287,26 +342,33 @@ def publish(out_dir: Path, write: Callable[[Path], dict[str, Path]], legacy: Ite
 
 
 def write_report(records: list[ResultRecord], out_dir: Path, *, title: str,
-                 tables: list[dict[str, Any]] | None = None, run: dict[str, Any] | None = None) -> dict[str, Path]:
+                 tables: list[dict[str, Any]] | None = None, run: dict[str, Any] | None = None,
+                 note: str | None = None) -> dict[str, Path]:
+    """``run``: the manifest when this is one run's records; ``note``: a line saying where the records
+    come from (the store's view of a suite, bench.view)."""
     if not records:
         raise BenchError(f"nothing to report: the selection holds no result records; the report in {out_dir} is "
                          "left as it was (run the suite first, or pick another suite or --run)")
     return publish(Path(out_dir), lambda stage: _write_report_files(records, stage, title=title, tables=tables,
-                                                                    run=run), legacy=REPORT_FILES)
+                                                                    run=run, note=note), legacy=REPORT_FILES)
 
 
 def _write_report_files(records: list[ResultRecord], out_dir: Path, *, title: str,
-                        tables: list[dict[str, Any]] | None, run: dict[str, Any] | None) -> dict[str, Path]:
+                        tables: list[dict[str, Any]] | None, run: dict[str, Any] | None,
+                        note: str | None = None) -> dict[str, Path]:
     df = records_frame(records)
     summary = summarize(df)
     paths = {"csv": out_dir / "results.csv", "summary_csv": out_dir / "summary.csv", "markdown": out_dir / "table.md",
              "latex": out_dir / "table.tex", "plot": out_dir / "results.png"}
     df.to_csv(paths["csv"], index=False)
-    summary.drop(columns=["errors"]).to_csv(paths["summary_csv"], index=False)
+    summary.drop(columns=["errors", *[c for c in summary.columns if c.endswith("_values")]]).to_csv(
+        paths["summary_csv"], index=False)
     md = [f"# {title}", ""]
     if run:
         md += [f"Run `{run.get('run_id')}`, started {run.get('started_at')}, finished {run.get('finished_at')} "
                f"({run.get('status')}).", ""]
+    if note:
+        md += [note, ""]
     specs = tables or [{"title": "All results", "rows": None, "datasets": None, "metrics": list(METRICS)}]
     tex = []
     for spec in specs:

@@ -33,6 +33,7 @@ from typing import Any
 from bench.data import dataset_identity, default_cache_dir, get_dataset_spec
 from bench.errors import BenchError
 from bench.history import append_run_safely
+from bench.progress import RunProgress, output_to_file, trial_log_path, trial_name
 from bench.records import ResultRecord, trial_key
 from bench.registry import get_method, resolve_config
 from bench.store import ResultStore, driver_alive, driver_identity
@@ -70,19 +71,29 @@ def _gpu_count(address: str | None) -> float:
     return float(ray.cluster_resources().get("GPU", 0))
 
 
-def plan_suite(suite: SuiteSpec, store: ResultStore, data_root: Path, *, force: bool = False,
-               gpus_available: float = 0.0, code: dict[str, Any] | None = None,
-               cache_dir: Path | None = None, run_id: str | None = None) -> Plan:
-    """``run_id``: a run being resumed (its finished trials are not planned again, even with ``force``)."""
-    from bench.provenance import code_version
+@dataclass
+class GridCell:
+    """One (method, variant, dataset) of a suite's grid with its resolved config and protocol; with a
+    seed it is a trial. Planning and the store's view of a suite (bench.view) both read it from here."""
 
-    code = code or code_version()
-    run_id = run_id or f"{suite.name}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
-    md5s = {}
-    for ds in suite.datasets:
-        md5s[ds] = dataset_md5(ds, data_root)  # raises on unknown name, missing file, md5 mismatch
-    plan = Plan(run_id=run_id, units=[])
+    entry: Any  # the suite's MethodEntry
+    variant: str
+    dataset: str
+    config: dict[str, Any]
+    protocol: dict[str, Any]
+
+    @property
+    def method(self) -> str:
+        return self.entry.name
+
+
+def suite_grid(suite: SuiteSpec, only: set[str] | None = None) -> list[GridCell]:
+    """Every (method, variant, dataset) of the suite (only the methods in ``only`` when given), with
+    config and protocol resolved and checked (BenchError on an unknown name, key or type)."""
+    cells = []
     for entry in suite.methods:
+        if only and entry.name not in only:
+            continue
         cls = get_method(entry.name)
         datasets = entry.datasets or suite.datasets
         unknown = [d for d in datasets if d not in suite.datasets]
@@ -99,34 +110,54 @@ def plan_suite(suite: SuiteSpec, store: ResultStore, data_root: Path, *, force: 
                     "n_clusters": get_dataset_spec(ds).n_classes,
                     **cls.protocol_fields(cls.Config(**config)),
                 }
-                gpus = entry.gpus_per_trial if entry.gpus_per_trial is not None else suite.resources.gpus_per_trial
-                if gpus is None:
-                    gpus = cls.gpu_share if gpus_available > 0 and suite.device != "cpu" else 0.0
-                todo: list[tuple[int, str, str | None]] = []
-                for seed in suite.seeds:
-                    key = trial_key(method=entry.name, variant=variant, dataset=ds, seed=seed, config=config,
-                                    protocol=protocol, data_md5=md5s[ds], code_version=str(code["code_version"]))
-                    stored = store.get(key)
-                    plan.entries.append({"key": key, "method": entry.name, "variant": variant, "dataset": ds,
-                                         "seed": seed, "config": config, "protocol": protocol,
-                                         "data_md5": md5s[ds], "stored_run_id": stored and stored.run_id})
-                    if finished_in_run(store, key, run_id):
-                        plan.done.append(key)
-                    elif not force and store.has_ok(key):
-                        plan.skipped.append(key)
-                    else:
-                        todo.append((seed, key, stored and stored.run_id))
-                batch = max(1, entry.seed_batch or 1) if cls.supports_seed_batch else 1
-                for i in range(0, len(todo), batch):
-                    chunk = todo[i:i + batch]
-                    plan.units.append(TrialUnit(
-                        method=entry.name, variant=variant, dataset=ds, seeds=[s for s, _, _ in chunk],
-                        keys=[k for _, k, _ in chunk], stored_run_ids=[r for _, _, r in chunk], config=config,
-                        protocol=protocol, data_md5=md5s[ds], code=code,
-                        store_root=str(store.root), data_root=str(data_root),
-                        cache_dir=str(cache_dir or default_cache_dir()), device=suite.device,
-                        deterministic=suite.deterministic, cpus=suite.resources.cpus_per_trial, gpus=float(gpus),
-                        suite=suite.name, run_id=run_id))
+                cells.append(GridCell(entry, variant, ds, config, protocol))
+    return cells
+
+
+def plan_suite(suite: SuiteSpec, store: ResultStore, data_root: Path, *, force: bool = False,
+               gpus_available: float = 0.0, code: dict[str, Any] | None = None,
+               cache_dir: Path | None = None, run_id: str | None = None, only: set[str] | None = None) -> Plan:
+    """``run_id``: a run being resumed (its finished trials are not planned again, even with ``force``);
+    ``only``: plan just these methods of the suite."""
+    from bench.provenance import code_version
+
+    code = code or code_version()
+    run_id = run_id or f"{suite.name}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
+    md5s = {}
+    for ds in suite.datasets:
+        md5s[ds] = dataset_md5(ds, data_root)  # raises on unknown name, missing file, md5 mismatch
+    plan = Plan(run_id=run_id, units=[])
+    for cell in suite_grid(suite, only):
+        entry, variant, ds, config, protocol = cell.entry, cell.variant, cell.dataset, cell.config, cell.protocol
+        cls = get_method(entry.name)
+        gpus = entry.gpus_per_trial if entry.gpus_per_trial is not None else suite.resources.gpus_per_trial
+        if gpus is None:
+            gpus = cls.gpu_share if gpus_available > 0 and suite.device != "cpu" else 0.0
+        todo: list[tuple[int, str, str | None]] = []
+        for seed in suite.seeds:
+            key = trial_key(method=entry.name, variant=variant, dataset=ds, seed=seed, config=config,
+                            protocol=protocol, data_md5=md5s[ds], code_version=str(code["code_version"]))
+            stored = store.get(key)
+            plan.entries.append({"key": key, "method": entry.name, "variant": variant, "dataset": ds,
+                                 "seed": seed, "config": config, "protocol": protocol,
+                                 "data_md5": md5s[ds], "stored_run_id": stored and stored.run_id})
+            if finished_in_run(store, key, run_id):
+                plan.done.append(key)
+            elif not force and store.has_ok(key):
+                plan.skipped.append(key)
+            else:
+                todo.append((seed, key, stored and stored.run_id))
+        batch = max(1, entry.seed_batch or 1) if cls.supports_seed_batch else 1
+        for i in range(0, len(todo), batch):
+            chunk = todo[i:i + batch]
+            plan.units.append(TrialUnit(
+                method=entry.name, variant=variant, dataset=ds, seeds=[s for s, _, _ in chunk],
+                keys=[k for _, k, _ in chunk], stored_run_ids=[r for _, _, r in chunk], config=config,
+                protocol=protocol, data_md5=md5s[ds], code=code,
+                store_root=str(store.root), data_root=str(data_root),
+                cache_dir=str(cache_dir or default_cache_dir()), device=suite.device,
+                deterministic=suite.deterministic, cpus=suite.resources.cpus_per_trial, gpus=float(gpus),
+                suite=suite.name, run_id=run_id))
     return plan
 
 
@@ -139,13 +170,15 @@ def finished_in_run(store: ResultStore, key: str, run_id: str) -> bool:
 
 def run_suite(suite: SuiteSpec, *, store: ResultStore, data_root: Path, inline: bool = False,
               address: str | None = None, force: bool = False, suite_path: str | None = None,
-              code: dict[str, Any] | None = None, resume: str | bool = False) -> dict[str, Any]:
+              code: dict[str, Any] | None = None, resume: str | bool = False, only: set[str] | None = None,
+              kind: str = "suite") -> dict[str, Any]:
     """Plan, run and record a suite. Returns the finished run manifest; ``manifest["signal"]`` names the
     signal (SIGINT, SIGTERM) that cut the run short, if one did.
 
     ``resume``: True (the latest unfinished run of the suite) or a run id: continue that run under its
     own id, force flag and code version; trials it finished are not rerun, unfinished ones start from
-    their last checkpoint."""
+    their last checkpoint. ``only``: run just these methods (the manifest keeps the whole suite's spec, so
+    the report shows the whole grid). ``kind`` is "trial" for `bench trial`."""
     from bench.provenance import code_version
 
     if address and inline:
@@ -156,6 +189,7 @@ def run_suite(suite: SuiteSpec, *, store: ResultStore, data_root: Path, inline: 
         note_unfinished(store, suite.name)
     else:
         force = bool(previous.get("force"))
+        only = set(previous["only"]) if previous.get("only") else None  # resume what that run was asked to run
     if not inline:
         _ray_init(address)  # before our signal handlers: ray.init installs its own SIGTERM handler
         if address:
@@ -164,9 +198,10 @@ def run_suite(suite: SuiteSpec, *, store: ResultStore, data_root: Path, inline: 
     check_gpus(suite, gpus)  # a share no GPU can serve would leave trials PENDING forever
     started = previous["started_at"] if previous else utcnow()
     plan = plan_suite(suite, store, data_root, force=force, gpus_available=gpus, code=code,
-                      run_id=previous["run_id"] if previous else None)
+                      run_id=previous["run_id"] if previous else None, only=only)
     manifest: dict[str, Any] = {
         "run_id": plan.run_id, "suite": suite.name, "suite_path": suite_path, "spec": suite.model_dump(mode="json"),
+        "only": sorted(only) if only else None, "kind": kind,
         "started_at": started, "finished_at": None, "status": "running", "mode": "inline" if inline else "ray",
         "ray_address": address, "code": plan.units[0].code if plan.units else code, "force": force,
         "driver": driver_identity(),
@@ -178,19 +213,24 @@ def run_suite(suite: SuiteSpec, *, store: ResultStore, data_root: Path, inline: 
                                                               "previous_status": previous.get("status")}]
     store.write_run(manifest)
     n_seeds = sum(len(u.seeds) for u in plan.units)
+    log_dir = store.log_dir(plan.run_id)
     what = f"resuming run {plan.run_id}: {len(plan.done)} trial(s) already finished, " if previous else \
         f"run {plan.run_id}: "
-    print(f"{what}{n_seeds} trial(s) to run, {len(plan.skipped)} reused from {store.root}", flush=True)
+    print(f"{what}{n_seeds} trial(s) to run, {len(plan.skipped)} reused from {store.root}"
+          + (f"; logs in {log_dir}/" if plan.units else ""), flush=True)
     received: list[str] = []
     with trap_signals(received) as trap:
         try:
-            if inline:
-                for i, unit in enumerate(plan.units, 1):
-                    print(f"[{i}/{len(plan.units)}] {unit.method}/{unit.variant} on {unit.dataset}, seeds "
-                          f"{unit.seeds}", flush=True)
-                    execute_unit(unit)
-            elif plan.units:
-                _run_with_ray(plan, suite, store, address)
+            if plan.units:
+                with output_to_file(log_dir / "driver.log", loggers=("ray",)) as terminal:
+                    progress = RunProgress(n_seeds, terminal)
+                    try:
+                        if inline:
+                            _run_inline(plan, progress)
+                        else:
+                            _run_with_ray(plan, suite, store, address, progress)
+                    finally:
+                        progress.close()
         except KeyboardInterrupt:
             received[:] = received or ["SIGINT"]
             print(f"interrupted ({received[0]}): finished trials are kept; unfinished ones are recorded as "
@@ -205,6 +245,17 @@ def run_suite(suite: SuiteSpec, *, store: ResultStore, data_root: Path, inline: 
     if received:  # cut the run short, or arrived while its outcome was recorded: the exit code says so
         manifest["signal"] = received[0]
     return manifest
+
+
+def _run_inline(plan: Plan, progress: RunProgress) -> None:
+    for unit in plan.units:
+        progress.started(len(unit.seeds))
+        with output_to_file(trial_log_path(unit)):
+            records = execute_unit(unit)
+        bad = [r for r in records if not r.ok]
+        progress.finished(len(unit.seeds), len(bad))
+        if bad:
+            progress.trial_failed(unit.model_dump(), bad[0].error or bad[0].status)
 
 
 class trap_signals:  # noqa: N801 - used as a context manager
@@ -372,8 +423,10 @@ def _ray_init(address: str | None) -> None:
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # we pass absolute paths; keep cwd
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     passed = {k: v for k, v in os.environ.items() if k in PASSED_ENV}
+    # log_to_driver off: each trial writes its output to its own log file (bench.progress), and the
+    # workers' other output stays in Ray's session logs instead of flooding the terminal
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
-                              "log_to_driver": True, "configure_logging": True,
+                              "log_to_driver": False, "configure_logging": False,
                               "runtime_env": {"env_vars": passed} if passed else None}
     # our SIGINT handler (bench.runner.trap_signals) records the reason and stops Ray itself
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
@@ -398,17 +451,49 @@ def _ray_shutdown() -> None:
 def _ray_trainable(config: dict[str, Any]) -> None:
     from ray import tune
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    recs = execute_unit(config["unit"])
+    with output_to_file(trial_log_path(config["unit"])):  # the worker's output goes to the trial's log
+        recs = execute_unit(config["unit"])
     ok = [r for r in recs if r.ok]
-    out: dict[str, Any] = {"n_ok": len(ok), "n_failed": len(recs) - len(ok)}
+    out: dict[str, Any] = {"n_ok": len(ok), "n_failed": len(recs) - len(ok),
+                           "error": next((r.error or r.status for r in recs if not r.ok), "")}
     if ok:
         for m in ("acc", "nmi", "ari"):
             out[m] = sum(r.metrics[m] for r in ok) / len(ok)
     tune.report(out)
 
 
-def _run_with_ray(plan: Plan, suite: SuiteSpec, store: ResultStore, address: str | None) -> None:
+def _progress_callback(progress: RunProgress):
+    """A Ray Tune callback (driver side) that moves the progress view and reports failed trials."""
+    from ray import tune
+
+    class ProgressCallback(tune.Callback):
+        def __init__(self, view: RunProgress):
+            self.view = view
+
+        def __getstate__(self):  # Tune pickles its callbacks with the experiment state; the view stays here
+            return {"view": None}
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            self.view.started(len(trial.config["unit"]["seeds"]))
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            unit, result = trial.config["unit"], trial.last_result or {}
+            self.view.finished(len(unit["seeds"]), int(result.get("n_failed", 0)))
+            if result.get("n_failed"):
+                self.view.trial_failed(unit, result.get("error") or "failed")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            unit = trial.config["unit"]
+            self.view.finished(len(unit["seeds"]), len(unit["seeds"]))
+            err = str(getattr(trial, "error_msg", "") or "").strip().splitlines()
+            self.view.trial_failed(unit, "worker lost before writing a record (killed, out of memory, or node "
+                                         "failure)" + (f": {err[-1]}" if err else ""))
+
+    return ProgressCallback(progress)
+
+
+def _run_with_ray(plan: Plan, suite: SuiteSpec, store: ResultStore, address: str | None,
+                  progress: RunProgress) -> None:
     from ray import tune
 
     _ray_init(address)
@@ -417,8 +502,7 @@ def _run_with_ray(plan: Plan, suite: SuiteSpec, store: ResultStore, address: str
         _ray_trainable, lambda cfg: {"cpu": cfg["unit"]["cpus"], "gpu": cfg["unit"]["gpus"]})
 
     def name(trial) -> str:
-        u = trial.config["unit"]
-        return f"{u['method']}-{u['variant']}-{u['dataset']}-s{'_'.join(map(str, u['seeds']))}"
+        return trial_name(trial.config["unit"])
 
     tuner = tune.Tuner(
         trainable,
@@ -428,7 +512,8 @@ def _run_with_ray(plan: Plan, suite: SuiteSpec, store: ResultStore, address: str
         # a trial whose worker dies is retried (once): it reuses what its seeds recorded and resumes from
         # their checkpoints; dying again, it is recorded as interrupted
         run_config=tune.RunConfig(name=f"{plan.run_id}-{secrets.token_hex(2)}", storage_path=str(store.root / "ray"),
-                                  failure_config=tune.FailureConfig(max_failures=MAX_FAILURES), verbose=1),
+                                  failure_config=tune.FailureConfig(max_failures=MAX_FAILURES), verbose=0,
+                                  callbacks=[_progress_callback(progress)]),
     )
     results = tuner.fit()
     for res in results:

@@ -8,6 +8,7 @@
     <root>/stages/<name>/<hash>.pt shared stage outputs (e.g. pretrained autoencoders)
     <root>/attempts/<key>/<run_id>.json  an attempt the store refused to put over a better record
     <root>/locks/<key>.lock        held while a key is computed (one live computation per key)
+    <root>/logs/<run_id>/          a run's logs: driver.log (Ray, the harness) and <trial>.log per trial
 
 Writes are atomic (temporary file + rename), so a crash mid-write leaves the previous state, never a
 truncated record. On a Ray cluster the root must be storage that every node mounts at the same path.
@@ -33,6 +34,19 @@ from pydantic import ValidationError
 from bench.context import atomic_write_bytes
 from bench.records import ResultRecord
 
+#: where results go unless --store or $BENCH_STORE says otherwise: the user's data directory, outside
+#: any source tree (platformdirs: ~/.local/share/clusterbench/results on Linux,
+#: ~/Library/Application Support/clusterbench/results on macOS, %LOCALAPPDATA%\clusterbench\results on Windows)
+STORE_ENV = "BENCH_STORE"
+
+
+def default_store_root() -> Path:
+    import os
+
+    from platformdirs import user_data_path
+
+    return Path(os.environ.get(STORE_ENV) or user_data_path("clusterbench") / "results").expanduser()
+
 
 class ResultStore:
     def __init__(self, root: str | Path):
@@ -50,6 +64,9 @@ class ResultStore:
     @property
     def stage_dir(self) -> Path:
         return self.root / "stages"
+
+    def log_dir(self, run_id: str) -> Path:
+        return self.root / "logs" / run_id
 
     def artifact_dir(self, key: str) -> Path:
         return self.root / "artifacts" / key

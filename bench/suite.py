@@ -45,6 +45,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, Va
 
 from bench.errors import BenchError, brief, yaml_error
 
+#: a protocol split (the methods' papers and the suites' overrides). Defined here, not in bench.method,
+#: so that reading and checking a suite imports neither torch nor Ray (bench.method re-exports it).
+Split = Literal["train", "test", "all"]
+
 METRIC_NAMES = ("acc", "nmi", "ari")
 #: the same as bench.method.Split; not imported from there, which would import torch
 Split = Literal["train", "test", "all"]

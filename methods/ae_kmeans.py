@@ -21,6 +21,7 @@ from methods.dec import scaled_input
 @register_method
 class AEKMeans(ClusteringMethod):
     name = "ae_kmeans"
+    label = "AE + k-means"
     paper = "k-means on the DEC/IDEC stacked autoencoder embedding (AE+k-means in IDEC, IJCAI 2017, Table 2)"
     selection_rule = "lowest k-means inertia over n_init restarts on the embedding (label-free)"
     train_split = "all"

@@ -90,6 +90,7 @@ def forward_views(net: CCNet, v1: torch.Tensor, v2: torch.Tensor, device: torch.
 @register_method
 class CC(ClusteringMethod):
     name = "cc"
+    label = "CC"
     paper = "Li et al., Contrastive Clustering, AAAI 2021"
     selection_rule = "final epoch; clusters = argmax of the cluster head (k-means once on ICH outputs when ich only)"
     train_split = "all"

@@ -69,6 +69,7 @@ def kl_pq(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 @register_method
 class DEC(ClusteringMethod):
     name = "dec"
+    label = "DEC"
     paper = "Xie, Girshick & Farhadi, Unsupervised Deep Embedding for Clustering Analysis, ICML 2016"
     selection_rule = "assignment at the first target update where < tol of labels changed (else at max_iters)"
     train_split = "all"

@@ -33,7 +33,6 @@ from typing import Any
 
 import torch
 from pydantic import Field
-from sklearn.metrics import normalized_mutual_info_score
 from torch import nn
 from torch.nn import functional as F
 
@@ -137,6 +136,7 @@ def frequency_normalised(q: torch.Tensor) -> torch.Tensor:
 @register_method
 class DEPICT(ClusteringMethod):
     name = "depict"
+    label = "DEPICT"
     paper = ("Ghasedi Dizaji, Herandi, Deng, Cai & Huang, Deep Clustering via Joint Convolutional Autoencoder "
              "Embedding and Relative Entropy Minimization, ICCV 2017")
     selection_rule = ("clean-path argmax when the targets change by MSE < stop_mse between epochs (else at the "
@@ -274,6 +274,8 @@ class DEPICT(ClusteringMethod):
         y_init_val = y_init.index_select(0, val_idx).cpu().numpy()
 
         def val_nmi() -> float:
+            from sklearn.metrics import normalized_mutual_info_score  # here: sklearn costs ~3 s of start-up
+
             pred = model.clean_prob(x_val).argmax(1).cpu().numpy()
             return float(normalized_mutual_info_score(y_init_val, pred))
 

@@ -33,6 +33,7 @@ class IDEC(DEC):
     """DEC's self-training with a reconstruction term; ``run`` and the protocol fields are DEC's."""
 
     name = "idec"
+    label = "IDEC"
     paper = "Guo, Gao, Liu & Yin, Improved Deep Embedded Clustering with Local Structure Preservation, IJCAI 2017"
     selection_rule = "assignment at the first target update where < tol of labels changed (else at max_iters)"
     train_split = "all"

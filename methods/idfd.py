@@ -62,6 +62,7 @@ class IDFDNet(torch.nn.Module):
 @register_method
 class IDFD(ClusteringMethod):
     name = "idfd"
+    label = "IDFD"
     paper = "Tao, Takagi & Nakata, Clustering-friendly Representation Learning via Instance Discrimination " \
             "and Feature Decorrelation, ICLR 2021"
     selection_rule = "final epoch; k-means (lowest inertia of n_init=20) on the memory-bank features"

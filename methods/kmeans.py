@@ -18,6 +18,7 @@ from methods.common.kmeans import kmeans
 @register_method
 class KMeans(ClusteringMethod):
     name = "kmeans"
+    label = "k-means"
     paper = "Lloyd's k-means with k-means++ seeding (baseline in DEC Table 2: 53.5% ACC on MNIST)"
     selection_rule = "lowest inertia over n_init restarts (label-free)"
     gpu_share = 0.25

@@ -99,6 +99,7 @@ def _crop(x: torch.Tensor, size: int, gen: torch.Generator | None) -> torch.Tens
 @register_method
 class PICA(ClusteringMethod):
     name = "pica"
+    label = "PICA"
     paper = "Huang, Gong & Zhu, Deep Semantic Clustering by Partition Confidence Maximisation, CVPR 2020"
     selection_rule = ("final epoch; argmax of the K head (the over-clustering head only trains the trunk). "
                       "The official code keeps the epoch of best ACC on the labels; the harness never selects "

@@ -68,6 +68,7 @@ class SimCLRNet(torch.nn.Module):
 @register_method
 class SimCLRKMeans(ClusteringMethod):
     name = "simclr_kmeans"
+    label = "SimCLR + k-means"
     paper = "SimCLR pretext (Chen et al., ICML 2020) + k-means, as SCAN's baseline (Van Gansbeke et al., ECCV 2020)"
     selection_rule = "final epoch; k-means (lowest inertia of n_init) fit on train features, test assigned"
     train_split = "train"

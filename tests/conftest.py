@@ -1,4 +1,5 @@
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,8 @@ ROOT = Path(__file__).resolve().parent.parent
 REAL_DATA = ROOT / "data"
 
 os.environ.setdefault("BENCH_CODE_VERSION", "test-code")  # records made by tests carry a fixed code version
+# a command a test runs without --store writes to a throw-away store, never the user's or the repo's
+os.environ["BENCH_STORE"] = tempfile.mkdtemp(prefix="bench-test-store-")
 
 
 @pytest.fixture

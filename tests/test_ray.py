@@ -30,3 +30,5 @@ def test_ray_grid_with_a_killed_worker(local_ray, store):
     lost = next(r for r in store.run_records(man) if r.method == "test_killer" and r.seed == 1)
     assert lost.status == "interrupted" and "worker lost" in lost.error
     assert man["mode"] == "ray" and man["status"] == "finished"
+    logs = store.log_dir(man["run_id"])  # Ray's driver logs and each trial's output, not the terminal
+    assert (logs / "driver.log").stat().st_size > 0 and (logs / "test_first_pixel-default-digits-s0.log").exists()

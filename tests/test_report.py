@@ -11,7 +11,8 @@ def rec(method, dataset, seed, acc, status="ok", variant="default", config=None)
                         protocol={"train_split": "all", "eval_split": "all", "n_clusters": 10, "batch_size": 256},
                         data_md5="abc", status=status, error=None if status == "ok" else "Boom: x",
                         metrics={"acc": acc, "nmi": acc / 2, "ari": acc / 3} if status == "ok" else {},
-                        curve=[{"epoch": 1, "eval_acc": acc}], env={"code_version": "c1"})
+                        curve=[{"epoch": 1, "eval_acc": acc}, {"epoch": 2, "eval_acc": acc}],
+                        env={"code_version": "c1"})
 
 
 def test_mean_std_over_ok_seeds_only():
@@ -27,14 +28,14 @@ def test_markdown_layout_rows_methods_columns_dataset_metric():
     md = markdown_table(summarize(records_frame(recs)))
     header = md.splitlines()[0]
     assert header.startswith("| Method | mnist ACC | mnist NMI | mnist ARI | usps ACC")
-    assert "| kmeans | 53.5 ± 0.7 |" in md and "| dec | 84.0 |" in md  # n=1: no ± shown
+    assert "| k-means | 53.5 ± 0.7 |" in md and "| DEC | 84.0 |" in md  # n=1: no ± shown; labels as the papers
 
 
 def test_table_rows_and_labels_from_spec_and_variants_and_configs():
     recs = [rec("cc", "cifar10", 0, 0.79), rec("cc", "cifar10", 0, 0.70, variant="ich_only"),
             rec("kmeans", "cifar10", 0, 0.2, config={"a": 1}), rec("kmeans", "cifar10", 1, 0.3, config={"a": 2})]
     summary = summarize(records_frame(recs))
-    assert any(r.startswith("kmeans #") for r in summary["row"])  # two configs of one method are two rows
+    assert any(r.startswith("k-means #") for r in summary["row"])  # two configs of one method are two rows
     md = markdown_table(summary, rows=[{"method": "cc", "label": "ICH + CCH"},
                                        {"method": "cc", "variant": "ich_only", "label": "ICH only"}])
     lines = md.splitlines()
@@ -42,10 +43,14 @@ def test_table_rows_and_labels_from_spec_and_variants_and_configs():
     assert len(lines) == 4
 
 
-def test_latex_bolds_best_per_column():
-    recs = [rec("a", "mnist", 0, 0.5), rec("b", "mnist", 0, 0.9)]
+def test_latex_bolds_best_only_when_significantly_better():
+    recs = [rec("a", "mnist", s, 0.5 + 0.01 * s) for s in range(3)] + [rec("b", "mnist", s, 0.9 + 0.01 * s)
+                                                                        for s in range(3)]
     tex = latex_table(summarize(records_frame(recs)))
-    assert "\\textbf{90.0}" in tex and "\\textbf{50.0}" not in tex and "\\toprule" in tex and "\\bottomrule" in tex
+    assert "\\textbf{91.0$\\pm$1.0}" in tex and "\\textbf{51.0" not in tex and "\\toprule" in tex
+    assert "Welch" in tex and "\\bottomrule" in tex
+    one_seed = latex_table(summarize(records_frame([rec("a", "mnist", 0, 0.5), rec("b", "mnist", 0, 0.9)])))
+    assert "\\textbf" not in one_seed and "\\underline{90.0}" in one_seed  # no test possible: a tie
 
 
 def test_write_report_files(tmp_path):

@@ -24,7 +24,7 @@ def test_inline_run_writes_records_with_provenance(store):
     recs = store.run_records(man)
     assert [r.seed for r in recs] == [0, 1] and all(r.ok for r in recs)
     r = recs[0]
-    assert 0.6 < r.metrics["acc"] <= 1.0 and set(r.metrics) == {"acc", "nmi", "ari"}
+    assert 0.6 < r.metrics["acc"] <= 1.0 and set(r.metrics) == {"acc", "nmi", "nmi_geometric", "ari"}
     assert r.config["n_init"] == 2 and r.config["max_iter"] == 300  # fully resolved config
     assert r.protocol["train_split"] == "all" and r.protocol["n_clusters"] == 10
     assert r.data_md5 and r.env["code_version"] == "test-code" and r.env["torch"]

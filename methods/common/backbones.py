@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torchvision
 from torch import nn
 
 from bench.errors import BenchError
 
-_ARCHS = {"resnet18": torchvision.models.resnet18, "resnet34": torchvision.models.resnet34}
+# torchvision is imported when a network is built: importing it pulls in torch._dynamo (~3 s on 2 cores),
+# which `bench list` and every method module import would otherwise pay for.
+_ARCHS = ("resnet18", "resnet34")
 
 
 def resnet(name: Literal["resnet18", "resnet34"], stem: Literal["imagenet", "cifar"] = "imagenet",
@@ -29,7 +30,9 @@ def resnet(name: Literal["resnet18", "resnet34"], stem: Literal["imagenet", "cif
         raise BenchError(f"unknown stem {stem!r}: choose 'imagenet' (7x7/2 conv + max-pool) or 'cifar' (3x3/1 conv)")
     if in_channels < 1:
         raise BenchError(f"in_channels must be >= 1, got {in_channels}")
-    net = _ARCHS[name](weights=None)
+    import torchvision
+
+    net = getattr(torchvision.models, name)(weights=None)
     if stem == "cifar":
         net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
         net.maxpool = nn.Identity()

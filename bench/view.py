@@ -1,0 +1,68 @@
+"""The store's view of a suite: for every trial of its grid, the newest finished record, whichever run
+wrote it.
+
+A trial of the grid is (method, variant, dataset, seed) with the config and protocol the suite resolves
+to today. A stored record belongs to it when all six agree; the code version and the run that wrote
+it do not matter (the report lists both), so ``bench run --only kmeans`` after a full run still shows
+DEC from the earlier run. A config key the record predates counts as agreeing when today's value is
+the key's default (new keys default to the old behaviour, bench.records). Per trial the newest ``ok``
+record wins; a trial with no ``ok`` record shows its newest failed or interrupted one (counted as
+failed, never averaged in); a trial with no record at all is listed as missing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.context import stable_hash
+from bench.records import ResultRecord
+
+
+@dataclass
+class SuiteView:
+    records: list[ResultRecord]
+    missing: list[str] = field(default_factory=list)  # "dec/default on digits seed 2"
+    run_ids: list[str] = field(default_factory=list)  # the runs that wrote the records shown, oldest first
+
+
+def _cell_key(method: str, variant: str, dataset: str, seed: int, protocol: dict[str, Any]) -> tuple:
+    return method, variant, dataset, int(seed), stable_hash(protocol)
+
+
+def _same_config(record: dict[str, Any], today: dict[str, Any], defaults: dict[str, Any]) -> bool:
+    if any(k not in today or today[k] != v for k, v in record.items()):
+        return False
+    return all(k in record or (k in defaults and today[k] == defaults[k]) for k in today)
+
+
+def _newness(r: ResultRecord) -> tuple:
+    return r.ok, str((r.timings or {}).get("finished_at") or ""), r.run_id or ""
+
+
+def suite_view(store, suite, only: set[str] | None = None) -> SuiteView:
+    """``suite``: a SuiteSpec; its grid is resolved as planning does (bench.runner.suite_grid)."""
+    from bench.registry import get_method
+    from bench.runner import suite_grid
+
+    cells = suite_grid(suite, only)
+    wanted = {_cell_key(c.method, c.variant, c.dataset, s, c.protocol): (c, s) for c in cells for s in suite.seeds}
+    defaults = {c.method: {k: f.default for k, f in get_method(c.method).Config.model_fields.items()}
+                for c in cells}
+    best: dict[tuple, ResultRecord] = {}
+    for r in store.records():
+        k = _cell_key(r.method, r.variant, r.dataset, r.seed, r.protocol)
+        if k not in wanted or not _same_config(r.config, wanted[k][0].config, defaults[r.method]):
+            continue
+        if k not in best or _newness(r) > _newness(best[k]):
+            best[k] = r
+    records, missing = [], []
+    for k, (cell, seed) in wanted.items():  # grid order: methods, variants, datasets, seeds
+        if k in best:
+            records.append(best[k])
+        else:
+            missing.append(f"{cell.method}/{cell.variant} on {cell.dataset} seed {seed}")
+    runs = sorted({r.run_id for r in records if r.run_id},
+                  key=lambda rid: min(str((r.timings or {}).get("finished_at") or "") for r in records
+                                      if r.run_id == rid))
+    return SuiteView(records, missing, runs)
