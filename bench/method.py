@@ -36,7 +36,8 @@ from bench.suite import Split
 class MethodConfig(BaseModel):
     """Base of every method's typed config. Unknown keys are errors, types are checked."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    # allow_inf_nan=False: `tol: .inf` or `lr: .nan` in a suite is a typo, never a recipe
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
 
 
 @dataclasses.dataclass

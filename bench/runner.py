@@ -61,6 +61,12 @@ def dataset_md5(name: str, data_root: Path) -> str:
     return dataset_identity(get_dataset_spec(name), data_root)[0]
 
 
+def _ray_cpu_count() -> float:
+    import ray
+
+    return float(ray.cluster_resources().get("CPU", 0))
+
+
 def _gpu_count(address: str | None) -> float:
     if address is None:
         import torch
@@ -195,7 +201,8 @@ def run_suite(suite: SuiteSpec, *, store: ResultStore, data_root: Path, inline: 
         if address:
             check_store_reachable(store)
     gpus = _gpu_count(None if inline else address)
-    check_gpus(suite, gpus)  # a share no GPU can serve would leave trials PENDING forever
+    # a share no GPU or CPU can serve would leave trials PENDING forever
+    check_gpus(suite, gpus, None if inline else _ray_cpu_count())
     started = previous["started_at"] if previous else utcnow()
     plan = plan_suite(suite, store, data_root, force=force, gpus_available=gpus, code=code,
                       run_id=previous["run_id"] if previous else None, only=only)

@@ -413,9 +413,14 @@ def load_suite(path: str | Path) -> SuiteSpec:
 
 # -- checks against this machine (called by the CLI and the runner before anything runs) -----------
 
-def check_gpus(suite: SuiteSpec, gpus_available: float) -> None:
-    """Refuse what would never run: ``device: cuda`` or a GPU share where there is no (or not enough) GPU.
+def check_gpus(suite: SuiteSpec, gpus_available: float, cpus_available: float | None = None) -> None:
+    """Refuse what would never run: ``device: cuda`` or a GPU share where there is no (or not enough) GPU,
+    or (scheduled by Ray: ``cpus_available`` given) more CPUs per trial than the machine or cluster has.
     Without this, Ray keeps such trials PENDING forever."""
+    cpus = suite.resources.cpus_per_trial
+    if cpus_available is not None and cpus > cpus_available:
+        raise BenchError(f"suite {suite.name!r}: resources.cpus_per_trial = {cpus:g}, but this machine (or cluster) "
+                         f"has {cpus_available:g} CPU(s); lower it (or use --inline, which ignores it)")
     if suite.device == "cuda" and gpus_available <= 0:
         raise BenchError(f"suite {suite.name!r} asks for device: cuda but this machine (or cluster) has no GPU; "
                          "set device: auto or cpu")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from bench.errors import BenchError
 from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, MethodConfig, TrialContext
@@ -29,6 +29,14 @@ class KMeans(ClusteringMethod):
         tol: float = Field(1e-4, ge=0, description="relative to the mean feature variance, as scikit-learn")
         embedding_path: str | None = Field(None, description=".npy [N_eval, D] features to cluster instead of pixels")
         l2_normalize: bool = Field(False, description="L2-normalise features first (SCAN's protocol for SimCLR)")
+
+        @field_validator("embedding_path")
+        @classmethod
+        def _embedding_file_exists(cls, v: str | None) -> str | None:
+            # checked when the config is resolved (planning), so a typo is refused before anything runs
+            if v is not None and not Path(v).expanduser().is_file():
+                raise ValueError(f"{v} is not a file; give a .npy of eval features")
+            return v
 
     def run(self, data: ClusteringData, ctx: TrialContext) -> ClusterOutput:
         cfg = self.config

@@ -215,6 +215,26 @@ def test_gpu_check_itself():
     check_gpus(spec.model_copy(update={"device": "cpu"}), 0.0)  # device: cpu ignores GPU shares
 
 
+def test_cpu_share_larger_than_the_machine_is_refused():
+    """Ray would keep such a trial PENDING forever (found by a hostile run: cpus_per_trial: 1000)."""
+    spec = parse_suite(safe_yaml(GOOD + "resources: {cpus_per_trial: 1000}\n"))
+    with pytest.raises(BenchError, match="cpus_per_trial = 1000, but this machine .* has 2 CPU"):
+        check_gpus(spec, 0.0, cpus_available=2.0)
+    check_gpus(spec, 0.0)  # --inline (no Ray): resources are not used
+    check_gpus(parse_suite(safe_yaml(GOOD + "resources: {cpus_per_trial: 2}\n")), 0.0, cpus_available=2.0)
+
+
+@pytest.mark.parametrize("config, pattern", [
+    ("{tol: .inf}", "config key 'tol': Input should be a finite number"),
+    ("{tol: .nan}", "config key 'tol': Input should be a finite number"),
+    ("{embedding_path: /no/such/features.npy}", "features.npy is not a file; give a .npy"),
+])
+def test_non_finite_config_values_and_missing_embedding_are_refused_before_running(env, capsys, config, pattern):
+    body = GOOD.replace("methods: [kmeans]", f"methods: [{{name: kmeans, config: {config}}}]")
+    assert body != GOOD
+    run_suite_text(env, capsys, body, pattern)
+
+
 # -- output folders ----------------------------------------------------------------------------------------------
 
 def test_store_and_out_that_are_files(env, capsys):
