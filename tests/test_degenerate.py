@@ -89,7 +89,7 @@ def test_records_carry_the_profile_and_tables_mark_degenerate_seeds(store, tmp_p
     assert on_disk["degenerate"] is True and on_disk["cluster_profile"]["largest_share"] == 1.0
 
     summary = summarize(records_frame(store.run_records(man))).set_index("row")
-    assert summary.at["test_collapse", "n_degenerate"] == 1 and summary.at["kmeans", "n_degenerate"] == 0
+    assert summary.at["test_collapse", "n_degenerate"] == 1 and summary.at["k-means", "n_degenerate"] == 0
     paths = write_report(store.run_records(man), tmp_path / "rep", title="deg")
     md = paths["markdown"].read_text()
     assert "| 2 (1 degenerate ⚠) |" in md and "seed 3 (1 clusters non-empty, largest 100%)" in md

@@ -99,6 +99,7 @@ class Sleeps(ClusteringMethod):
         return ClusterOutput(labels=(v * data.n_clusters) // 256)
 
 
+@register_method
 class CollapsesOnSeed(ClusteringMethod):
     """Balanced clusters (image index modulo K), except one seed that puts every image in one cluster."""
 
