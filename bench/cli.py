@@ -217,15 +217,7 @@ def cmd_report(args) -> int:
         if manifest is None:
             raise BenchError(f"no run {args.run!r} in {store.runs_dir}; `bench report` without --run shows the "
                              "store's view of the suite")
-        from bench.history import records_as_of_run
-        from bench.report import write_report
-
-        tables = (manifest.get("spec") or {}).get("tables") or None
-        paths = write_report(records_as_of_run(store, manifest), Path(args.out) / manifest["suite"],
-                             title=f"Suite {manifest['suite']}, run {manifest['run_id']}", tables=tables,
-                             run=manifest)
-        _print_report(paths)
-        return 0
+        return _report_run(store, manifest, Path(args.out))
     arg = args.suite
     if arg and (Path(arg).suffix in (".yaml", ".yml") or Path(arg).is_file()):
         from bench.suite import load_suite
@@ -240,9 +232,23 @@ def cmd_report(args) -> int:
         elif manifest is None:
             which = f"suite {arg!r}" if arg else "any suite"
             raise BenchError(f"no stored run of {which} in {store.root}; run `bench run SUITE` first")
+        elif "spec" not in manifest:  # a run stored without its suite's spec: that run as it left it
+            return _report_run(store, manifest, Path(args.out))
         else:
             suite = parse_suite(manifest["spec"], f"the spec stored with run {manifest['run_id']}")
     _report_suite(store, suite, Path(args.out) / suite.name)
+    return 0
+
+
+def _report_run(store, manifest: dict[str, Any], out: Path) -> int:
+    """One run's records as that run left them (`bench report --run RUN_ID`)."""
+    from bench.history import records_as_of_run
+    from bench.report import write_report
+
+    tables = (manifest.get("spec") or {}).get("tables") or None
+    paths = write_report(records_as_of_run(store, manifest), out / manifest["suite"],
+                         title=f"Suite {manifest['suite']}, run {manifest['run_id']}", tables=tables, run=manifest)
+    _print_report(paths)
     return 0
 
 

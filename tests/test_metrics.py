@@ -63,7 +63,7 @@ def test_nmi_conventions_differ_as_the_entropies_do():
     h_y, h_c = entropy(np.bincount(y)), entropy(np.bincount(merged))
     assert out["nmi_geometric"] == pytest.approx(h_c / np.sqrt(h_y * h_c))
     assert out["nmi"] == pytest.approx(h_c / ((h_y + h_c) / 2))
-    assert out["nmi_geometric"] - out["nmi"] > 0.05
+    assert out["nmi_geometric"] - out["nmi"] > 0.01  # 0.836 vs 0.823 here: the gap the audit must not mix up
     same = evaluate(y, (y + 3) % 10)  # a renaming: equal entropies, both NMIs 1
     assert same["nmi"] == pytest.approx(1.0) and same["nmi_geometric"] == pytest.approx(1.0)
 
