@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 
 import numpy as np
 import pytest
@@ -116,6 +117,7 @@ def test_regress_flags_a_newly_degenerate_seed(tmp_path, capsys):
     for seeds in ("[0, 1]", "[4, 5]", "[2, 3]"):  # seed 3 collapses in the latest run only
         suite.write_text(f"name: nightly-deg\nseeds: {seeds}\ndatasets: [digits]\nmethods: [test_collapse]\n")
         assert main(["run", str(suite), "--inline", "--store", str(store), "--no-report"]) == 0
+        time.sleep(1.1)  # runs are ordered by their start time, stored to the second: keep the three apart
     capsys.readouterr()
     code = main(["regress", "nightly-deg", "--store", str(store), "--out", str(tmp_path / "out")])
     md = capsys.readouterr().out
