@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -9,21 +10,30 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from filelock import FileLock
 
 from bench.errors import NonFiniteLossError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bench.method import ClusteringData
+    from bench.stages import StageRequest
 
 
 def stable_hash(obj: Any, n: int = 16) -> str:
     """Hash of a JSON-able object, independent of dict order."""
     blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:n]
+
+
+def stream_seed(seed: int, name: str) -> int:
+    """The seed of random stream ``name`` of trial seed ``seed``: streams with different names are independent,
+    and adding a stream never shifts another (no offsets to keep apart)."""
+    return int(hashlib.sha256(f"{int(seed)}/{name}".encode()).hexdigest()[:15], 16)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -51,8 +61,9 @@ class TrialContext:
       is given the harness scores it against labels the method never sees. The curve is for plots
       and audits only; it never picks the result.
     * ``check_finite(loss)`` raises on NaN/inf so the trial fails cleanly instead of clustering noise.
-    * ``cached_stage(name, config, build)`` shares an expensive stage (e.g. a pretrained autoencoder)
-      between methods and runs with the same (stage config, data md5, seed, code version).
+    * ``stage(name)`` returns the artifacts of a stage the method declared (bench.stages): built once per
+      (stage, version, config, upstream, data, seed) and shared by every method and run that needs it.
+    * ``rng(name)`` / ``init_rng(name)``: the seed's named random streams (data order, augmentation, init, ...).
     * ``fail(exc, stage=..., iteration=...)`` masks this seed out of a seed batch: it is recorded as
       failed with that reason and place, the batch's other seeds go on untouched.
     * ``checkpointer(name)`` / ``TrialContext.batch_checkpointer(ctxs, name)``: where a long loop
@@ -61,7 +72,8 @@ class TrialContext:
 
     def __init__(self, *, seed: int, device: torch.device | str, artifact_dir: Path, stage_dir: Path,
                  data_md5: str, code_version: str, scorer: Callable[[np.ndarray], dict[str, float]] | None = None,
-                 logger: logging.Logger | None = None, log_every_s: float = 30.0):
+                 logger: logging.Logger | None = None, log_every_s: float = 30.0, key: str | None = None,
+                 run_id: str | None = None):
         self.seed = int(seed)
         self.device = torch.device(device)
         self.artifact_dir = Path(artifact_dir)
@@ -70,7 +82,11 @@ class TrialContext:
         self.code_version = code_version
         self.logger = logger or logging.getLogger("bench.trial")
         self.curve: list[dict[str, Any]] = []
-        self.stage_hits: dict[str, str] = {}
+        self.key, self.run_id = key, run_id
+        #: the stages this trial used, for its record: [{name, key, reused}] (see :meth:`stage`)
+        self.stages_used: list[dict[str, Any]] = []
+        self.stage_requests: dict[str, StageRequest] = {}
+        self.data: ClusteringData | None = None
         self._scorer = scorer
         self._log_every_s = log_every_s
         self.failure: BaseException | None = None
@@ -80,11 +96,24 @@ class TrialContext:
         self._t0 = time.monotonic()
 
     # -- randomness ------------------------------------------------------------------------
-    def generator(self, device: torch.device | str | None = None, offset: int = 0) -> torch.Generator:
-        """A torch.Generator seeded from the trial seed (offset gives independent streams)."""
+    def rng(self, name: str, device: torch.device | str | None = None) -> torch.Generator:
+        """Random stream ``name`` ("data_order", "augment", "init", "kmeans", ...) of this seed: a torch.Generator
+        seeded from (seed, name), on ``device`` (default: the trial's). Methods draw only from these."""
         gen = torch.Generator(device=device or self.device)
-        gen.manual_seed(self.seed * 1_000_003 + offset)
+        gen.manual_seed(stream_seed(self.seed, name))
         return gen
+
+    @contextlib.contextmanager
+    def init_rng(self, name: str = "init") -> Iterator[None]:
+        """Run a block (building a model: layers draw from torch's global CPU generator) on stream ``name``;
+        the global generator is restored afterwards, so nothing outside the block sees the reseeding."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(stream_seed(self.seed, name))
+            yield
+
+    def generator(self, device: torch.device | str | None = None, offset: int = 0) -> torch.Generator:
+        """Deprecated: use :meth:`rng` with a name. Kept while methods move over."""
+        return self.rng(f"offset{offset}", device)
 
     # -- curves ----------------------------------------------------------------------------
     def log_epoch(self, epoch: int | float, *, eval_pred: Any = None, **scalars: Any) -> None:
@@ -167,30 +196,30 @@ class TrialContext:
             self.logger.warning("ignoring unreadable checkpoint %s: %s", self.checkpoint_path, exc)
             return None
 
-    # -- shared stages ---------------------------------------------------------------------
-    def stage_path(self, name: str, config: dict[str, Any]) -> Path:
-        key = stable_hash({"stage": name, "config": config, "data_md5": self.data_md5, "seed": self.seed,
-                           "code": self.code_version})
-        return self.stage_dir / name / f"{key}.pt"
+    # -- shared stages (bench.stages) --------------------------------------------------------
+    def bind(self, data: ClusteringData, stage_requests: dict[str, StageRequest]) -> TrialContext:
+        """Give the context the trial's data and the stages its method declared (``Method.stages``)."""
+        self.data, self.stage_requests = data, dict(stage_requests)
+        return self
 
-    def cached_stage(self, name: str, config: dict[str, Any], build: Callable[[], Any]) -> Any:
-        """Return the stage's output, building it at most once across concurrent trials.
+    def stage(self, name: str) -> dict[str, Any]:
+        """The artifacts of the stage the method declared as ``name``, for this seed: loaded from the stage store
+        (sha256 checked) or built now (upstream first) under the stage's lock. Noted for the record."""
+        out = TrialContext.batch_stage([self], name)[0]
+        if isinstance(out, BaseException):
+            raise out
+        return out
 
-        The artifact is keyed by (stage name, stage config, data md5, seed, code version), written
-        atomically, and guarded by a file lock so two trials needing it do not train it twice.
-        """
-        path = self.stage_path(name, config)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(path) + ".lock"):
-            if path.exists():
-                self.stage_hits[name] = "reused"
-                self.logger.info("stage %s: reusing %s", name, path.name)
-                return torch.load(path, map_location="cpu", weights_only=False)
-            out = build()
-            buf = _torch_bytes(out)
-            atomic_write_bytes(path, buf)
-            self.stage_hits[name] = "built"
-            return out
+    @staticmethod
+    def batch_stage(ctxs: list[TrialContext], name: str) -> list[dict[str, Any] | BaseException]:
+        """:meth:`stage` for the seeds of a batch; a batchable stage builds its missing seeds in one model. A seed
+        whose stage fails gets the exception (and is marked failed, ``ctx.fail``); the others go on."""
+        from bench.stages import materialize
+
+        if name not in ctxs[0].stage_requests:
+            raise KeyError(f"stage {name!r} is not among the method's declared stages "
+                           f"{sorted(ctxs[0].stage_requests)}; declare it in the method's `stages()`")
+        return materialize(ctxs, ctxs[0].stage_requests[name])
 
 
 def checkpoint_interval_s() -> float:

@@ -121,6 +121,25 @@ class ClusteringMethod:
     def __init__(self, config: MethodConfig):
         self.config = config
 
+    @classmethod
+    def stages(cls, config: MethodConfig) -> dict[str, StageRequest]:  # noqa: F821
+        """The shared stages this method reads (``ctx.stage(name)``), built from its typed config only; the
+        planner builds each distinct one once per seed and data (bench.stages). Default: none."""
+        return {}
+
+    def fit(self, data: ClusteringData, ctx: TrialContext) -> ClusterOutput:  # noqa: F821
+        """Run one seed: binds ``ctx`` to the data and this method's stages, then :meth:`run` (what the harness
+        calls; call this, not ``run``, from scripts and tests)."""
+        ctx.bind(data, type(self).stages(self.config))
+        return self.run(data, ctx)
+
+    def fit_seeds(self, data: ClusteringData, ctxs: list[TrialContext]) -> list[ClusterOutput]:  # noqa: F821
+        """:meth:`fit` for a batch of seeds (:meth:`run_seeds`)."""
+        requests = type(self).stages(self.config)
+        for ctx in ctxs:
+            ctx.bind(data, requests)
+        return self.run_seeds(data, ctxs)
+
     def run(self, data: ClusteringData, ctx: TrialContext) -> ClusterOutput:  # noqa: F821
         raise NotImplementedError
 
@@ -144,6 +163,7 @@ class ClusteringMethod:
 
 
 from bench.context import TrialContext  # noqa: E402  (import at end: context imports nothing from here)
+from bench.stages import StageRequest  # noqa: E402
 
 __all__ = [
     "ClusterOutput",

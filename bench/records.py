@@ -24,7 +24,9 @@ cluster_profile           ok seeds: n_clusters, n_nonempty, largest_share, size_
 degenerate                ok seeds: the collapse flag by bench.metrics.DEGENERATE_RULE; null when unknown
 selection_rule            how the reported assignment was chosen, without labels
 curve                     per-epoch rows: epoch, loss, ..., eval_acc/eval_nmi/eval_ari when logged
-info                      method-specific facts (iterations, stop reason, stage reuse, ...)
+stages                    the shared stages the trial read (bench.stages): [{name, key, reused}];
+                          reused is false only for the trial a stage was built for, in the run that built it
+info                      method-specific facts (iterations, stop reason, ...)
 timings                   started_at, finished_at (UTC ISO), wall_s, load_s, fit_s
 resources                 peak_rss_mb, peak_gpu_mem_mb, device
 env                       code_version, git_commit, git_dirty, python, torch, torchvision, ray,
@@ -67,6 +69,7 @@ class ResultRecord(BaseModel):
     degenerate: bool | None = None
     selection_rule: str = ""
     curve: list[dict[str, Any]] = Field(default_factory=list)
+    stages: list[dict[str, Any]] = Field(default_factory=list)
     info: dict[str, Any] = Field(default_factory=dict)
     timings: dict[str, Any] = Field(default_factory=dict)
     resources: dict[str, Any] = Field(default_factory=dict)

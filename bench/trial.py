@@ -169,9 +169,11 @@ def _execute_locked(unit: TrialUnit, store: ResultStore) -> list[ResultRecord]:
         return evaluate(y_eval_np, pred)
 
     config = resolve_config(unit.method, unit.variant, unit.dataset, unit.config)
+    stage_requests = cls.stages(config)
     ctxs = [TrialContext(seed=s, device=device, artifact_dir=store.artifact_dir(k), stage_dir=store.stage_dir,
                          data_md5=loaded.md5, code_version=str(unit.code["code_version"]), scorer=scorer,
-                         logger=log) for s, k in zip(unit.seeds, unit.keys)]
+                         logger=log, key=k, run_id=unit.run_id).bind(data, stage_requests)
+            for s, k in zip(unit.seeds, unit.keys)]
     env = {**unit.code, **environment(str(device))}
     batched = len(ctxs) > 1 and cls.supports_seed_batch
     groups = [ctxs] if batched else [[c] for c in ctxs]
@@ -208,6 +210,7 @@ def _execute_locked(unit: TrialUnit, store: ResultStore) -> list[ResultRecord]:
                     rec.info["failed_at"] = dict(ctx.failed_at)
             else:
                 rec = _scored(base, ctx, key, out, y_eval_np, unit)
+            rec.stages = list(ctx.stages_used)
             rec.timings = {"started_at": started, "finished_at": utcnow(), "load_s": round(load_s, 3),
                            "fit_s": round(fit_s, 3), "wall_s": round(fit_s + load_s, 3),
                            "seeds_in_batch": len(group)}
@@ -241,8 +244,6 @@ def _scored(base: dict, ctx: TrialContext, key: str, out: ClusterOutput, y_eval:
     ctx.artifact_dir.mkdir(parents=True, exist_ok=True)
     np.save(ctx.artifact_dir / "pred.npy", labels.astype(np.int32))
     info = dict(out.info)
-    if ctx.stage_hits:
-        info["stages"] = dict(ctx.stage_hits)
     info["n_clusters_found"] = int(np.unique(labels).size)
     profile = cluster_profile(labels, int(unit.protocol["n_clusters"]), y_eval)
     degenerate = bool(profile.pop("degenerate"))

@@ -12,10 +12,9 @@ from pydantic import Field
 
 from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, TrialContext
 from bench.registry import register_method
-from methods.common.autoencoder import AutoencoderConfig, pretrained_autoencoders, with_ae_defaults
+from methods.common.autoencoder import AutoencoderConfig, pretrained_autoencoders, scaled_input, with_ae_defaults
 from methods.common.kmeans import kmeans
 from methods.common.train import matmul_tf32
-from methods.dec import scaled_input
 
 
 @register_method
@@ -38,6 +37,10 @@ class AEKMeans(ClusteringMethod):
     def protocol_fields(cls, config):
         return config.protocol(batch_size=config.pretrain_batch_size)
 
+    @classmethod
+    def stages(cls, config):
+        return {"autoencoder": config.sdae_request()}  # DEC's and IDEC's stacked autoencoder, same seed
+
     def run(self, data: ClusteringData, ctx: TrialContext) -> ClusterOutput:
         out = self.run_seeds(data, [ctx])[0]
         if isinstance(out, BaseException):
@@ -47,8 +50,8 @@ class AEKMeans(ClusteringMethod):
     def run_seeds(self, data: ClusteringData, ctxs: list[TrialContext]) -> list[ClusterOutput | BaseException]:
         cfg = self.config
         dev = ctxs[0].device
+        ae = pretrained_autoencoders(ctxs)
         x = scaled_input(data.x_train, cfg.input_scale, dev)
-        ae = pretrained_autoencoders(x, cfg.ae_cfg(x.shape[1], data.train_split), ctxs)
         outs = []
         with matmul_tf32(cfg.tf32):
             z = ae.encode_all(x)
@@ -58,9 +61,9 @@ class AEKMeans(ClusteringMethod):
             if ctx.failure is not None:  # masked out of the batch while pretraining: fails alone
                 outs.append(ctx.failure)
                 continue
-            # offset 7: the stream DEC's k-means initialisation uses, so labels match DEC's start
+            # the stream DEC's k-means initialisation uses, so labels match DEC's start
             res = kmeans(z[s], data.n_clusters, n_init=cfg.n_init, max_iter=cfg.max_iter,
-                         generator=ctx.generator(offset=7))
+                         generator=ctx.rng("kmeans_init"))
             labels = res.labels if data.same_split else \
                 ((z_eval[s][:, None, :] - res.centers[None]) ** 2).sum(-1).argmin(1)
             ctx.log_epoch(0, inertia=res.inertia, n_iter=res.n_iter, eval_pred=labels)

@@ -35,6 +35,7 @@ from methods.common.autoencoder import (
     per_seed_mse,
     poison_due_seeds,
     pretrained_autoencoders,
+    scaled_input,
     with_ae_defaults,
 )
 from methods.common.kmeans import KMeansResult, kmeans
@@ -111,6 +112,10 @@ class DEC(ClusteringMethod):
     def protocol_fields(cls, config):
         return config.protocol(batch_size=config.batch_size)
 
+    @classmethod
+    def stages(cls, config):
+        return {"autoencoder": config.sdae_request()}  # the stacked autoencoder AE + k-means and IDEC share
+
     def run(self, data: ClusteringData, ctx: TrialContext) -> ClusterOutput:
         out = self.run_seeds(data, [ctx])[0]
         if isinstance(out, BaseException):
@@ -119,8 +124,8 @@ class DEC(ClusteringMethod):
 
     def run_seeds(self, data: ClusteringData, ctxs: list[TrialContext]) -> list[ClusterOutput]:
         cfg = self.config
+        ae = pretrained_autoencoders(ctxs)
         x = scaled_input(data.x_train, cfg.input_scale, ctxs[0].device)
-        ae = pretrained_autoencoders(x, cfg.ae_cfg(x.shape[1], data.train_split), ctxs)
         return self.cluster(ae, x, data, ctxs)
 
     def cluster(self, ae: BatchedMLPAutoencoder, x: torch.Tensor, data: ClusteringData, ctxs: list[TrialContext],
@@ -148,7 +153,7 @@ class DEC(ClusteringMethod):
                 z = ae.encode_all(x)
             # k-means distances in full fp32 (outside the TF32 block); a seed already failed (masked out of the
             # batch while pretraining) gets placeholder centres: its slot computes on, never reported
-            kms = [kmeans(z[s], k, n_init=cfg.n_init, generator=ctx.generator(offset=7)) if ctx.failure is None else
+            kms = [kmeans(z[s], k, n_init=cfg.n_init, generator=ctx.rng("kmeans_init")) if ctx.failure is None else
                    KMeansResult(labels=torch.zeros(n, dtype=torch.long, device=dev),
                                 centers=torch.zeros(k, z.shape[-1], device=dev), inertia=float("nan"), n_iter=0)
                    for s, ctx in enumerate(ctxs)]
@@ -182,7 +187,7 @@ class DEC(ClusteringMethod):
             return loss
 
         step = GraphedStep(loss_fn, opt, (n_seeds, cfg.batch_size), dev, use_graph=cfg.cuda_graphs, n_losses=n_seeds)
-        gens = [ctx.generator(offset=13) for ctx in ctxs]
+        gens = [ctx.rng("dec/data_order") for ctx in ctxs]
         stream = index_streams(cfg.data_order, n, cfg.batch_size, gens, dev)
         eval_x = None if data.same_split else scaled_input(data.x_eval, cfg.input_scale, dev)
         iters_per_epoch = max(1, -(-n // cfg.batch_size))
@@ -253,8 +258,3 @@ class DEC(ClusteringMethod):
     @torch.no_grad()
     def _predict(self, ae: BatchedMLPAutoencoder, mu: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return student_t(ae.encode_all(x), mu, self.config.alpha).argmax(-1)
-
-
-def scaled_input(images: torch.Tensor, input_scale: float, device: torch.device) -> torch.Tensor:
-    """Flattened pixels on the 0..255 scale times ``input_scale`` (DEC: x 0.02), on ``device``."""
-    return (ClusteringData.float01(images).flatten(1) * (255.0 * input_scale)).to(device)

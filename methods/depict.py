@@ -39,6 +39,7 @@ from torch.nn import functional as F
 from bench.errors import BenchError
 from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, MethodConfig, TrialContext
 from bench.registry import register_method
+from bench.stages import StageRequest
 from methods.common.kmeans import kmeans
 from methods.common.train import GraphedStep, adam, matmul_tf32
 
@@ -133,6 +134,61 @@ def frequency_normalised(q: torch.Tensor) -> torch.Tensor:
     return t / t.sum(1, keepdim=True)
 
 
+def holdout_split(n: int, val_fraction: float, batch_size: int, ctx: TrialContext) -> tuple[torch.Tensor, torch.Tensor]:
+    """(val_idx, train_idx) of the seeded held-out split the stage early stops use (stream "depict/holdout")."""
+    perm = torch.randperm(n, generator=ctx.rng("depict/holdout", "cpu")).to(ctx.device)
+    n_val = max(1, int(round(val_fraction * n)))
+    if n - n_val < batch_size:
+        raise BenchError(f"depict: {n - n_val} training images are fewer than one batch of {batch_size}; lower "
+                         "batch_size")
+    return perm[:n_val], perm[n_val:]
+
+
+def pretrain_cae(data: ClusteringData, cfg: Any, ctx: TrialContext) -> dict[str, Any]:
+    """DEPICT's autoencoder stage: the noisy/clean convolutional autoencoder trained on reconstruction (Adam), with
+    an early stop on the held-out clean reconstruction loss; returns the best state (``cfg``: DepictCAE.Config)."""
+    dev = ctx.device
+    x = (data.float01(data.x_train) * 2.0 - 1.0).to(dev)  # official: (x - 127.5) / 127.5
+    val_idx, train_idx = holdout_split(x.shape[0], cfg.val_fraction, cfg.batch_size, ctx)
+    x_val = x.index_select(0, val_idx)
+    gen = ctx.rng("depict_cae/data_order")
+    with ctx.init_rng("depict/init"):  # the method builds its model on the same stream: same architecture, same init
+        model = DepictAutoencoder(data.image_shape, data.n_clusters, list(cfg.filters), list(cfg.kernel_sizes),
+                                  list(cfg.strides), list(cfg.paddings), list(cfg.dropouts), cfg.leak).to(dev)
+    use_graph = cfg.cuda_graphs and dev.type == "cuda"
+    hw = cfg.hidden_loss_weight
+    ae_params = [p for name, p in model.named_parameters() if not name.startswith("head.")]
+
+    def rec_loss(idx: torch.Tensor) -> torch.Tensor:
+        return model.noisy_losses(x.index_select(0, idx), hw)[0]
+
+    with matmul_tf32(cfg.tf32):
+        step = GraphedStep(rec_loss, adam(ae_params, cfg.lr, dev, capturable=use_graph), cfg.batch_size, dev,
+                           use_graph=use_graph)
+        best, best_state, since, ep = math.inf, None, 0, 0
+        nb = train_idx.numel() // cfg.batch_size
+        for ep in range(1, cfg.pretrain_epochs + 1):
+            order = train_idx.index_select(0, torch.randperm(train_idx.numel(), generator=gen,
+                                                             device=gen.device).to(dev))
+            for idx in order[:nb * cfg.batch_size].view(nb, cfg.batch_size):
+                step.step(idx)
+            train_loss = float(step.mean_loss())
+            ctx.check_finite(train_loss, "DEPICT autoencoder loss")
+            val = model.clean_recon_loss(x_val, hw)
+            ctx.log_epoch(ep, stage="pretrain", loss=train_loss, val_loss=val)
+            if cfg.diag_kmeans_every and ep % cfg.diag_kmeans_every == 0:
+                probe = kmeans(model.clean_embed(x), data.n_clusters, n_init=10, generator=ctx.rng("depict/probe"))
+                ctx.log_epoch(ep, stage="pretrain_kmeans_probe", inertia=probe.inertia, eval_pred=probe.labels)
+            since += 1
+            if val < best:
+                best, since = val, 0
+                best_state = {kk: v.detach().clone() for kk, v in model.state_dict().items()}
+            if since > cfg.pretrain_patience:
+                break
+    state = best_state if best_state is not None else model.state_dict()
+    return {"state": {kk: v.detach().cpu() for kk, v in state.items()}, "epochs": ep, "best_val": best}
+
+
 @register_method
 class DEPICT(ClusteringMethod):
     name = "depict"
@@ -178,6 +234,14 @@ class DEPICT(ClusteringMethod):
         # random split of the same size.
 
     @classmethod
+    def stages(cls, config):
+        from methods.stages.depict_cae import DepictCAE
+
+        fields = DepictCAE.Config.model_fields
+        return {"cae": StageRequest("depict_cae", DepictCAE.Config(**{k: v for k, v in config.model_dump().items()
+                                                                      if k in fields}))}
+
+    @classmethod
     def protocol_fields(cls, config):
         return {"image_size": None, "stem": f"conv{config.filters[0]}-conv{config.filters[1]}-fcK",
                 "epochs": config.epochs, "batch_size": config.batch_size,
@@ -195,17 +259,12 @@ class DEPICT(ClusteringMethod):
             raise BenchError(f"depict needs images [N, C, H, W]; dataset {data.dataset} gives {data.image_shape}")
         x = (data.float01(data.x_train) * 2.0 - 1.0).to(dev)  # official: (x - 127.5) / 127.5
         n, k = x.shape[0], data.n_clusters
-        gen = ctx.generator(offset=31)
-        perm = torch.randperm(n, generator=gen, device=gen.device).to(dev)
-        n_val = max(1, int(round(cfg.val_fraction * n)))
-        val_idx, train_idx = perm[:n_val], perm[n_val:]
-        if train_idx.numel() < cfg.batch_size:
-            raise BenchError(f"depict: {train_idx.numel()} training images are fewer than one batch of "
-                             f"{cfg.batch_size}; lower batch_size")
+        gen = ctx.rng("depict/data_order")
+        val_idx, train_idx = holdout_split(n, cfg.val_fraction, cfg.batch_size, ctx)
         x_val = x.index_select(0, val_idx)
-        torch.manual_seed(ctx.seed)  # weight init and dropout draw from the global generators
-        model = DepictAutoencoder(data.image_shape, k, cfg.filters, cfg.kernel_sizes, cfg.strides, cfg.paddings,
-                                  cfg.dropouts, cfg.leak).to(dev)
+        with ctx.init_rng("depict/init"):
+            model = DepictAutoencoder(data.image_shape, k, cfg.filters, cfg.kernel_sizes, cfg.strides, cfg.paddings,
+                                      cfg.dropouts, cfg.leak).to(dev)
         use_graph = cfg.cuda_graphs and dev.type == "cuda"
         hw = cfg.hidden_loss_weight
         info: dict[str, Any] = {}
@@ -219,45 +278,14 @@ class DEPICT(ClusteringMethod):
             nb = pool.numel() // cfg.batch_size
             return order[:nb * cfg.batch_size].view(nb, cfg.batch_size)
 
-        # ---- stage 1: autoencoder, early stop on held-out clean reconstruction -------------------
-        ae_params = [p for name, p in model.named_parameters() if not name.startswith("head.")]
-
-        def rec_loss(idx: torch.Tensor) -> torch.Tensor:
-            return model.noisy_losses(x.index_select(0, idx), hw)[0]
-
-        key_cfg = {k2: v for k2, v in cfg.model_dump().items()
-                   if k2 in ("filters", "kernel_sizes", "strides", "paddings", "dropouts", "leak", "hidden_loss_weight",
-                             "lr", "batch_size", "val_fraction", "pretrain_epochs", "pretrain_patience", "tf32")}
-
-        def pretrain() -> dict[str, Any]:
-            step = GraphedStep(rec_loss, fresh_adam(ae_params), cfg.batch_size, dev, use_graph=use_graph)
-            best, best_state, since, ep = math.inf, None, 0, 0
-            for ep in range(1, cfg.pretrain_epochs + 1):
-                for idx in epochs_of(train_idx):
-                    step.step(idx)
-                train_loss = float(step.mean_loss())
-                ctx.check_finite(train_loss, "DEPICT autoencoder loss")
-                val = model.clean_recon_loss(x_val, hw)
-                ctx.log_epoch(ep, stage="pretrain", loss=train_loss, val_loss=val)
-                if cfg.diag_kmeans_every and ep % cfg.diag_kmeans_every == 0:
-                    probe = kmeans(model.clean_embed(x), k, n_init=10, generator=ctx.generator(offset=53))
-                    ctx.log_epoch(ep, stage="pretrain_kmeans_probe", inertia=probe.inertia, eval_pred=probe.labels)
-                since += 1
-                if val < best:
-                    best, since = val, 0
-                    best_state = {kk: v.detach().clone() for kk, v in model.state_dict().items()}
-                if since > cfg.pretrain_patience:
-                    break
-            state = best_state if best_state is not None else model.state_dict()
-            return {"state": {kk: v.detach().cpu() for kk, v in state.items()}, "epochs": ep, "best_val": best}
-
-        stage = ctx.cached_stage("depict_cae", key_cfg, pretrain)
+        # ---- stage 1: autoencoder, early stop on held-out clean reconstruction (methods/stages/depict_cae.py) --
+        stage = ctx.stage("cae")  # the pretrained autoencoder: built once per (config, data, seed), shared
         model.load_state_dict(stage["state"])
         info.update(pretrain_epochs_run=stage["epochs"], pretrain_best_val_loss=stage["best_val"])
 
         # ---- initial labels: k-means on the clean embedding, head from the normalised centroids ----
         z = model.clean_embed(x)
-        km = kmeans(z, k, n_init=cfg.init_n_init, generator=ctx.generator(offset=7))
+        km = kmeans(z, k, n_init=cfg.init_n_init, generator=ctx.rng("kmeans_init"))
         with torch.no_grad():
             model.head.weight.copy_(km.centers / km.centers.norm(dim=1, keepdim=True).clamp_min(1e-12))
             model.head.bias.zero_()

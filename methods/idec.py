@@ -23,9 +23,9 @@ from pydantic import Field
 
 from bench.method import ClusteringData, ClusterOutput, TrialContext
 from bench.registry import register_method
-from methods.common.autoencoder import pretrained_autoencoders, with_ae_defaults
+from methods.common.autoencoder import pretrained_autoencoders, scaled_input, with_ae_defaults
 from methods.common.train import adam, sgd
-from methods.dec import DEC, scaled_input
+from methods.dec import DEC
 
 
 @register_method
@@ -67,8 +67,8 @@ class IDEC(DEC):
 
     def run_seeds(self, data: ClusteringData, ctxs: list[TrialContext]) -> list[ClusterOutput]:
         cfg = self.config
+        ae = pretrained_autoencoders(ctxs)
         x = scaled_input(data.x_train, cfg.input_scale, ctxs[0].device)
-        ae = pretrained_autoencoders(x, cfg.ae_cfg(x.shape[1], data.train_split), ctxs)
         dev = ctxs[0].device
 
         def make_optimizer(params, capturable: bool) -> torch.optim.Optimizer:

@@ -12,6 +12,7 @@ from bench.context import TrialContext
 from bench.method import ClusteringData
 from bench.metrics import evaluate
 from bench.registry import get_method, resolve_config
+from bench.stages import StageRequest, StageStore
 from methods.common.autoencoder import (
     BatchedMLPAutoencoder,
     MLPAutoencoder,
@@ -21,6 +22,7 @@ from methods.common.autoencoder import (
 from methods.common.train import IndexStream, SeedIndexStreams
 from methods.dec import student_t, target_distribution
 from methods.depict import DepictAutoencoder, frequency_normalised
+from methods.stages.sdae import StackedDenoisingAutoencoder as SDAE
 
 # Tiny blobs with 40-iteration stages: the Caffe solver details (Euclidean loss x 1/2, burn-in, file order,
 # per-update momentum reset) would leave the autoencoder half trained; these tests are about seed batching
@@ -69,8 +71,9 @@ def test_seed_index_streams_rows_are_each_seeds_own_index_stream():
 def test_batched_pretraining_equals_training_each_seed_alone(tmp_path):
     """Seeds in one batched model never mix: without dropout the weights are bit-identical."""
     x = torch.rand(120, 12)
-    cfg = {"dims": [12, 10, 8], "dropout": 0.0, "lr": 0.1, "lr_step": 1000, "momentum": 0.9, "batch_size": 16,
-           "iters_per_layer": 15, "finetune_iters": 20, "init_std": 0.1, "cuda_graphs": False, "tf32": False}
+    cfg = SDAE.Config(hidden_dims=(10, 8), dropout=0.0, lr=0.1, lr_step=1000, momentum=0.9, batch_size=16,
+                      iters_per_layer=15, finetune_iters=20, init_std=0.1, cuda_graphs=False, tf32=False,
+                      loss_scale=1.0, bias_lr_mult=1.0, momentum_burnin=0, data_order="shuffled")
     both = pretrain_stacked_batched(x, cfg, [ctx(0, tmp_path), ctx(1, tmp_path)])
     alone = [pretrain_stacked_batched(x, cfg, [ctx(s, tmp_path)])[0] for s in (0, 1)]
     for s in (0, 1):
@@ -85,28 +88,30 @@ def test_batched_pretraining_equals_training_each_seed_alone(tmp_path):
 
 
 def test_stage_is_one_artifact_per_seed_and_reused_batched_or_not(tmp_path):
-    x = torch.rand(80, 12)
-    cfg = {"dims": [12, 8, 4], "dropout": 0.2, "lr": 0.1, "lr_step": 1000, "momentum": 0.9, "batch_size": 16,
-           "iters_per_layer": 5, "finetune_iters": 5, "init_std": 0.1, "input_scale": 1.0, "train_split": "all",
-           "cuda_graphs": False, "tf32": False}
-    c0, c1 = ctx(0, tmp_path), ctx(1, tmp_path)
-    first = pretrained_autoencoders(x, cfg, [c0, c1])
-    assert c0.stage_hits == {"sdae": "built"} and c1.stage_hits == {"sdae": "built"}
-    assert len(list((tmp_path / "stages" / "sdae").glob("*.pt"))) == 2
-    again = ctx(1, tmp_path)
-    alone = pretrained_autoencoders(x, cfg, [again])  # a single-seed trial finds seed 1's artifact
-    assert again.stage_hits == {"sdae": "reused"}
+    data, _ = blobs(n_per=30, side=4)
+    cfg = SDAE.Config(hidden_dims=(8, 4), dropout=0.2, lr=0.1, lr_step=1000, momentum=0.9, batch_size=16,
+                      iters_per_layer=5, finetune_iters=5, init_std=0.1, input_scale=1 / 255, cuda_graphs=False,
+                      tf32=False)
+    req = {"autoencoder": StageRequest("sdae", cfg)}
+    c0, c1 = ctx(0, tmp_path).bind(data, req), ctx(1, tmp_path).bind(data, req)
+    first = pretrained_autoencoders([c0, c1])  # two seeds trained as one batched model
+    assert [u["reused"] for u in c0.stages_used + c1.stages_used] == [False, False]
+    assert [e["seeds_built_together"] for e in StageStore(tmp_path / "stages").entries()] == [2, 2]
+    again = ctx(1, tmp_path).bind(data, req)
+    alone = pretrained_autoencoders([again])  # a single-seed trial finds seed 1's artifact
+    assert again.stages_used == [{**c1.stages_used[0], "reused": True}]
     torch.testing.assert_close(alone.enc_w[0][0], first.enc_w[0][1])
-    other = ctx(1, tmp_path)
-    pretrained_autoencoders(x, {**cfg, "finetune_iters": 6}, [other])  # another stage config: not reused
-    assert other.stage_hits == {"sdae": "built"}
+    longer = StageRequest("sdae", cfg.model_copy(update={"finetune_iters": 6}))
+    other = ctx(1, tmp_path).bind(data, {"autoencoder": longer})
+    pretrained_autoencoders([other])  # another stage config: not reused
+    assert other.stages_used[0]["reused"] is False and other.stages_used[0]["key"] != c1.stages_used[0]["key"]
 
 
 def test_dec_seed_batch_matches_seeds_alone_and_clusters_blobs(tmp_path):
     data, y = blobs()
     over = {**TINY_AE, **PLAIN_DEC, "batch_size": 32, "update_interval": 10, "max_iters": 200, "n_init": 3}
-    batched = method("dec", **over).run_seeds(data, [ctx(0, tmp_path / "a"), ctx(2, tmp_path / "a")])
-    alone = [method("dec", **over).run(data, ctx(s, tmp_path / "b")) for s in (0, 2)]
+    batched = method("dec", **over).fit_seeds(data, [ctx(0, tmp_path / "a"), ctx(2, tmp_path / "a")])
+    alone = [method("dec", **over).fit(data, ctx(s, tmp_path / "b")) for s in (0, 2)]
     for out_b, out_a in zip(batched, alone):
         # each seed keeps its own stopping rule and labels whether batched or not
         assert out_b.info["iterations"] == out_a.info["iterations"]
@@ -119,12 +124,12 @@ def test_dec_seed_batch_matches_seeds_alone_and_clusters_blobs(tmp_path):
 def test_ae_kmeans_and_idec_reuse_decs_autoencoder(tmp_path):
     data, y = blobs(seed=1)
     c_dec, c_ae, c_idec = ctx(0, tmp_path), ctx(0, tmp_path), ctx(0, tmp_path)
-    method("dec", **TINY_AE, **PLAIN_DEC, update_interval=10, max_iters=50, n_init=3).run(data, c_dec)
-    ae = method("ae_kmeans", **TINY_AE, n_init=3).run(data, c_ae)
-    idec = method("idec", **TINY_AE, data_order="shuffled", update_interval=10, max_iters=50, n_init=3).run(data,
+    method("dec", **TINY_AE, **PLAIN_DEC, update_interval=10, max_iters=50, n_init=3).fit(data, c_dec)
+    ae = method("ae_kmeans", **TINY_AE, n_init=3).fit(data, c_ae)
+    idec = method("idec", **TINY_AE, data_order="shuffled", update_interval=10, max_iters=50, n_init=3).fit(data,
                                                                                                          c_idec)
-    assert c_dec.stage_hits["sdae"] == "built"
-    assert c_ae.stage_hits["sdae"] == "reused" and c_idec.stage_hits["sdae"] == "reused"
+    assert [u["reused"] for u in c_dec.stages_used] == [False]
+    assert c_ae.stages_used == c_idec.stages_used == [{**c_dec.stages_used[0], "reused": True}]
     assert evaluate(y, ae.labels_numpy())["acc"] > 0.9
     assert evaluate(y, idec.labels_numpy())["acc"] > 0.9
     # IDEC's loss has the reconstruction term: its curve logs a positive loss from the first update on
@@ -175,11 +180,11 @@ def test_depict_runs_label_free_and_stops_by_its_rule(tmp_path):
     data, y = blobs(n_per=80, side=8, seed=2)
     c = ctx(0, tmp_path)
     out = method("depict", filters=[8, 8], batch_size=20, lr=1e-3, pretrain_epochs=8, init_epochs=4,
-                 epochs=10, init_n_init=3).run(data, c)
+                 epochs=10, init_n_init=3).fit(data, c)
     labels = out.labels_numpy()
     assert labels.shape == (240,) and labels.max() < 3
     assert out.info["stop_reason"] in ("stop_mse", "epochs") and 1 <= out.info["epochs"] <= 10
-    assert c.stage_hits == {"depict_cae": "built"}
+    assert [(u["name"], u["reused"]) for u in c.stages_used] == [("depict_cae", False)]
     stages = {row.get("stage") for row in c.curve}
     assert {"pretrain", "init_kmeans", "init_head", "joint"} <= stages
     assert evaluate(y, labels)["acc"] > 0.6  # three clean blobs; random labels would give ~0.33
@@ -188,9 +193,9 @@ def test_depict_runs_label_free_and_stops_by_its_rule(tmp_path):
 def test_depict_kmeans_diagnostic_is_curve_only_and_changes_nothing(tmp_path):
     data, y = blobs(n_per=60, side=8, seed=4)
     kw = dict(filters=[6, 6], batch_size=20, lr=1e-3, pretrain_epochs=4, init_epochs=2, epochs=3, init_n_init=2)
-    plain = method("depict", **kw).run(data, ctx(0, tmp_path / "a"))
+    plain = method("depict", **kw).fit(data, ctx(0, tmp_path / "a"))
     c = ctx(0, tmp_path / "b")
-    probed = method("depict", diag_kmeans_every=2, **kw).run(data, c)
+    probed = method("depict", diag_kmeans_every=2, **kw).fit(data, c)
     rows = [r for r in c.curve if r.get("stage") == "pretrain_kmeans_probe"]
     assert [r["epoch"] for r in rows] == [2, 4] and all("inertia" in r for r in rows)
     assert torch.equal(plain.labels, probed.labels)  # its k-means draws from its own generator
@@ -206,7 +211,7 @@ def test_dec_benchmark_script_prints_figures(tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0
     assert "seeds=  1" in out and "seeds=  2" in out and "ratio 2 seeds / 1 seed" in out
-    assert len(list((tmp_path / "stages" / "sdae").glob("*.pt"))) == 2  # the 2-seed batch's stages
+    assert len(list((tmp_path / "stages" / "sdae").glob("*/artifact.pt"))) == 2  # the 2-seed batch's stages
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message printed without a GPU")

@@ -55,7 +55,7 @@ def test_method_is_finite_and_non_degenerate_on_each_small_dataset(small, method
     cfg = resolve_config(method, "default", data.dataset, TINY[method])  # the dataset's recipe + a tiny schedule
     ctx = TrialContext(seed=0, device="cpu", artifact_dir=tmp_path / "art", stage_dir=tmp_path / "stages",
                        data_md5=data.md5, code_version="test")
-    out = get_method(method)(cfg).run(data, ctx)  # a NaN loss raises NonFiniteLossError
+    out = get_method(method)(cfg).fit(data, ctx)  # a NaN loss raises NonFiniteLossError
     labels = out.labels_numpy()
     # (DEC/IDEC log loss=nan at iteration 0, before any step: a placeholder, not a loss)
     losses = [row["loss"] for row in ctx.curve if isinstance(row.get("loss"), float) and row.get("iteration") != 0]

@@ -64,7 +64,7 @@ def run_method(name: str, variant: str, tmp: Path, *, same_split: bool = True, s
     cfg = resolve_config(name, variant, None, {**TINY, **overrides})
     ctx = make_ctx(tmp, y, seed)
     torch.manual_seed(seed)
-    out = get_method(name)(cfg).run(data, ctx)
+    out = get_method(name)(cfg).fit(data, ctx)
     return out, ctx, data
 
 

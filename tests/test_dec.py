@@ -1,7 +1,5 @@
 """DEC on tiny data, its pieces, and the shared pretraining stage cache."""
 
-import multiprocessing as mp
-import os
 
 import numpy as np
 import pytest
@@ -54,7 +52,7 @@ def test_dec_runs_label_free_and_stops_by_its_own_rule(tmp_path):
     data, y = _data()
     method = DEC(resolve_config("dec", overrides=TINY))
     ctx = _ctx(tmp_path, y=y)
-    out = method.run(data, ctx)
+    out = method.fit(data, ctx)
     labels = out.labels_numpy()
     assert labels.shape == (600,) and labels.max() < 10
     assert out.info["stop_reason"] in ("tol", "max_iters") and out.info["iterations"] <= 200
@@ -71,41 +69,17 @@ def test_pretrained_stage_is_shared_across_methods_and_runs(tmp_path):
     data, _ = _data(300)
     cfg = resolve_config("dec", overrides=TINY)
     ctx1 = _ctx(tmp_path)
-    out1 = DEC(cfg).run(data, ctx1)
-    assert ctx1.stage_hits == {"sdae": "built"}
+    out1 = DEC(cfg).fit(data, ctx1)
+    assert [(u["name"], u["reused"]) for u in ctx1.stages_used] == [("sdae", False)]
     ctx2 = _ctx(tmp_path)
-    out2 = DEC(cfg).run(data, ctx2)
-    assert ctx2.stage_hits == {"sdae": "reused"}
+    out2 = DEC(cfg).fit(data, ctx2)
+    assert [(u["name"], u["reused"]) for u in ctx2.stages_used] == [("sdae", True)]
+    assert ctx2.stages_used[0]["key"] == ctx1.stages_used[0]["key"]
     assert np.array_equal(out1.labels_numpy(), out2.labels_numpy())  # same weights, same seed, same result
     ctx3 = _ctx(tmp_path, seed=1)
-    DEC(cfg).run(data, ctx3)
-    assert ctx3.stage_hits == {"sdae": "built"}  # another seed gets its own autoencoder
-    assert len(list((tmp_path / "stages" / "sdae").glob("*.pt"))) == 2
-
-
-def _build_stage(args):
-    stage_dir, log = args
-    ctx = TrialContext(seed=0, device="cpu", artifact_dir=stage_dir, stage_dir=stage_dir, data_md5="m",
-                       code_version="c")
-
-    def build():
-        with open(log, "a") as fh:
-            fh.write(f"{os.getpid()}\n")
-        import time
-
-        time.sleep(0.5)
-        return {"w": torch.arange(5)}
-
-    return ctx.cached_stage("probe", {"a": 1}, build)["w"].tolist()
-
-
-def test_concurrent_trials_build_a_stage_once(tmp_path):
-    log = tmp_path / "builds.txt"
-    with mp.get_context("spawn").Pool(3) as pool:
-        outs = pool.map(_build_stage, [(tmp_path / "st", log)] * 3)
-    assert outs == [[0, 1, 2, 3, 4]] * 3
-    assert len(log.read_text().split()) == 1
-    assert not list((tmp_path / "st" / "probe").glob("*.tmp"))
+    DEC(cfg).fit(data, ctx3)
+    assert ctx3.stages_used[0]["reused"] is False  # another seed gets its own autoencoder
+    assert len([p for p in (tmp_path / "stages" / "sdae").iterdir() if not p.name.startswith(".")]) == 2
 
 
 def test_nan_during_pretraining_is_caught(tmp_path):
@@ -114,4 +88,4 @@ def test_nan_during_pretraining_is_caught(tmp_path):
     from bench.errors import NonFiniteLossError
 
     with pytest.raises(NonFiniteLossError, match="loss became"):
-        DEC(cfg).run(data, _ctx(tmp_path))
+        DEC(cfg).fit(data, _ctx(tmp_path))

@@ -77,7 +77,7 @@ def test_a_diverging_seed_fails_alone_and_the_others_are_unchanged(tmp_path, mon
         assert [r.get("loss") for r in faulty[seed].curve] == [r.get("loss") for r in clean[seed].curve]
     # a seed that failed while pretraining leaves no stage artifact behind for others to reuse
     if stage == "finetune":
-        assert len(list((tmp_path / "faulty" / "stages" / "sdae").glob("*.pt"))) == 2
+        assert len(list((tmp_path / "faulty" / "stages" / "sdae").glob("*/artifact.pt"))) == 2
     assert man["status"] == "finished" and [t["status"] for t in man["trials"]] == ["ok", "failed", "ok"]
 
 

@@ -11,7 +11,7 @@ are outside the timed region and printed separately. Per batch it prints wall ti
 ratio to the 1-seed time and the targets (issue 13: 10 seeds <= 1.5x one seed; one seed <= 60 s).
 
 ``--export-stages DIR`` copies the pretrained autoencoders of the largest batch into a results
-store's ``stages/`` folder, where `bench run` with the same data, code and config finds them.
+store's ``stages/`` folder, where `bench run` with the same data, stage version and config finds them.
 """
 
 from __future__ import annotations
@@ -56,8 +56,8 @@ def measure(method_name: str, data: ClusteringData, y: np.ndarray, seeds: list[i
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
-    outs = method.run_seeds(data, ctxs) if len(ctxs) > 1 and cls.supports_seed_batch else \
-        [method.run(data, c) for c in ctxs]
+    outs = method.fit_seeds(data, ctxs) if len(ctxs) > 1 and cls.supports_seed_batch else \
+        [method.fit(data, c) for c in ctxs]
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - t0
@@ -75,7 +75,7 @@ def measure(method_name: str, data: ClusteringData, y: np.ndarray, seeds: list[i
     return {"seeds": len(seeds), "wall_s": round(wall, 2), "per_seed_s": round(wall / len(seeds), 2),
             "autoencoder_s": max(stage_ends) if stage_ends else None,
             "peak_gpu_mib": None if peak is None else round(peak, 1), "acc": [round(a, 4) for a in accs],
-            "dec_iterations": iters, "stages": [c.stage_hits.get("sdae") for c in ctxs]}
+            "dec_iterations": iters, "stages": [[u["reused"] for u in c.stages_used] for c in ctxs]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                 if args.export_stages and s == max(args.seeds):
                     dst = Path(args.export_stages)
                     shutil.copytree(Path(tmp), dst, dirs_exist_ok=True,
-                                    ignore=shutil.ignore_patterns("artifacts", "*.lock"))
+                                    ignore=shutil.ignore_patterns("artifacts", "*.lock", ".locks"))
         base = next((r for r in rows if r["seeds"] == 1), None)
         if base:
             for r in rows:

@@ -21,28 +21,22 @@ Several seeds train as one :class:`BatchedMLPAutoencoder` (weights ``[S, in, out
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
-from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-from filelock import FileLock
 from pydantic import Field
 from torch import nn
 
-from bench.context import (
-    Checkpointer,
-    TrialContext,
-    _torch_bytes,
-    atomic_write_bytes,
-    rng_state,
-    set_rng_state,
-    stable_hash,
-)
+from bench.context import Checkpointer, TrialContext, rng_state, set_rng_state, stream_seed
 from bench.errors import NonFiniteLossError
-from bench.method import MethodConfig
+from bench.method import ClusteringData, MethodConfig
+from bench.stages import StageRequest
+
+if TYPE_CHECKING:  # pragma: no cover
+    from methods.stages.sdae import StackedDenoisingAutoencoder
+
+    SDAEConfig = StackedDenoisingAutoencoder.Config
 from methods.common.train import (
     GraphedStep,
     SeedIndexStreams,
@@ -91,21 +85,6 @@ class MLPAutoencoder(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.encode(x)
         return z, self.decode(z)
-
-
-@torch.no_grad()
-def encode_all(model: MLPAutoencoder, x: torch.Tensor, chunk: int = 16384, upto: int | None = None) -> torch.Tensor:
-    """Encoder output (or the output of the first ``upto`` encoder layers) for every row, in chunks."""
-    outs = []
-    n_layers = len(model.encoder) if upto is None else upto
-    for s in range(0, x.shape[0], chunk):
-        h = x[s:s + chunk]
-        for i in range(n_layers):
-            h = model.encoder[i](h)
-            if i < len(model.encoder) - 1:
-                h = torch.relu(h)
-        outs.append(h)
-    return torch.cat(outs)
 
 
 def _gather(h: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -158,11 +137,12 @@ class BatchedMLPAutoencoder(nn.Module):
 
     @classmethod
     def initial(cls, dims: list[int], init_std: float, seeds: list[int]) -> BatchedMLPAutoencoder:
-        """Each seed's initial weights exactly as ``MLPAutoencoder`` draws them after ``manual_seed(seed)``."""
+        """Each seed's initial weights as ``MLPAutoencoder`` draws them on the seed's "sdae/init" stream."""
         states = []
         for seed in seeds:
-            torch.manual_seed(seed)
-            states.append(MLPAutoencoder(dims, init_std).state_dict())
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(stream_seed(seed, "sdae/init"))
+                states.append(MLPAutoencoder(dims, init_std).state_dict())
         return cls.from_states(dims, states)
 
     def state(self, s: int) -> dict[str, torch.Tensor]:
@@ -240,7 +220,7 @@ def reconstruction_loss(model: BatchedMLPAutoencoder, x: torch.Tensor, idx: torc
     return loss_scale * per_seed_mse(model.decode(model.encode(xb)), xb)
 
 
-def _train(loss_fn, weights, biases, x_n: int, cfg: dict[str, Any], iters: int, ctxs: list[TrialContext],
+def _train(loss_fn, weights, biases, x_n: int, cfg: SDAEConfig, iters: int, ctxs: list[TrialContext],
            stage: str, gens: list[torch.Generator], progress: _Progress) -> None:
     """One Caffe ``train`` run for every seed at once: SGD (biases at ``bias_lr_mult`` x lr), lr step decay and
     momentum burn-in counted from this stage's first iteration.
@@ -251,17 +231,16 @@ def _train(loss_fn, weights, biases, x_n: int, cfg: dict[str, Any], iters: int, 
     checkpointed through ``progress`` and resumed from it."""
     params = [*weights, *biases]
     device = ctxs[0].device
-    opt = sgd(lr_groups(weights, biases, cfg.get("bias_lr_mult", 1.0)), cfg["lr"], cfg["momentum"], device)
-    step = GraphedStep(loss_fn, opt, (len(ctxs), cfg["batch_size"]), device, use_graph=cfg.get("cuda_graphs", True),
+    opt = sgd(lr_groups(weights, biases, cfg.bias_lr_mult), cfg.lr, cfg.momentum, device)
+    step = GraphedStep(loss_fn, opt, (len(ctxs), cfg.batch_size), device, use_graph=cfg.cuda_graphs,
                        n_losses=len(ctxs))
-    stream = index_streams(cfg.get("data_order", "shuffled"), x_n, cfg["batch_size"], gens, device)
-    log_every = max(1, min(iters, cfg.get("log_every", 1000)))
-    iters_per_epoch = max(1, -(-x_n // cfg["batch_size"]))
+    stream = index_streams(cfg.data_order, x_n, cfg.batch_size, gens, device)
+    log_every = max(1, min(iters, cfg.log_every))
+    iters_per_epoch = max(1, -(-x_n // cfg.batch_size))
     start = progress.resume_stage(stage, step, stream)
-    burnin = cfg.get("momentum_burnin", 0)
     for it in range(start, iters):
-        step.set_lr(step_decay(cfg["lr"], it, cfg["lr_step"]))
-        step.set_momentum(burnin_momentum(cfg["momentum"], it, burnin), cfg["momentum"])
+        step.set_lr(step_decay(cfg.lr, it, cfg.lr_step))
+        step.set_momentum(burnin_momentum(cfg.momentum, it, cfg.momentum_burnin), cfg.momentum)
         step.step(stream.next())
         poison_due_seeds(ctxs, stage, it + 1, params)
         if (it + 1) % log_every == 0 or it + 1 == iters:
@@ -336,28 +315,25 @@ class _Progress:
                         "failures": [None if c.failure is None else (c.failure, c.failed_at) for c in self.ctxs]})
 
 
-def pretrain_stacked_batched(x: torch.Tensor, cfg: dict[str, Any], ctxs: list[TrialContext],
+def pretrain_stacked_batched(x: torch.Tensor, cfg: SDAEConfig, ctxs: list[TrialContext],
                              ckpt: Checkpointer | None = None) -> list[dict[str, torch.Tensor]]:
     """Greedy layer-wise denoising pretraining, then end-to-end fine-tuning, for every seed of
     ``ctxs`` at once. Returns one ``MLPAutoencoder`` state dict per seed (a seed masked out by
     ``ctx.fail`` gets its garbage weights back: the caller must not store them).
 
-    ``cfg``: dims, dropout, lr, lr_step, momentum, batch_size, iters_per_layer, finetune_iters,
-    init_std, cuda_graphs, tf32, log_every. ``x`` is the scaled input ``[N, D]`` on the device.
-    Each seed has its own initial weights (``manual_seed(seed)``, as the single-seed code) and its own
-    minibatch order (``ctx.generator(offset=101)``); dropout masks come from the device's global
-    generator, so a seed trained in a batch is statistically, not bitwise, the same as alone.
+    ``x`` is the scaled input ``[N, D]`` on the device. Each seed has its own initial weights (stream
+    "sdae/init") and its own minibatch order (stream "sdae/data_order"); dropout masks come from the device's
+    global generator, so a seed trained in a batch is statistically, not bitwise, the same as alone.
     ``ckpt``: where progress is saved and resumed from (none: no checkpoints).
     """
     device = ctxs[0].device
-    gens = [ctx.generator(offset=101) for ctx in ctxs]
-    model = BatchedMLPAutoencoder.initial(cfg["dims"], cfg["init_std"], [ctx.seed for ctx in ctxs]).to(device)
+    gens = [ctx.rng("sdae/data_order") for ctx in ctxs]
+    dims = [x.shape[1], *cfg.hidden_dims]
+    model = BatchedMLPAutoencoder.initial(dims, cfg.init_std, [ctx.seed for ctx in ctxs]).to(device)
     progress = _Progress(ckpt or Checkpointer(ctxs[0].artifact_dir / "unused", every_s=float("inf")), model, ctxs,
                          gens)
-    drop = cfg["dropout"]
-    scale = cfg.get("loss_scale", 1.0)
     n_layers = model.n_layers
-    with matmul_tf32(cfg.get("tf32", False)):
+    with matmul_tf32(cfg.tf32):
         for i in range(n_layers):
             stage = f"pretrain_layer{i + 1}"
             if progress.skip(stage):
@@ -365,81 +341,37 @@ def pretrain_stacked_batched(x: torch.Tensor, cfg: dict[str, Any], ctxs: list[Tr
             h_in = model.encode_all(x, upto=i) if i > 0 else x  # clean output of the frozen layers below
 
             def layer_loss(idx: torch.Tensor, i=i, h_in=h_in) -> torch.Tensor:
-                return denoising_layer_loss(model, i, h_in, idx, drop, scale)
+                return denoising_layer_loss(model, i, h_in, idx, cfg.dropout, cfg.loss_scale)
 
             _train(layer_loss, [model.enc_w[i], model.dec_w[i]], [model.enc_b[i], model.dec_b[i]], x.shape[0], cfg,
-                   cfg["iters_per_layer"], ctxs, stage, gens, progress)
+                   cfg.iters_per_layer, ctxs, stage, gens, progress)
             progress.finish(stage)
             del h_in
 
         def finetune_loss(idx: torch.Tensor) -> torch.Tensor:
-            return reconstruction_loss(model, x, idx, scale)
+            return reconstruction_loss(model, x, idx, cfg.loss_scale)
 
         if not progress.skip("finetune"):
             _train(finetune_loss, [*model.enc_w, *model.dec_w], [*model.enc_b, *model.dec_b], x.shape[0], cfg,
-                   cfg["finetune_iters"], ctxs, "finetune", gens, progress)
+                   cfg.finetune_iters, ctxs, "finetune", gens, progress)
     return [model.state(s) for s in range(len(ctxs))]
 
 
-def pretrain_stacked(x: torch.Tensor, cfg: dict[str, Any], ctx: TrialContext) -> dict[str, torch.Tensor]:
-    """One seed of :func:`pretrain_stacked_batched`. Returns a ``MLPAutoencoder`` state dict."""
-    return pretrain_stacked_batched(x, cfg, [ctx])[0]
+def pretrained_autoencoders(ctxs: list[TrialContext], stage: str = "autoencoder") -> BatchedMLPAutoencoder:
+    """The seeds' stacked autoencoders (the method's stage ``stage``, built once per seed and data and shared by
+    AE + k-means, DEC and IDEC) as one batched model on the device. A seed whose stage failed is already marked
+    (``ctx.fail``); its slot holds a copy of another seed's weights that nothing reads."""
+    outs = TrialContext.batch_stage(ctxs, stage)
+    good = [o for o in outs if not isinstance(o, BaseException)]
+    if not good:
+        raise outs[0]  # type: ignore[misc]
+    states = [o["state"] if not isinstance(o, BaseException) else good[0]["state"] for o in outs]
+    return BatchedMLPAutoencoder.from_states(good[0]["dims"], states).to(ctxs[0].device)
 
 
-STAGE_KEYS = ("dims", "dropout", "lr", "lr_step", "momentum", "batch_size", "iters_per_layer", "finetune_iters",
-              "init_std", "input_scale", "train_split", "tf32", "loss_scale", "bias_lr_mult", "momentum_burnin",
-              "data_order")
-
-
-def pretrained_autoencoders(x: torch.Tensor, cfg: dict[str, Any], ctxs: list[TrialContext]) -> BatchedMLPAutoencoder:
-    """The stacked autoencoders of several seeds, each built once and shared, as one batched model.
-
-    One stage artifact per seed, keyed by (stage config, data md5, seed, code version) through
-    ``ctx.stage_path``, so DEC, IDEC and AE + k-means with the same seed get the same weights
-    (ClustPy's fairness device) whether they run seeds one by one or batched. The seeds' file locks
-    are taken in a fixed (sorted) order, so concurrent trials wait instead of training a stage twice
-    and cannot deadlock; artifacts are written atomically. Missing seeds are trained together.
-    """
-    key_cfg = {k: cfg.get(k) for k in STAGE_KEYS}
-    paths = [ctx.stage_path("sdae", key_cfg) for ctx in ctxs]
-    states: list[dict[str, torch.Tensor] | None] = [None] * len(ctxs)
-    with contextlib.ExitStack() as locks:
-        for path in sorted(set(paths)):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            locks.enter_context(FileLock(str(path) + ".lock"))
-        for j, (ctx, path) in enumerate(zip(ctxs, paths)):
-            if path.exists():
-                states[j] = torch.load(path, map_location="cpu", weights_only=False)
-                ctx.stage_hits["sdae"] = "reused"
-                ctx.logger.info("stage sdae (seed %d): reusing %s", ctx.seed, path.name)
-                if _curve_path(path).exists():  # the stage's own learning curve, as when it was built
-                    ctx.curve[:0] = json.loads(_curve_path(path).read_text())
-        missing = [j for j in range(len(ctxs)) if states[j] is None]
-        if missing:
-            # progress of this batch's pretraining, next to the stage artifacts it will become
-            ckpt = Checkpointer(paths[missing[0]].parent / f"{stable_hash(sorted(str(paths[j]) for j in missing))}"
-                                ".ckpt.pt", ctxs[0].logger)
-            built = pretrain_stacked_batched(x, cfg, [ctxs[j] for j in missing], ckpt)
-            for j, state in zip(missing, built):
-                states[j] = state
-                if ctxs[j].failure is None:  # a failed seed's weights are garbage: never a stage artifact
-                    atomic_write_bytes(_curve_path(paths[j]), json.dumps(ctxs[j].curve).encode())
-                    atomic_write_bytes(paths[j], _torch_bytes(state))
-                    ctxs[j].stage_hits["sdae"] = "built"
-            ckpt.remove()
-    return BatchedMLPAutoencoder.from_states(cfg["dims"], states).to(ctxs[0].device)  # type: ignore[arg-type]
-
-
-def _curve_path(stage_path: Path) -> Path:
-    return stage_path.with_suffix(".curve.json")
-
-
-def pretrained_autoencoder(x: torch.Tensor, cfg: dict[str, Any], ctx: TrialContext) -> MLPAutoencoder:
-    """One seed's cached stacked autoencoder as a plain :class:`MLPAutoencoder`."""
-    batched = pretrained_autoencoders(x, cfg, [ctx])
-    model = MLPAutoencoder(cfg["dims"], cfg["init_std"])
-    model.load_state_dict(batched.state(0))
-    return model.to(ctx.device)
+def scaled_input(images: torch.Tensor, input_scale: float, device: torch.device) -> torch.Tensor:
+    """Flattened pixels on the 0..255 scale times ``input_scale`` (DEC: x 0.02), on ``device``."""
+    return (ClusteringData.float01(images).flatten(1) * (255.0 * input_scale)).to(device)
 
 
 #: Per-dataset input scaling of the autoencoder family (pixels 0..255 times input_scale), shared by DEC,
@@ -499,11 +431,15 @@ class AutoencoderConfig(MethodConfig):
                 "batch_size": batch_size,
                 "pretrain_iters": f"{self.pretrain_iters_per_layer}/layer + {self.finetune_iters} finetune"}
 
-    def ae_cfg(self, input_dim: int, train_split: str) -> dict:
-        return {"dims": [input_dim, *self.hidden_dims], "dropout": self.pretrain_dropout, "lr": self.pretrain_lr,
-                "lr_step": self.pretrain_lr_step, "momentum": self.pretrain_momentum,
-                "batch_size": self.pretrain_batch_size, "iters_per_layer": self.pretrain_iters_per_layer,
-                "finetune_iters": self.finetune_iters, "init_std": self.init_std, "input_scale": self.input_scale,
-                "train_split": train_split, "cuda_graphs": self.cuda_graphs, "tf32": self.tf32,
-                "loss_scale": self.pretrain_loss_scale, "bias_lr_mult": self.pretrain_bias_lr_mult,
-                "momentum_burnin": self.pretrain_momentum_burnin, "data_order": self.pretrain_data_order}
+    def sdae_request(self) -> StageRequest:
+        """The shared stage this config pretrains: the same request (hence the same artifact per seed and data)
+        from AE + k-means, DEC and IDEC when their autoencoder fields agree."""
+        from methods.stages.sdae import StackedDenoisingAutoencoder as SDAE
+
+        return StageRequest("sdae", SDAE.Config(
+            hidden_dims=tuple(self.hidden_dims), input_scale=self.input_scale, dropout=self.pretrain_dropout,
+            lr=self.pretrain_lr, lr_step=self.pretrain_lr_step, momentum=self.pretrain_momentum,
+            batch_size=self.pretrain_batch_size, iters_per_layer=self.pretrain_iters_per_layer,
+            finetune_iters=self.finetune_iters, init_std=self.init_std, loss_scale=self.pretrain_loss_scale,
+            bias_lr_mult=self.pretrain_bias_lr_mult, momentum_burnin=self.pretrain_momentum_burnin,
+            data_order=self.pretrain_data_order, cuda_graphs=self.cuda_graphs, tf32=self.tf32))

@@ -1,0 +1,1 @@
+"""Shared stages (bench.stages): one file per stage, registered on import."""

@@ -1,0 +1,176 @@
+"""Stages (bench.stages): keys, sharing, upstream order, integrity, concurrency, failures."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import Field, ValidationError
+
+from bench.context import TrialContext
+from bench.method import ClusteringData
+from bench.stages import Stage, StageConfig, StageRequest, StageStore, register_stage
+
+
+@register_stage
+class ProbeStage(Stage):
+    """Writes one line per build to ``log`` (so tests count builds), returns a tensor that depends on the seed."""
+
+    name = "test_probe"
+    version = 1
+
+    class Config(StageConfig):
+        log: str = ""
+        width: int = Field(3, ge=1)
+        sleep_s: float = 0.0
+        fail_seed: int = -1
+
+    def build(self, data, inputs, ctx):
+        if self.config.log:
+            with open(self.config.log, "a") as fh:
+                fh.write(f"{self.name} seed={ctx.seed} pid={os.getpid()}\n")
+        time.sleep(self.config.sleep_s)
+        if ctx.seed == self.config.fail_seed:
+            raise ValueError(f"probe refuses seed {ctx.seed}")
+        return {"w": torch.randn(self.config.width, generator=ctx.rng("probe")), "n": int(data.x_train.shape[0])}
+
+
+@register_stage
+class ProbeChild(Stage):
+    """Reads ``probe`` upstream: its artifact is the upstream tensor doubled."""
+
+    name = "test_probe_child"
+    version = 1
+
+    class Config(StageConfig):
+        log: str = ""
+
+    def build(self, data, inputs, ctx):
+        if self.config.log:
+            with open(self.config.log, "a") as fh:
+                fh.write(f"{self.name} seed={ctx.seed}\n")
+        return {"w2": inputs["probe"]["w"] * 2}
+
+
+def _data(md5: str = "md5-a") -> ClusteringData:
+    x = torch.zeros(7, 1, 2, 2, dtype=torch.uint8)
+    return ClusteringData("synthetic", x, x, 2, "all", "all", md5)
+
+
+def _ctx(root: Path, seed: int = 0, key: str | None = None, run_id: str | None = None,
+         requests: dict | None = None, md5: str = "md5-a") -> TrialContext:
+    ctx = TrialContext(seed=seed, device="cpu", artifact_dir=root / "art" / str(seed), stage_dir=root / "stages",
+                       data_md5=md5, code_version="whatever", key=key, run_id=run_id)
+    return ctx.bind(_data(md5), requests or {})
+
+
+def _builds(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def test_key_depends_on_what_the_stage_computes_and_not_on_the_commit(tmp_path):
+    req = StageRequest("test_probe", ProbeStage.Config())
+    base = req.key("m", "all", 0)
+    assert req.key("m", "all", 0) == base  # stable
+    assert len({base, req.key("m2", "all", 0), req.key("m", "train", 0), req.key("m", "all", 1),
+                StageRequest("test_probe", ProbeStage.Config(width=4)).key("m", "all", 0)}) == 5
+    child = StageRequest("test_probe_child", ProbeChild.Config(), {"probe": req})
+    other_child = StageRequest("test_probe_child", ProbeChild.Config(),
+                               {"probe": StageRequest("test_probe", ProbeStage.Config(width=4))})
+    assert child.key("m", "all", 0) != other_child.key("m", "all", 0)  # upstream keys are part of the key
+    # two code versions of the trial, same stage version: same key; the stage's own version bump: a new key
+    c1, c2 = _ctx(tmp_path / "a"), _ctx(tmp_path / "a")
+    c2.code_version = "another-commit"
+    w1 = c1.bind(_data(), {"p": req}).stage("p")["w"]
+    assert torch.equal(w1, c2.bind(_data(), {"p": req}).stage("p")["w"])
+    assert c2.stages_used[0]["reused"] is True
+    ProbeStage.version = 2
+    try:
+        assert req.key("m", "all", 0) != base
+    finally:
+        ProbeStage.version = 1
+
+
+def test_config_is_typed_and_frozen():
+    with pytest.raises(ValidationError):
+        ProbeStage.Config(widht=3)  # typo: unknown key
+    with pytest.raises(ValidationError):
+        ProbeStage.Config(width=0)
+    cfg = ProbeStage.Config()
+    with pytest.raises(ValidationError):
+        cfg.width = 5
+    with pytest.raises(TypeError):
+        StageRequest("test_probe", ProbeChild.Config())  # another stage's config
+
+
+def test_upstream_is_built_first_once_and_reused_by_the_next_trial(tmp_path):
+    log = tmp_path / "log.txt"
+    probe = StageRequest("test_probe", ProbeStage.Config(log=str(log)))
+    child = StageRequest("test_probe_child", ProbeChild.Config(log=str(log)), {"probe": probe})
+    reqs = {"probe": probe, "child": child}
+    c1 = _ctx(tmp_path, key="trial-1", run_id="r1", requests=reqs)
+    out = c1.stage("child")
+    assert _builds(log) == [f"test_probe seed=0 pid={os.getpid()}", "test_probe_child seed=0"]
+    assert torch.equal(out["w2"], c1.stage("probe")["w"] * 2)
+    assert [(u["name"], u["reused"]) for u in c1.stages_used] == [("test_probe", False), ("test_probe_child", False)]
+    c2 = _ctx(tmp_path, key="trial-2", run_id="r1", requests=reqs)  # another trial (another method) of the run
+    assert torch.equal(c2.stage("child")["w2"], out["w2"])
+    assert len(_builds(log)) == 2  # nothing built again
+    assert all(u["reused"] for u in c2.stages_used)
+    # what the store lists: name, key, size, the run and trial it was built for
+    entries = StageStore(tmp_path / "stages").entries()
+    assert {e["name"] for e in entries} == {"test_probe", "test_probe_child"}
+    assert all(e["run_id"] == "r1" and e["owner"] == "trial-1" and e["size_bytes"] > 0 for e in entries)
+    child_meta = next(e for e in entries if e["name"] == "test_probe_child")
+    assert child_meta["upstream"] == {"probe": c1.stages_used[0]["key"]}
+
+
+def test_a_flipped_byte_in_a_stored_stage_is_detected_and_rebuilt(tmp_path):
+    log = tmp_path / "log.txt"
+    req = {"p": StageRequest("test_probe", ProbeStage.Config(log=str(log)))}
+    first = _ctx(tmp_path, requests=req).stage("p")
+    art = next((tmp_path / "stages" / "test_probe").glob("*/artifact.pt"))
+    blob = bytearray(art.read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    art.write_bytes(bytes(blob))
+    again = _ctx(tmp_path, requests=req).stage("p")
+    assert len(_builds(log)) == 2  # rebuilt, not read
+    assert torch.equal(first["w"], again["w"])  # same stream: the rebuild gives the same artifact
+    assert len(list((tmp_path / "stages" / "test_probe").glob(".corrupt-*"))) == 1  # kept aside for a look
+
+
+def test_a_failed_seed_fails_alone_and_stores_nothing(tmp_path):
+    req = {"p": StageRequest("test_probe", ProbeStage.Config(fail_seed=1))}
+    ctxs = [_ctx(tmp_path, seed=s, requests=req) for s in (0, 1, 2)]
+    outs = TrialContext.batch_stage(ctxs, "p")
+    assert isinstance(outs[1], ValueError) and ctxs[1].failure is outs[1]
+    assert ctxs[0].failure is None and ctxs[2].failure is None
+    assert not torch.equal(outs[0]["w"], outs[2]["w"])  # each seed its own stream
+    assert len(StageStore(tmp_path / "stages").entries()) == 2
+    with pytest.raises(ValueError, match="refuses seed 1"):
+        _ctx(tmp_path, seed=1, requests=req).stage("p")
+
+
+def _build_in_process(args):
+    root, log = args
+    req = {"p": StageRequest("test_probe", ProbeStage.Config(log=log, sleep_s=0.5))}
+    return _ctx(Path(root), requests=req).stage("p")["w"].tolist()
+
+
+def test_concurrent_trials_build_a_stage_once(tmp_path):
+    log = tmp_path / "builds.txt"
+    with mp.get_context("spawn").Pool(3) as pool:
+        outs = pool.map(_build_in_process, [(str(tmp_path / "st"), str(log))] * 3)
+    assert outs[0] == outs[1] == outs[2]
+    assert len(_builds(log)) == 1
+    stage_root = tmp_path / "st" / "stages" / "test_probe"
+    assert [p.name.startswith(".") for p in stage_root.iterdir()] == [False]  # no temporaries left
+
+
+def test_asking_for_an_undeclared_stage_says_so(tmp_path):
+    with pytest.raises(KeyError, match="declare it"):
+        _ctx(tmp_path).stage("nope")
