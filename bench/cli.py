@@ -24,6 +24,7 @@ import argparse
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -325,6 +326,81 @@ def cmd_trials(args) -> int:
     return 0
 
 
+def cmd_stages(args) -> int:
+    """The stored stages (bench.stages) and the records that read them; ``--prune`` removes what nothing uses."""
+    from bench.stages import StageStore
+
+    store = _store(args)
+    stages = StageStore(store.stage_dir)
+    used: dict[str, list[str]] = {}
+    for rec in store.records():
+        for u in rec.stages:
+            used.setdefault(u["key"], []).append(f"{rec.method}/{rec.dataset}/s{rec.seed}")
+    live: set[str] = set()  # stages a running run planned: not yet read by a record, still wanted
+    for man in store.runs():
+        if man.get("status") == "running":
+            live |= {st["key"] for st in man.get("stages", [])}
+    entries = stages.entries()
+    if args.prune:
+        freed, removed, n_stages = 0, [], 0
+        for e in entries:
+            if e["key"] in used or e["key"] in live:
+                continue
+            lock = stages.lock(e["key"])
+            try:
+                lock.acquire(timeout=0)
+            except Exception:  # noqa: BLE001 - a build or a read holds it: keep
+                continue
+            try:
+                freed += e.get("size_bytes", 0)
+                shutil.rmtree(e["path"], ignore_errors=True)
+                removed.append(f"stage {e['name']} {e['key']} ({e.get('dataset')}, seed {e.get('seed')})")
+                n_stages += 1
+            finally:
+                lock.release()
+        for path in stages.leftovers():
+            key = path.name.split("-", 2)[1] if path.name.startswith((".tmp-", ".partial-", ".corrupt-")) else ""
+            lock = stages.lock(key or path.stem)
+            try:
+                lock.acquire(timeout=0)
+            except Exception:  # noqa: BLE001 - a build in progress writes there
+                continue
+            try:
+                freed += sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else \
+                    path.stat().st_size
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+                removed.append(str(path.relative_to(stages.root)))
+            finally:
+                lock.release()
+        for line in removed:
+            print(f"removed {line}")
+        print(f"pruned {n_stages} unused stage(s) and {len(removed) - n_stages} leftover(s), {_size(freed)} freed; "
+              f"kept {len(entries) - n_stages} stage(s) that records or running runs use")
+        return 0
+    if not entries:
+        print(f"no stages in {stages.root}")
+        return 0
+    print(f"Stages in {stages.root} ({len(entries)}, {_size(sum(e.get('size_bytes', 0) for e in entries))}), "
+          "oldest first:\n")
+    print("| stage | key | version | dataset | seed | size | created | built for | used by |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for e in entries:
+        users = used.get(e["key"], [])
+        shown = ", ".join(users[:4]) + (f" (+{len(users) - 4})" if len(users) > 4 else "") if users else \
+            ("a running run" if e["key"] in live else "nothing (prunable)")
+        print(f"| {e['name']} | {e['key']} | {e.get('version')} | {e.get('dataset')} | {e.get('seed')} | "
+              f"{_size(e.get('size_bytes', 0))} | {e.get('created_at')} | {e.get('run_id') or '–'} | {shown} |")
+    return 0
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
 def cmd_doctor(args) -> int:
     from bench.doctor import run_checks
 
@@ -407,6 +483,11 @@ def build_parser() -> argparse.ArgumentParser:
     ts = sub.add_parser("trials", help="list the single trials `bench trial` ran")
     common(ts, data=False)
     ts.set_defaults(func=cmd_trials)
+
+    sg = sub.add_parser("stages", help="list the stored stages (pretrained networks, neighbours) and their users")
+    sg.add_argument("--prune", action="store_true", help="remove stages no record uses (and partial builds)")
+    common(sg, data=False)
+    sg.set_defaults(func=cmd_stages)
 
     d = sub.add_parser("doctor", help="check what a run needs: GPU, data, store, disk, Ray cluster")
     d.add_argument("--address", help="also check that this Ray cluster is reachable (e.g. auto)")

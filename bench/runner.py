@@ -38,7 +38,7 @@ from bench.records import ResultRecord, trial_key
 from bench.registry import get_method, resolve_config
 from bench.store import ResultStore, driver_alive, driver_identity
 from bench.suite import SuiteSpec, check_gpus
-from bench.trial import TrialUnit, execute_unit, utcnow
+from bench.trial import StageUnit, TrialUnit, execute_stage_unit, execute_unit, stage_log_path, utcnow
 
 log = logging.getLogger("bench.runner")
 #: environment the workers need to see as the driver does (plugins, code version, data and cache paths)
@@ -46,6 +46,8 @@ PASSED_ENV = ("BENCH_PLUGINS", "BENCH_CODE_VERSION", "BENCH_DATA", "BENCH_CACHE"
               "BENCH_FAULT_NAN")
 #: how many times Ray Tune retries a trial whose worker died
 MAX_FAILURES = 1
+#: most seeds of a batchable stage (the stacked autoencoder) trained together by one stage unit
+STAGE_SEED_BATCH = 10
 
 
 @dataclass
@@ -55,6 +57,9 @@ class Plan:
     skipped: list[str] = field(default_factory=list)  # keys reused from the store
     done: list[str] = field(default_factory=list)  # keys a resumed run had already finished
     entries: list[dict[str, Any]] = field(default_factory=list)  # one per (trial, seed), for the manifest
+    #: stage builds the trials need that the store lacks, deduplicated across methods and variants; each is
+    #: built before the trials that read it (in order of depth: upstream stages first)
+    stage_units: list[StageUnit] = field(default_factory=list)
 
 
 def dataset_md5(name: str, data_root: Path) -> str:
@@ -133,6 +138,7 @@ def plan_suite(suite: SuiteSpec, store: ResultStore, data_root: Path, *, force: 
     for ds in suite.datasets:
         md5s[ds] = dataset_md5(ds, data_root)  # raises on unknown name, missing file, md5 mismatch
     plan = Plan(run_id=run_id, units=[])
+    stage_nodes: dict[str, dict[str, Any]] = {}  # stage key -> the first trial that needs it
     for cell in suite_grid(suite, only):
         entry, variant, ds, config, protocol = cell.entry, cell.variant, cell.dataset, cell.config, cell.protocol
         cls = get_method(entry.name)
@@ -153,6 +159,7 @@ def plan_suite(suite: SuiteSpec, store: ResultStore, data_root: Path, *, force: 
                 plan.skipped.append(key)
             else:
                 todo.append((seed, key, stored and stored.run_id))
+        _add_stage_nodes(stage_nodes, cls, cell, md5s[ds], todo, store, suite, gpus_available)
         batch = max(1, entry.seed_batch or 1) if cls.supports_seed_batch else 1
         for i in range(0, len(todo), batch):
             chunk = todo[i:i + batch]
@@ -164,7 +171,53 @@ def plan_suite(suite: SuiteSpec, store: ResultStore, data_root: Path, *, force: 
                 cache_dir=str(cache_dir or default_cache_dir()), device=suite.device,
                 deterministic=suite.deterministic, cpus=suite.resources.cpus_per_trial, gpus=float(gpus),
                 suite=suite.name, run_id=run_id))
+    plan.stage_units = _stage_units(stage_nodes, store, data_root, cache_dir, suite, code, run_id)
     return plan
+
+
+def _add_stage_nodes(nodes: dict[str, dict[str, Any]], cls, cell: GridCell, md5: str, todo: list, store: ResultStore,
+                     suite: SuiteSpec, gpus_available: float) -> None:
+    """Every stage (and upstream stage) the cell's trials to run need and the store lacks, once per key."""
+    from bench.stages import StageStore, walk
+
+    if not todo:
+        return
+    requests = walk(cls.stages(cls.Config(**cell.config)))
+    stages = StageStore(store.stage_dir)
+    split = cell.protocol["train_split"]
+    for seed, key, _ in todo:
+        for req in requests:
+            skey = req.key(md5, split, seed)
+            if skey in nodes or stages.exists(req.stage, skey):
+                continue
+            gpus = req.cls.gpu_share if gpus_available > 0 and suite.device != "cpu" else 0.0
+            nodes[skey] = {"request": req, "dataset": cell.dataset, "protocol": cell.protocol, "seed": seed,
+                           "owner": key, "md5": md5, "gpus": gpus}
+
+
+def _stage_units(nodes: dict[str, dict[str, Any]], store: ResultStore, data_root: Path, cache_dir: Path | None,
+                 suite: SuiteSpec, code: dict[str, Any], run_id: str) -> list[StageUnit]:
+    """Stage nodes grouped into build units: the seeds of one batchable stage (same request, data, split) train
+    together, at most ``STAGE_SEED_BATCH`` at a time; other stages build one seed per unit. Upstream first."""
+    groups: dict[tuple, list[tuple[str, dict[str, Any]]]] = {}
+    for skey, node in nodes.items():
+        gid = (node["request"].identity(), node["dataset"], node["protocol"]["train_split"])
+        groups.setdefault(gid, []).append((skey, node))
+    units = []
+    for members in groups.values():
+        req = members[0][1]["request"]
+        size = STAGE_SEED_BATCH if req.cls.batchable else 1
+        for i in range(0, len(members), size):
+            chunk = members[i:i + size]
+            first = chunk[0][1]
+            units.append(StageUnit(
+                request=req.to_dict(), dataset=first["dataset"], seeds=[n["seed"] for _, n in chunk],
+                keys=[k for k, _ in chunk], owners=[n["owner"] for _, n in chunk], protocol=first["protocol"],
+                data_md5=first["md5"], code=code, store_root=str(store.root), data_root=str(data_root),
+                cache_dir=str(cache_dir or default_cache_dir()), device=suite.device,
+                deterministic=suite.deterministic, cpus=suite.resources.cpus_per_trial, gpus=float(first["gpus"]),
+                run_id=run_id, depth=req.depth()))
+    return sorted(units, key=lambda u: u.depth)
 
 
 def finished_in_run(store: ResultStore, key: str, run_id: str) -> bool:
@@ -214,6 +267,8 @@ def run_suite(suite: SuiteSpec, *, store: ResultStore, data_root: Path, inline: 
         "driver": driver_identity(),
         "trials": [{**e, "status": "reused" if e["key"] in plan.skipped else
                     "done" if e["key"] in plan.done else "pending"} for e in plan.entries],
+        "stages": [{"name": u.name, "key": k, "dataset": u.dataset, "seed": s, "for": o, "status": "planned"}
+                   for u in plan.stage_units for k, s, o in zip(u.keys, u.seeds, u.owners)],
     }
     if previous:
         manifest["resumed"] = [*previous.get("resumed", []), {"at": utcnow(), "driver": manifest["driver"],
@@ -232,6 +287,8 @@ def run_suite(suite: SuiteSpec, *, store: ResultStore, data_root: Path, inline: 
                 with output_to_file(log_dir / "driver.log", loggers=("ray",)) as terminal:
                     progress = RunProgress(n_seeds, terminal)
                     try:
+                        if plan.stage_units:
+                            _build_stages(plan, manifest, progress, inline)
                         if inline:
                             _run_inline(plan, progress)
                         else:
@@ -252,6 +309,50 @@ def run_suite(suite: SuiteSpec, *, store: ResultStore, data_root: Path, inline: 
     if received:  # cut the run short, or arrived while its outcome was recorded: the exit code says so
         manifest["signal"] = received[0]
     return manifest
+
+
+def _build_stages(plan: Plan, manifest: dict[str, Any], progress: RunProgress, inline: bool) -> None:
+    """Build the plan's stage units before any trial: in order here (``inline``), or as Ray tasks, one depth
+    level at a time (a level's units run in parallel, each with its CPU and GPU share). A unit that fails is
+    reported; the trials that need it try once more themselves and record the reason."""
+    status = {st["key"]: st for st in manifest.get("stages", [])}
+    levels = sorted({u.depth for u in plan.stage_units})
+    for depth in levels:
+        units = [u for u in plan.stage_units if u.depth == depth]
+        if inline:
+            outcomes = []
+            for u in units:
+                with output_to_file(stage_log_path(u)):
+                    outcomes.append(execute_stage_unit(u))
+        else:
+            outcomes = _build_stages_with_ray(units)
+        for u, errs in zip(units, outcomes):
+            for key, err in zip(u.keys, errs):
+                status[key]["status"] = "built" if err is None else "failed"
+                if err:
+                    status[key]["error"] = err
+            bad = [e for e in errs if e]
+            seeds = ", ".join(map(str, u.seeds))
+            progress.say(f"stage {u.name} on {u.dataset}, seed(s) {seeds}: " +
+                         (f"FAILED: {bad[0]} (log: {stage_log_path(u)})" if bad else "built"))
+
+
+def _build_stages_with_ray(units: list[StageUnit]) -> list[list[str | None]]:
+    import ray
+
+    @ray.remote(max_retries=MAX_FAILURES)
+    def build(unit: dict[str, Any]) -> list[str | None]:
+        with output_to_file(stage_log_path(unit)):
+            return execute_stage_unit(unit)
+
+    refs = [build.options(num_cpus=u.cpus, num_gpus=u.gpus).remote(u.model_dump(mode="json")) for u in units]
+    out = []
+    for u, ref in zip(units, refs):
+        try:
+            out.append(ray.get(ref))
+        except ray.exceptions.RayError as exc:  # the worker died twice: the trials will try themselves
+            out.append([f"stage build lost: {type(exc).__name__}"] * len(u.seeds))
+    return out
 
 
 def _run_inline(plan: Plan, progress: RunProgress) -> None:

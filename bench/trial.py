@@ -63,6 +63,79 @@ class TrialUnit(BaseModel):
     stored_run_ids: list[str | None] = []
 
 
+class StageUnit(BaseModel):
+    """One planned build of a stage for one or more seeds (several when the stage is batchable), run before the
+    trials that read it. ``owners``: per seed, the trial key the stage is built for (its record says
+    ``reused: false``; every other trial that reads it says ``reused: true``)."""
+
+    request: dict[str, Any]  # StageRequest.to_dict()
+    dataset: str
+    seeds: list[int]
+    keys: list[str]
+    owners: list[str]
+    protocol: dict[str, Any]
+    data_md5: str
+    code: dict[str, Any]
+    store_root: str
+    data_root: str
+    cache_dir: str | None = None
+    device: str = "auto"
+    deterministic: bool = False
+    cpus: float = 1.0
+    gpus: float = 0.0
+    run_id: str | None = None
+    depth: int = 1
+
+    @property
+    def name(self) -> str:
+        return self.request["stage"]
+
+
+def stage_log_path(unit: StageUnit | dict[str, Any]) -> Path:
+    u = unit if isinstance(unit, dict) else unit.model_dump()
+    name = f"stage-{u['request']['stage']}-{u['dataset']}-s{'_'.join(map(str, u['seeds']))}.log"
+    return Path(u["store_root"]) / "logs" / str(u["run_id"]) / name
+
+
+def execute_stage_unit(unit: StageUnit | dict[str, Any]) -> list[str | None]:
+    """Build (or find) the unit's stage for each seed; returns per seed None (stored) or the error line. Never
+    raises for a build error: the trials that need the stage then try once more themselves and fail with it."""
+    from bench.stages import StageRequest
+
+    unit = unit if isinstance(unit, StageUnit) else StageUnit.model_validate(unit)
+    if unit.cpus >= 1:
+        torch.set_num_threads(max(1, int(unit.cpus)))
+    store = ResultStore(unit.store_root)
+    try:
+        device = pick_device(unit.device)
+        request = StageRequest.from_dict(unit.request)
+        data, _ = _load_data(unit.dataset, unit.protocol, unit.data_md5, unit.data_root, unit.cache_dir)
+    except Exception as exc:  # noqa: BLE001
+        return [_error_line(exc)] * len(unit.seeds)
+    ctxs = [TrialContext(seed=s, device=device, artifact_dir=store.root / "artifacts" / f"stage-{k}",
+                         stage_dir=store.stage_dir, data_md5=unit.data_md5, code_version=str(unit.code["code_version"]),
+                         logger=log, key=owner, run_id=unit.run_id).bind(data, {"target": request})
+            for s, k, owner in zip(unit.seeds, unit.keys, unit.owners)]
+    seed_everything(unit.seeds[0], unit.deterministic)
+    outs = TrialContext.batch_stage(ctxs, "target")
+    return [_error_line(o) if isinstance(o, BaseException) else None for o in outs]
+
+
+def _load_data(dataset: str, protocol: dict[str, Any], md5: str, data_root: str,
+               cache_dir: str | None) -> tuple[ClusteringData, torch.Tensor]:
+    """The trial's ClusteringData (no labels) and the eval labels, checked against the planned md5."""
+    loaded = load_dataset(dataset, Path(data_root), Path(cache_dir) if cache_dir else None)
+    if loaded.md5 != md5:
+        raise BenchError(f"dataset {dataset!r} changed between planning and running (md5 {md5} -> {loaded.md5}); "
+                         "re-run `bench run`")
+    x_train, _ = loaded.split(protocol["train_split"])
+    x_eval, y_eval = loaded.split(protocol["eval_split"])
+    data = ClusteringData(dataset=dataset, x_train=x_train, x_eval=x_eval, n_clusters=int(protocol["n_clusters"]),
+                          train_split=protocol["train_split"], eval_split=protocol["eval_split"], md5=loaded.md5,
+                          x_unlabeled=loaded.splits.x_unlabeled)
+    return data, y_eval
+
+
 def utcnow() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -147,22 +220,13 @@ def _execute_locked(unit: TrialUnit, store: ResultStore) -> list[ResultRecord]:
                 dataset=unit.dataset, config=unit.config, protocol=unit.protocol, data_md5=unit.data_md5,
                 selection_rule=cls.selection_rule)
     try:
-        loaded = load_dataset(unit.dataset, Path(unit.data_root), Path(unit.cache_dir) if unit.cache_dir else None)
-        if loaded.md5 != unit.data_md5:
-            raise BenchError(f"dataset {unit.dataset!r} changed between planning and running "
-                             f"(md5 {unit.data_md5} -> {loaded.md5}); re-run `bench run`")
-        x_train, _ = loaded.split(unit.protocol["train_split"])
-        x_eval, y_eval = loaded.split(unit.protocol["eval_split"])
+        data, y_eval = _load_data(unit.dataset, unit.protocol, unit.data_md5, unit.data_root, unit.cache_dir)
     except Exception as exc:  # a data error fails every seed of the unit, visibly
         recs = [_failed(base, seed, key, exc, unit) for seed, key in zip(unit.seeds, unit.keys)]
         for r in recs:
             store.put(r)
         return recs
     load_s = time.perf_counter() - t_load
-    data = ClusteringData(dataset=unit.dataset, x_train=x_train, x_eval=x_eval,
-                          n_clusters=int(unit.protocol["n_clusters"]), train_split=unit.protocol["train_split"],
-                          eval_split=unit.protocol["eval_split"], md5=loaded.md5,
-                          x_unlabeled=loaded.splits.x_unlabeled)
     y_eval_np = y_eval.numpy()
 
     def scorer(pred: np.ndarray) -> dict[str, float]:
@@ -171,7 +235,7 @@ def _execute_locked(unit: TrialUnit, store: ResultStore) -> list[ResultRecord]:
     config = resolve_config(unit.method, unit.variant, unit.dataset, unit.config)
     stage_requests = cls.stages(config)
     ctxs = [TrialContext(seed=s, device=device, artifact_dir=store.artifact_dir(k), stage_dir=store.stage_dir,
-                         data_md5=loaded.md5, code_version=str(unit.code["code_version"]), scorer=scorer,
+                         data_md5=data.md5, code_version=str(unit.code["code_version"]), scorer=scorer,
                          logger=log, key=k, run_id=unit.run_id).bind(data, stage_requests)
             for s, k in zip(unit.seeds, unit.keys)]
     env = {**unit.code, **environment(str(device))}

@@ -174,3 +174,59 @@ def test_concurrent_trials_build_a_stage_once(tmp_path):
 def test_asking_for_an_undeclared_stage_says_so(tmp_path):
     with pytest.raises(KeyError, match="declare it"):
         _ctx(tmp_path).stage("nope")
+
+
+# -- the planner: one build per stage node across the methods of a suite ----------------------------
+AE = {"hidden_dims": [16, 16, 32, 4], "pretrain_iters_per_layer": 20, "finetune_iters": 30,
+      "pretrain_momentum_burnin": 2, "pretrain_lr_step": 1000}
+
+
+def _family_suite():
+    from bench.suite import parse_suite
+
+    return parse_suite({"name": "family", "seeds": [0, 1], "datasets": ["digits"], "methods": [
+        {"name": "ae_kmeans", "config": {**AE, "n_init": 2}, "seed_batch": 2},
+        {"name": "dec", "config": {**AE, "max_iters": 40, "update_interval": 20, "n_init": 2}, "seed_batch": 2},
+        {"name": "idec", "config": {**AE, "max_iters": 40, "update_interval": 20, "n_init": 2}}]})
+
+
+def test_suite_builds_the_shared_autoencoder_once_per_seed_and_a_new_commit_reuses_it(tmp_path, capsys):
+    from bench.cli import main
+    from bench.runner import plan_suite, run_suite
+    from bench.store import ResultStore
+
+    store = ResultStore(tmp_path / "store")
+    data_root = Path(__file__).resolve().parent.parent / "data"
+    suite = _family_suite()
+    plan = plan_suite(suite, store, data_root, code={"code_version": "c1"})
+    # 6 trials (3 methods x 2 seeds) need one sdae node per seed: one unit builds both seeds together
+    assert [(u.name, u.seeds) for u in plan.stage_units] == [("sdae", [0, 1])]
+    man = run_suite(suite, store=store, data_root=data_root, inline=True, code={"code_version": "c1"})
+    recs = store.run_records(man)
+    assert len(recs) == 6 and all(r.ok for r in recs)
+    by_seed: dict[int, list] = {}
+    for r in recs:
+        assert len(r.stages) == 1 and r.stages[0]["name"] == "sdae"
+        by_seed.setdefault(r.seed, []).append(r)
+    for seed, rs in by_seed.items():
+        assert len({r.stages[0]["key"] for r in rs}) == 1  # AE + k-means, DEC and IDEC read the same weights
+        assert sorted(r.stages[0]["reused"] for r in rs) == [False, True, True]  # built for one, reused by two
+    assert [s["status"] for s in man["stages"]] == ["built", "built"]
+    assert len(StageStore(store.stage_dir).entries()) == 2
+    # a new code version re-runs every trial but reads the same stages (their version did not change)
+    man2 = run_suite(suite, store=store, data_root=data_root, inline=True, code={"code_version": "c2"})
+    recs2 = store.run_records(man2)
+    assert all(r.ok and r.env["code_version"] == "c2" for r in recs2) and len(recs2) == 6
+    assert all(r.stages[0]["reused"] for r in recs2) and man2["stages"] == []
+    assert len(StageStore(store.stage_dir).entries()) == 2
+    # `bench stages` lists them with their users; --prune keeps what records use
+    capsys.readouterr()
+    assert main(["stages", "--store", str(store.root)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("| sdae |") == 2 and "dec/digits/s0" in out and "prunable" not in out
+    assert main(["stages", "--store", str(store.root), "--prune"]) == 0
+    assert "pruned 0 unused stage(s)" in capsys.readouterr().out
+    for p in store.records_dir.glob("*.json"):
+        p.unlink()
+    assert main(["stages", "--store", str(store.root), "--prune"]) == 0
+    assert "pruned 2 unused stage(s)" in capsys.readouterr().out and StageStore(store.stage_dir).entries() == []
