@@ -208,7 +208,7 @@ def test_suite_builds_the_shared_autoencoder_once_per_seed_and_a_new_commit_reus
     for r in recs:
         assert len(r.stages) == 1 and r.stages[0]["name"] == "sdae"
         by_seed.setdefault(r.seed, []).append(r)
-    for seed, rs in by_seed.items():
+    for rs in by_seed.values():
         assert len({r.stages[0]["key"] for r in rs}) == 1  # AE + k-means, DEC and IDEC read the same weights
         assert sorted(r.stages[0]["reused"] for r in rs) == [False, True, True]  # built for one, reused by two
     assert [s["status"] for s in man["stages"]] == ["built", "built"]
