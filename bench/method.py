@@ -81,12 +81,10 @@ class ClusterOutput:
     """What a method returns: one cluster id per eval image, and optional extras.
 
     ``labels``: int array/tensor of length ``len(data.x_eval)``.
-    ``embeddings``: optional ``[N_eval, D]`` features (saved as an artifact when asked).
     ``info``: small JSON-able facts for the record (iterations run, stop reason, ...).
     """
 
     labels: Any
-    embeddings: Any = None
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def labels_numpy(self) -> np.ndarray:

@@ -4,8 +4,8 @@
     <root>/runs/<run_id>.json      one manifest per `bench run`: suite, spec, start/end, and for each
                                    trial its key, status and metrics *as of that run* (history survives
                                    a later re-run that replaces a failed record)
-    <root>/artifacts/<key>/        per-trial files: predicted labels, checkpoints, embeddings
-    <root>/stages/<name>/<hash>.pt shared stage outputs (e.g. pretrained autoencoders)
+    <root>/artifacts/<key>/        per-trial files: predicted labels, progress checkpoints
+    <root>/stages/<name>/<key>/    shared stage artifacts (bench.stages: pretrained networks, neighbours)
     <root>/attempts/<key>/<run_id>.json  an attempt the store refused to put over a better record
     <root>/locks/<key>.lock        held while a key is computed (one live computation per key)
     <root>/logs/<run_id>/          a run's logs: driver.log (Ray, the harness) and <trial>.log per trial

@@ -237,7 +237,7 @@ class DEC(ClusteringMethod):
                                       eval_pred=pred if (with_eval or done) else None)
                         if done:
                             results[s] = ClusterOutput(
-                                labels=pred.clone(), embeddings=None,
+                                labels=pred.clone(),
                                 info={"iterations": it, "stop_reason": "tol" if stop else "max_iters",
                                       "last_delta_label": deltas[s], "kmeans_init_inertia": inertias[s],
                                       "seeds_trained_together": n_seeds})

@@ -363,7 +363,7 @@ class DEPICT(ClusteringMethod):
         eval_x = x if data.same_split else (data.float01(data.x_eval) * 2.0 - 1.0).to(dev)
         labels = model.clean_prob(eval_x).argmax(1)
         info.update(epochs=ep, stop_reason=stop_reason, last_target_mse_change=change)
-        return ClusterOutput(labels=labels, embeddings=None, info=info)
+        return ClusterOutput(labels=labels, info=info)
 
 
 __all__ = ["DEPICT", "DepictAutoencoder", "frequency_normalised"]

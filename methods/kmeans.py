@@ -56,7 +56,7 @@ class KMeans(ClusteringMethod):
             fit_x = torch.nn.functional.normalize(fit_x, dim=1)
             pred_x = torch.nn.functional.normalize(pred_x, dim=1)
         res = kmeans(fit_x, data.n_clusters, n_init=cfg.n_init, max_iter=cfg.max_iter, tol=cfg.tol,
-                     generator=ctx.generator())
+                     generator=ctx.rng("kmeans"))
         if pred_x is fit_x:
             labels = res.labels
         else:
