@@ -161,6 +161,8 @@ def _dry_run(suite, args, only: set[str] | None = None) -> int:
     n_seeds = sum(len(u.seeds) for u in plan.units)
     print(f"dry run of suite {suite.name!r}: {n_seeds} trial(s) in {len(plan.units)} unit(s) to run, "
           f"{len(plan.skipped)} reused from {_store(args).root}; nothing was run or written")
+    for su in plan.stage_units[:50]:
+        print(f"  stage {su.name} on {su.dataset}, seeds {su.seeds} (built first, shared by the trials that read it)")
     for u in plan.units[:50]:
         print(f"  {u.method}/{u.variant} on {u.dataset}, seeds {u.seeds}, {u.cpus:g} CPU, {u.gpus:g} GPU")
     if len(plan.units) > 50:
