@@ -377,7 +377,10 @@ def materialize(ctxs: list[TrialContext], request: StageRequest) -> list[dict[st
             with torch.random.fork_rng(devices=list(range(torch.cuda.device_count()))):
                 torch.manual_seed(stream_seed(ctxs[missing[0]].seed, f"stage/{name}"))
                 if request.cls.batchable:
-                    built = stage.build_seeds(data, [inputs[i] for i in missing], bctxs)
+                    try:
+                        built = stage.build_seeds(data, [inputs[i] for i in missing], bctxs)
+                    except Exception as exc:  # noqa: BLE001 - every seed of the build failed (each keeps its
+                        built = [exc] * len(missing)  # own reason when it marked one with ctx.fail)
                 else:
                     built = [_build_one(stage, data, inputs[i], b) for i, b in zip(missing, bctxs)]
             build_s = time.perf_counter() - t0

@@ -32,3 +32,21 @@ def test_ray_grid_with_a_killed_worker(local_ray, store):
     assert man["mode"] == "ray" and man["status"] == "finished"
     logs = store.log_dir(man["run_id"])  # Ray's driver logs and each trial's output, not the terminal
     assert (logs / "driver.log").stat().st_size > 0 and (logs / "test_first_pixel-default-digits-s0.log").exists()
+
+
+def test_ray_builds_a_shared_stage_once_before_its_trials(local_ray, store):
+    """AE + k-means and DEC on two seeds through Ray: the planner's stage task trains both seeds' autoencoders
+    (one batched model) before the four trials, which all read them."""
+    ae = {"hidden_dims": [16, 16, 32, 4], "pretrain_iters_per_layer": 10, "finetune_iters": 10,
+          "pretrain_momentum_burnin": 2, "n_init": 2}
+    s = parse_suite({"name": "ray_stages", "seeds": [0, 1], "datasets": ["digits"], "resources": {"cpus_per_trial": 1},
+                     "methods": [{"name": "ae_kmeans", "config": ae},
+                                 {"name": "dec", "config": {**ae, "max_iters": 20, "update_interval": 10}}]})
+    man = run_suite(s, store=store, data_root=store.root)
+    recs = store.run_records(man)
+    assert [r.status for r in recs] == ["ok"] * 4
+    assert [st["status"] for st in man["stages"]] == ["built", "built"]
+    assert (store.log_dir(man["run_id"]) / "stage-sdae-digits-s0_1.log").exists()
+    for seed in (0, 1):
+        used = [r.stages[0] for r in recs if r.seed == seed]
+        assert used[0]["key"] == used[1]["key"] and sorted(u["reused"] for u in used) == [False, True]
