@@ -90,8 +90,9 @@ class GridCell:
     entry: Any  # the suite's MethodEntry
     variant: str
     dataset: str
-    config: dict[str, Any]
+    config: dict[str, Any]  # ``typed`` as JSON: what records store and keys hash
     protocol: dict[str, Any]
+    typed: Any = None  # the method's Config instance, resolved once here (paper <- dataset <- variant <- suite)
 
     @property
     def method(self) -> str:
@@ -114,14 +115,14 @@ def suite_grid(suite: SuiteSpec, only: set[str] | None = None) -> list[GridCell]
         for variant in entry.variants:
             for ds in datasets:
                 overrides = {**entry.config, **entry.config_by_dataset.get(ds, {})}
-                config = resolve_config(entry.name, variant, ds, overrides).model_dump(mode="json")
+                typed = resolve_config(entry.name, variant, ds, overrides)
                 protocol = {
                     "train_split": suite.protocol.train_split or cls.train_split,
                     "eval_split": suite.protocol.eval_split or cls.eval_split,
                     "n_clusters": get_dataset_spec(ds).n_classes,
-                    **cls.protocol_fields(cls.Config(**config)),
+                    **cls.protocol_fields(typed),
                 }
-                cells.append(GridCell(entry, variant, ds, config, protocol))
+                cells.append(GridCell(entry, variant, ds, typed.model_dump(mode="json"), protocol, typed))
     return cells
 
 
@@ -182,7 +183,7 @@ def _add_stage_nodes(nodes: dict[str, dict[str, Any]], cls, cell: GridCell, md5:
 
     if not todo:
         return
-    requests = walk(cls.stages(cls.Config(**cell.config)))
+    requests = walk(cls.stages(cell.typed))
     stages = StageStore(store.stage_dir)
     split = cell.protocol["train_split"]
     for seed, key, _ in todo:

@@ -30,7 +30,7 @@ from bench.method import ClusteringData, ClusterOutput
 from bench.metrics import cluster_profile, evaluate
 from bench.provenance import environment
 from bench.records import ResultRecord
-from bench.registry import get_method, resolve_config
+from bench.registry import get_method
 from bench.store import ResultStore
 
 log = logging.getLogger("bench.trial")
@@ -232,7 +232,7 @@ def _execute_locked(unit: TrialUnit, store: ResultStore) -> list[ResultRecord]:
     def scorer(pred: np.ndarray) -> dict[str, float]:
         return evaluate(y_eval_np, pred)
 
-    config = resolve_config(unit.method, unit.variant, unit.dataset, unit.config)
+    config = cls.Config.model_validate(unit.config)  # resolved on the driver; checked again after the trip
     stage_requests = cls.stages(config)
     ctxs = [TrialContext(seed=s, device=device, artifact_dir=store.artifact_dir(k), stage_dir=store.stage_dir,
                          data_md5=data.md5, code_version=str(unit.code["code_version"]), scorer=scorer,
