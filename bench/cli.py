@@ -150,7 +150,8 @@ def resumed_suite(store, run_id: str):
 
 def _dry_run(suite, args, only: set[str] | None = None) -> int:
     """Plan as `bench run` would (every name, config, data file and resource checked), print it, write nothing."""
-    from bench.runner import _gpu_count, plan_suite
+    from bench.plan import plan_suite
+    from bench.runner import _gpu_count
     from bench.suite import check_gpus
 
     if args.address:

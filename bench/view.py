@@ -41,9 +41,9 @@ def _newness(r: ResultRecord) -> tuple:
 
 
 def suite_view(store, suite, only: set[str] | None = None) -> SuiteView:
-    """``suite``: a SuiteSpec; its grid is resolved as planning does (bench.runner.suite_grid)."""
+    """``suite``: a SuiteSpec; its grid is resolved as planning does (bench.plan.suite_grid)."""
+    from bench.plan import suite_grid
     from bench.registry import get_method
-    from bench.runner import suite_grid
 
     cells = suite_grid(suite, only)
     wanted = {_cell_key(c.method, c.variant, c.dataset, s, c.protocol): (c, s) for c in cells for s in suite.seeds}

@@ -124,7 +124,7 @@ def test_flipped_bytes_in_every_file_and_cache_a_trial_reads(tmp_path, monkeypat
 
 def test_source_changed_between_planning_and_loading_fails_the_seed(tmp_path, store):
     """The worker re-verifies what the driver planned with: a file changed in between fails the trial."""
-    from bench.runner import plan_suite
+    from bench.plan import plan_suite
     from bench.suite import parse_suite
     from bench.trial import execute_unit
 

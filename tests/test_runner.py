@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from bench.cli import main
+from bench.plan import plan_suite
 from bench.records import ResultRecord
 from bench.report import records_frame, summarize, write_report
-from bench.runner import _finish_manifest, plan_suite, run_suite
+from bench.runner import _finish_manifest, run_suite
 from bench.suite import parse_suite
 
 

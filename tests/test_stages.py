@@ -192,7 +192,8 @@ def _family_suite():
 
 def test_suite_builds_the_shared_autoencoder_once_per_seed_and_a_new_commit_reuses_it(tmp_path, capsys):
     from bench.cli import main
-    from bench.runner import plan_suite, run_suite
+    from bench.plan import plan_suite
+    from bench.runner import run_suite
     from bench.store import ResultStore
 
     store = ResultStore(tmp_path / "store")
