@@ -59,6 +59,13 @@ class ClusteringData:
     #: images without labels for training only (STL-10's unlabeled split), or None; never evaluated.
     #: Methods whose papers train on them use them (CC, SimCLR + k-means, PICA), the others ignore them.
     x_unlabeled: torch.Tensor | None = None
+    #: a suite's ``protocol.max_images`` (smoke runs): each split was cut to its first N images
+    max_images: int | None = None
+
+    @property
+    def split_id(self) -> str:
+        """The training images' identity within the dataset (part of every stage key): split and cut."""
+        return split_id(self.train_split, self.max_images)
 
     @property
     def same_split(self) -> bool:
@@ -74,6 +81,10 @@ class ClusteringData:
         if x.dtype == torch.uint8:
             return x.float().div_(255.0)
         return x.float()
+
+
+def split_id(split: str, max_images: int | None = None) -> str:
+    return split if not max_images else f"{split}[:{max_images}]"
 
 
 @dataclasses.dataclass

@@ -19,6 +19,7 @@ from typing import Any
 
 from bench.data import dataset_identity, default_cache_dir, get_dataset_spec
 from bench.errors import BenchError
+from bench.method import split_id
 from bench.records import trial_key
 from bench.registry import get_method, resolve_config
 from bench.store import ResultStore
@@ -84,6 +85,8 @@ def suite_grid(suite: SuiteSpec, only: set[str] | None = None) -> list[GridCell]
                     "n_clusters": get_dataset_spec(ds).n_classes,
                     **cls.protocol_fields(typed),
                 }
+                if suite.protocol.max_images:
+                    protocol["max_images"] = suite.protocol.max_images
                 cells.append(GridCell(entry, variant, ds, typed.model_dump(mode="json"), protocol, typed))
     return cells
 
@@ -147,7 +150,7 @@ def _add_stage_nodes(nodes: dict[str, dict[str, Any]], cls, cell: GridCell, md5:
         return
     requests = walk(cls.stages(cell.typed))
     stages = StageStore(store.stage_dir)
-    split = cell.protocol["train_split"]
+    split = split_id(cell.protocol["train_split"], cell.protocol.get("max_images"))
     for seed, key, _ in todo:
         for req in requests:
             skey = req.key(md5, split, seed)
@@ -164,7 +167,8 @@ def _stage_units(nodes: dict[str, dict[str, Any]], store: ResultStore, data_root
     together, at most ``STAGE_SEED_BATCH`` at a time; other stages build one seed per unit. Upstream first."""
     groups: dict[tuple, list[tuple[str, dict[str, Any]]]] = {}
     for skey, node in nodes.items():
-        gid = (node["request"].identity(), node["dataset"], node["protocol"]["train_split"])
+        gid = (node["request"].identity(), node["dataset"], split_id(node["protocol"]["train_split"],
+                                                                   node["protocol"].get("max_images")))
         groups.setdefault(gid, []).append((skey, node))
     units = []
     for members in groups.values():

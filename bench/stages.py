@@ -342,7 +342,7 @@ def materialize(ctxs: list[TrialContext], request: StageRequest) -> list[dict[st
         raise RuntimeError("TrialContext.bind(data, stages) was not called before asking for a stage")
     store = StageStore(ctxs[0].stage_dir)
     name = request.stage
-    keys = [request.key(data.md5, data.train_split, ctx.seed) for ctx in ctxs]
+    keys = [request.key(data.md5, data.split_id, ctx.seed) for ctx in ctxs]
     metas: list[dict[str, Any] | None] = [None] * n
     locks = [store.lock(k) for k in sorted({keys[i] for i in live})]
     for lock in locks:
@@ -394,9 +394,9 @@ def materialize(ctxs: list[TrialContext], request: StageRequest) -> list[dict[st
                     continue
                 metas[i] = store.save(name, keys[i], out, {
                     "version": request.cls.version, "config": request.config.model_dump(mode="json"),
-                    "upstream": {k: r.key(data.md5, data.train_split, ctxs[i].seed)
+                    "upstream": {k: r.key(data.md5, data.split_id, ctxs[i].seed)
                                  for k, r in sorted(request.inputs().items())},
-                    "dataset": data.dataset, "data_md5": data.md5, "split": data.train_split, "seed": ctxs[i].seed,
+                    "dataset": data.dataset, "data_md5": data.md5, "split": data.split_id, "seed": ctxs[i].seed,
                     "run_id": ctxs[i].run_id, "owner": ctxs[i].key, "build_s": round(build_s, 3),
                     "seeds_built_together": len(missing), "code_version": ctxs[i].code_version, "curve": b.curve})
                 results[i] = out

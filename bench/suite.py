@@ -131,6 +131,8 @@ class TableSpec(_Strict):
 class ProtocolOverride(_Strict):
     train_split: Split | None = None
     eval_split: Split | None = None
+    #: smoke and debugging runs only: the first N images of each split (records state it; never a paper protocol)
+    max_images: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
 
 
 class SuiteSpec(_Strict):

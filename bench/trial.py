@@ -130,9 +130,16 @@ def _load_data(dataset: str, protocol: dict[str, Any], md5: str, data_root: str,
                          "re-run `bench run`")
     x_train, _ = loaded.split(protocol["train_split"])
     x_eval, y_eval = loaded.split(protocol["eval_split"])
+    x_unlabeled = loaded.splits.x_unlabeled
+    n = protocol.get("max_images")
+    if n:  # smoke runs: the first n images of each split (the record's protocol says so)
+        same = protocol["train_split"] == protocol["eval_split"]
+        x_train, x_eval, y_eval = x_train[:n], x_eval[:n], y_eval[:n]
+        x_eval = x_train if same else x_eval
+        x_unlabeled = None if x_unlabeled is None else x_unlabeled[:n]
     data = ClusteringData(dataset=dataset, x_train=x_train, x_eval=x_eval, n_clusters=int(protocol["n_clusters"]),
                           train_split=protocol["train_split"], eval_split=protocol["eval_split"], md5=loaded.md5,
-                          x_unlabeled=loaded.splits.x_unlabeled)
+                          x_unlabeled=x_unlabeled, max_images=n)
     return data, y_eval
 
 
