@@ -4,6 +4,7 @@
     bench report [SUITE] [--run RUN_ID] [--store DIR] [--out DIR]
     bench trial METHOD DATASET [--seed N] [--variant V] [--set key=value ...]
     bench trials [--store DIR]                           (the single trials `bench trial` ran)
+    bench stages [--store DIR] [--prune]                 (stored stages and the records that read them)
     bench list [METHOD]
     bench doctor [--store DIR] [--data DIR] [--address ADDR]
     bench audit [--suite SUITE | --run RUN_ID] [--claims DIR] [--store DIR] [--out DIR]
