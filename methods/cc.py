@@ -40,21 +40,22 @@ from pydantic import Field
 
 from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, TrialContext
 from bench.registry import register_method
-from methods._contrastive import (
-    EpochLoop,
-    LoopConfig,
-    autocast,
-    conv_layout,
-    epoch_batches,
-    eval_pass,
-    prepare_training,
-    unlabeled_images,
-)
 from methods.common.augment import GPUAugment, cc_spec, resize_eval
 from methods.common.backbones import resnet
 from methods.common.heads import cluster_head, mlp_head
 from methods.common.kmeans import kmeans
 from methods.common.losses import cluster_contrastive, nt_xent
+from methods.engine import (
+    Engine,
+    EngineConfig,
+    EvalHook,
+    autocast,
+    conv_layout,
+    eval_mode,
+    eval_pass,
+    prepare_training,
+    unlabeled_images,
+)
 
 
 class CCNet(torch.nn.Module):
@@ -109,7 +110,7 @@ class CC(ClusteringMethod):
     # official: s = 0.5 for CIFAR-10/100 and Tiny-ImageNet, 1.0 for STL-10 and the ImageNet subsets
     dataset_defaults = {"stl10": {"jitter_strength": 1.0}}
 
-    class Config(LoopConfig):
+    class Config(EngineConfig):
         backbone: Literal["resnet18", "resnet34"] = "resnet34"  # maintainer (issue #44): ResNet-34 everywhere
         stem: Literal["imagenet", "cifar"] = "imagenet"  # unmodified torchvision stem (7x7/2 conv + maxpool)
         image_size: int = Field(224, ge=8, description="every dataset is resized to this (CIFAR 32 -> 224)")
@@ -135,21 +136,19 @@ class CC(ClusteringMethod):
     def run(self, data: ClusteringData, ctx: TrialContext) -> ClusterOutput:
         cfg = self.config
         dev = ctx.device
-        net = CCNet(cfg.backbone, cfg.stem, data.x_train.shape[1], cfg.feature_dim, data.n_clusters, cfg.heads)
+        with ctx.init_rng("init"):
+            net = CCNet(cfg.backbone, cfg.stem, data.x_train.shape[1], cfg.feature_dim, data.n_clusters, cfg.heads)
         x_train, net = prepare_training(data.x_train, net, dev)
         x_eval = x_train if data.same_split else data.x_eval
+        extra = unlabeled_images(data, cfg.unlabeled) if cfg.heads != "cch" else None
+        x_extra = None if extra is None else extra.to(dev, non_blocking=True).contiguous()
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         spec = cc_spec(cfg.image_size, cfg.jitter_strength, blur=cfg.blur)
         augment = GPUAugment(spec, channels_last=dev.type == "cuda")  # grey images: hue/saturation skip
-        g_batch, g_aug = ctx.generator(offset=1), ctx.generator(offset=2)
-        loop = EpochLoop(ctx, cfg, modules={"net": net}, optimizer=opt, generators={"batch": g_batch, "aug": g_aug})
+        g_aug = ctx.rng("augment")
 
         def plain(xb: torch.Tensor) -> torch.Tensor:  # the "x" of the ablations and the eval view: Resize only
             return resize_eval(xb, cfg.image_size, spec.mean, spec.std)
-
-        n = x_train.shape[0]
-        extra = unlabeled_images(data, cfg.unlabeled) if cfg.heads != "cch" else None
-        x_extra = None if extra is None else extra.to(dev, non_blocking=True).contiguous()
 
         def views_of(xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             if cfg.aug_pair == "ta+tb":
@@ -159,62 +158,41 @@ class CC(ClusteringMethod):
             v = plain(xb)
             return v, v
 
-        def step(x_source: torch.Tensor, idx: torch.Tensor, instance_only: bool) -> torch.Tensor:
-            """One optimiser step; returns the detached [total, instance, cluster] losses."""
+        def step(x_source: torch.Tensor, idx: torch.Tensor, instance_only: bool = False) -> dict[str, torch.Tensor]:
+            """Two views of the batch -> ICH and CCH of each -> L = L_instance + L_cluster."""
             z1, z2, p1, p2 = forward_views(net, *views_of(x_source.index_select(0, idx)), dev, cfg.precision,
                                            per_view=cfg.batchnorm == "per_view")
-            zero = torch.zeros((), device=dev)
-            li = nt_xent(z1, z2, cfg.instance_temperature) if z1 is not None else zero
-            lc = cluster_contrastive(p1, p2, cfg.cluster_temperature) if p1 is not None and not instance_only \
-                else zero
-            loss = li + lc
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            return torch.stack([loss, li, lc]).detach()
+            out = {}
+            if z1 is not None:
+                out["loss_instance"] = nt_xent(z1, z2, cfg.instance_temperature)
+            if p1 is not None and not instance_only:
+                out["loss_cluster"] = cluster_contrastive(p1, p2, cfg.cluster_temperature)
+            out["loss"] = sum(out.values())
+            return out
 
-        labels = None
-        for epoch in loop.epochs(cfg.epochs):
-            net.train()
-            sums = torch.zeros(3, device=dev)
-            n_steps = 0
-            if x_extra is not None:  # official STL-10: the unlabeled images train the ICH (and trunk) first
-                for idx in epoch_batches(x_extra.shape[0], cfg.batch_size, g_batch, dev):
-                    sums += step(x_extra, idx, instance_only=True)
-                    n_steps += 1
-            for idx in epoch_batches(n, cfg.batch_size, g_batch, dev):
-                sums += step(x_train, idx, instance_only=False)
-                n_steps += 1
-            train_s = loop.train_seconds()
-            labels = self._cluster(net, x_eval, x_train, data, ctx, plain) \
-                if loop.wants_eval(epoch, cfg.epochs) else None
-            mean = sums / max(1, n_steps)
-            scalars = {"loss": mean[0]}
-            if cfg.heads != "cch":
-                scalars["loss_instance"] = mean[1]
-            if cfg.heads != "ich":
-                scalars["loss_cluster"] = mean[2]
-            loop.end_epoch(epoch, cfg.epochs, train_s=train_s, eval_pred=labels, **scalars)
-        if labels is None:  # the last epoch always evaluates; kept for safety
-            labels = self._cluster(net, x_eval, x_train, data, ctx, plain)
-        loop.finish()
-        return ClusterOutput(labels=labels, info={**loop.info(), "heads": cfg.heads, "aug_pair": cfg.aug_pair,
-                                                  "batchnorm": cfg.batchnorm,
-                                                  "unlabeled_images": 0 if extra is None else extra.shape[0]})
+        engine = Engine(ctx, cfg, modules={"net": net}, optimizer=opt, streams={"augment": g_aug},
+                        hooks=[EvalHook(lambda e: self._cluster(net, x_eval, x_train, data, ctx, plain),
+                                        cfg.eval_every)])
+        if x_extra is not None:  # official STL-10: the unlabeled images train the ICH (and trunk) first
+            engine.add_pass("unlabeled", x_extra.shape[0],
+                            lambda idx: step(x_extra, idx, instance_only=True), cfg.batch_size)
+        engine.add_pass("train", x_train.shape[0], lambda idx: step(x_train, idx), cfg.batch_size)
+        engine.run(cfg.epochs)
+        return ClusterOutput(labels=engine.hook(EvalHook).pred,
+                             info={**engine.info(), "heads": cfg.heads, "aug_pair": cfg.aug_pair,
+                                   "batchnorm": cfg.batchnorm,
+                                   "unlabeled_images": 0 if extra is None else extra.shape[0]})
 
-    @torch.no_grad()
     def _cluster(self, net: CCNet, x_eval, x_train, data: ClusteringData, ctx: TrialContext, plain) -> torch.Tensor:
+        """Argmax of the CCH on the eval view; ICH only: k-means once on the ICH outputs (fit on the training
+        images)."""
         cfg = self.config
         dev = ctx.device
-        net.eval()
-        try:
+        with eval_mode(net):
             z, p = eval_pass(net, x_eval, plain, cfg.eval_batch_size, dev, cfg.precision)
             if p is not None:
                 return p.argmax(1)
-            # ICH only: k-means once on the 128-d ICH outputs (fit on the training images)
             z_fit = z if x_eval is x_train else eval_pass(lambda v: net(v)[0], x_train, plain, cfg.eval_batch_size,
                                                          dev, cfg.precision)
-            km = kmeans(z_fit, data.n_clusters, n_init=cfg.kmeans_n_init, generator=ctx.generator(offset=3))
-            return km.labels if x_eval is x_train else torch.cdist(z, km.centers).argmin(1)
-        finally:
-            net.train()
+        km = kmeans(z_fit, data.n_clusters, n_init=cfg.kmeans_n_init, generator=ctx.rng("kmeans"))
+        return km.labels if x_eval is x_train else torch.cdist(z, km.centers).argmin(1)

@@ -32,21 +32,22 @@ from pydantic import Field
 
 from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, TrialContext
 from bench.registry import register_method
-from methods._contrastive import (
-    EpochLoop,
-    LoopConfig,
-    autocast,
-    conv_layout,
-    epoch_batches,
-    eval_pass,
-    multistep_lr,
-    prepare_training,
-    set_lr,
-)
 from methods.common.augment import GPUAugment, idfd_spec, resize_eval
 from methods.common.backbones import resnet
 from methods.common.kmeans import kmeans
 from methods.common.losses import feature_decorrelation, feature_orthogonality, instance_discrimination, update_memory
+from methods.engine import (
+    Engine,
+    EngineConfig,
+    EvalHook,
+    Hook,
+    LrScheduleHook,
+    autocast,
+    conv_layout,
+    eval_mode,
+    eval_pass,
+    prepare_training,
+)
 
 
 class IDFDNet(torch.nn.Module):
@@ -57,6 +58,23 @@ class IDFDNet(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.fc(self.backbone(x)), dim=1)
+
+
+class MemoryBankHook(Hook):
+    """The non-parametric memory bank: after each step, the batch's rows move towards its features,
+    v_i <- normalise(m v_i + (1 - m) f_i) (official ``NonParametricClassifier``). Saved with the checkpoint."""
+
+    def __init__(self, memory: torch.Tensor, momentum: float):
+        self.memory, self.momentum = memory, momentum
+
+    def after_step(self, engine: Engine, idx: torch.Tensor, outputs: dict[str, torch.Tensor]) -> None:
+        update_memory(self.memory, outputs["features"], idx, self.momentum)
+
+    def state_dict(self) -> dict:
+        return {"memory": self.memory.detach().cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.memory.copy_(state["memory"].to(self.memory.device))  # in place: the step holds this tensor
 
 
 @register_method
@@ -71,7 +89,7 @@ class IDFD(ClusteringMethod):
     gpu_share = 1.0
     variants = {"default": {}, "id": {"loss": "id"}, "idfo": {"loss": "idfo"}}
 
-    class Config(LoopConfig):
+    class Config(EngineConfig):
         backbone: Literal["resnet18", "resnet34"] = "resnet18"
         stem: Literal["imagenet", "cifar"] = "cifar"
         image_size: int = Field(32, ge=8)
@@ -93,67 +111,47 @@ class IDFD(ClusteringMethod):
     def run(self, data: ClusteringData, ctx: TrialContext) -> ClusterOutput:
         cfg = self.config
         dev = ctx.device
-        net = IDFDNet(cfg.backbone, cfg.stem, data.x_train.shape[1], cfg.feature_dim)
+        with ctx.init_rng("init"):
+            net = IDFDNet(cfg.backbone, cfg.stem, data.x_train.shape[1], cfg.feature_dim)
         x_train, net = prepare_training(data.x_train, net, dev)
         n = x_train.shape[0]
         opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         spec = idfd_spec(cfg.image_size)
         augment = GPUAugment(spec, channels_last=dev.type == "cuda")  # grey images: hue/saturation skip
-        g_batch, g_aug = ctx.generator(offset=1), ctx.generator(offset=2)
+        g_aug = ctx.rng("augment")
         # memory bank initialised as the official NonParametricClassifier: U(-s, s), s = 1/sqrt(dim/3)
         # (rows of norm ~1; every entry is refreshed in epoch 1)
-        g_mem = ctx.generator(device="cpu", offset=4)
         stdv = 1.0 / (cfg.feature_dim / 3.0) ** 0.5
-        memory = (torch.rand(n, cfg.feature_dim, generator=g_mem) * (2 * stdv) - stdv).to(dev)
-        loop = EpochLoop(ctx, cfg, modules={"net": net}, optimizer=opt, generators={"batch": g_batch, "aug": g_aug},
-                         extra={"memory": memory})
-        labels = None
-        for epoch in loop.epochs(cfg.epochs):
-            set_lr(opt, multistep_lr(cfg.lr, epoch - 1, cfg.lr_milestones, cfg.lr_gamma))
-            net.train()
-            sums = torch.zeros(3, device=dev)
-            n_steps = 0
-            for idx in epoch_batches(n, cfg.batch_size, g_batch, dev, drop_last=False):
-                v = augment(x_train.index_select(0, idx), generator=g_aug)
-                v = conv_layout(v, dev)
-                with autocast(dev, cfg.precision):
-                    f = net(v)
-                f = f.float()
-                l_id = instance_discrimination(f, memory, idx, cfg.temperature)
-                if cfg.loss == "idfd":
-                    l_f = feature_decorrelation(f, cfg.fd_temperature)
-                elif cfg.loss == "idfo":
-                    l_f = feature_orthogonality(f)
-                else:
-                    l_f = torch.zeros((), device=dev)
-                loss = l_id + cfg.fd_weight * l_f
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                update_memory(memory, f, idx, cfg.memory_momentum)
-                sums += torch.stack([loss.detach(), l_id.detach(), l_f.detach()])
-                n_steps += 1
-            train_s = loop.train_seconds()
-            labels = self._cluster(net, memory, data, ctx, spec) if loop.wants_eval(epoch, cfg.epochs) else None
-            mean = sums / max(1, n_steps)
-            loop.end_epoch(epoch, cfg.epochs, train_s=train_s, eval_pred=labels, loss=mean[0], loss_id=mean[1],
-                           loss_feature=mean[2], lr=opt.param_groups[0]["lr"])
-        if labels is None:
-            labels = self._cluster(net, memory, data, ctx, spec)
-        loop.finish()
-        return ClusterOutput(labels=labels, info={**loop.info(), "loss": cfg.loss})
+        memory = (torch.rand(n, cfg.feature_dim, generator=ctx.rng("memory_init", "cpu")) * (2 * stdv) - stdv).to(dev)
 
-    @torch.no_grad()
-    def _cluster(self, net: IDFDNet, memory: torch.Tensor, data: ClusteringData, ctx: TrialContext,
-                 spec) -> torch.Tensor:
-        cfg = self.config
-        km = kmeans(memory, data.n_clusters, n_init=cfg.kmeans_n_init, generator=ctx.generator(offset=3))
-        if data.same_split:
-            return km.labels
-        net.eval()
-        try:
-            f = eval_pass(net, data.x_eval, lambda xb: resize_eval(xb, cfg.image_size, spec.mean, spec.std),
-                          cfg.eval_batch_size, ctx.device, cfg.precision)
-        finally:
-            net.train()
-        return torch.cdist(f, km.centers).argmin(1)
+        def step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
+            """One augmented view -> 128-d features f -> L = L_ID(f, memory) + w L_FD(f) (or L_FO, or none)."""
+            v = conv_layout(augment(x_train.index_select(0, idx), generator=g_aug), dev)
+            with autocast(dev, cfg.precision):
+                f = net(v).float()
+            l_id = instance_discrimination(f, memory, idx, cfg.temperature)
+            if cfg.loss == "idfd":
+                l_f = feature_decorrelation(f, cfg.fd_temperature)
+            elif cfg.loss == "idfo":
+                l_f = feature_orthogonality(f)
+            else:
+                l_f = torch.zeros((), device=dev)
+            return {"loss": l_id + cfg.fd_weight * l_f, "loss_id": l_id, "loss_feature": l_f, "features": f}
+
+        def cluster(_engine) -> torch.Tensor:
+            """k-means on the memory bank; eval images (when another split) go to the nearest centre."""
+            km = kmeans(memory, data.n_clusters, n_init=cfg.kmeans_n_init, generator=ctx.rng("kmeans"))
+            if data.same_split:
+                return km.labels
+            with eval_mode(net):
+                f = eval_pass(net, data.x_eval, lambda xb: resize_eval(xb, cfg.image_size, spec.mean, spec.std),
+                              cfg.eval_batch_size, dev, cfg.precision)
+            return torch.cdist(f, km.centers).argmin(1)
+
+        engine = Engine(ctx, cfg, modules={"net": net}, optimizer=opt, streams={"augment": g_aug}, hooks=[
+            LrScheduleHook.multistep(cfg.lr, cfg.lr_milestones, cfg.lr_gamma),
+            MemoryBankHook(memory, cfg.memory_momentum),
+            EvalHook(cluster, cfg.eval_every)])
+        engine.add_pass("train", n, step, cfg.batch_size, drop_last=False)
+        engine.run(cfg.epochs)
+        return ClusterOutput(labels=engine.hook(EvalHook).pred, info={**engine.info(), "loss": cfg.loss})

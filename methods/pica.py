@@ -30,6 +30,7 @@ a result, so the reported clusters are the final epoch's; the per-epoch ACC stay
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import torch
@@ -38,19 +39,20 @@ from pydantic import Field
 
 from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, TrialContext
 from bench.registry import register_method
-from methods._contrastive import (
-    EpochLoop,
-    LoopConfig,
+from methods.common.augment import NORMALIZATION, GPUAugment, channel_mean_std, pica_spec, resize_eval
+from methods.common.backbones import resnet
+from methods.common.losses import pica_pui
+from methods.engine import (
+    Engine,
+    EngineConfig,
+    EvalHook,
     autocast,
     conv_layout,
-    epoch_batches,
+    eval_mode,
     eval_pass,
     prepare_training,
     unlabeled_images,
 )
-from methods.common.augment import NORMALIZATION, GPUAugment, channel_mean_std, pica_spec, resize_eval
-from methods.common.backbones import resnet
-from methods.common.losses import pica_pui
 
 
 class Sobel(torch.nn.Module):
@@ -112,7 +114,7 @@ class PICA(ClusteringMethod):
                         "cifar10": {"normalization": "cifar10"},
                         "cifar100-20": {"normalization": "cifar100_pica"}}
 
-    class Config(LoopConfig):
+    class Config(EngineConfig):
         backbone: Literal["resnet18", "resnet34"] = "resnet34"
         stem: Literal["cifar"] = "cifar"  # 3x3/1 conv + MaxPool(2, 2, pad 1), see PICANet
         sobel: bool = True
@@ -136,7 +138,8 @@ class PICA(ClusteringMethod):
         cfg = self.config
         dev = ctx.device
         heads = ([cfg.overclustering] if cfg.overclustering else []) + [data.n_clusters]
-        net = PICANet(cfg.backbone, data.x_train.shape[1], cfg.sobel, heads)
+        with ctx.init_rng("init"):
+            net = PICANet(cfg.backbone, data.x_train.shape[1], cfg.sobel, heads)
         x_train, net = prepare_training(data.x_train, net, dev)
         x_eval = x_train if data.same_split else data.x_eval
         # official STL-10 (main.py train_splits): the over-clustering head trains on train + unlabeled + test,
@@ -147,52 +150,33 @@ class PICA(ClusteringMethod):
         mean, std = channel_mean_std(x_train) if cfg.normalization == "dataset" else NORMALIZATION[cfg.normalization]
         spec = pica_spec(cfg.image_size, mean, std)
         augment = GPUAugment(spec, channels_last=dev.type == "cuda")  # grey images: hue/saturation skip
-        g_batch, g_aug = ctx.generator(offset=1), ctx.generator(offset=2)
-        loop = EpochLoop(ctx, cfg, modules={"net": net}, optimizer=opt, generators={"batch": g_batch, "aug": g_aug})
+        g_aug = ctx.rng("augment")
 
         def original(xb: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
             return _crop(resize_eval(xb, cfg.resize, spec.mean, spec.std), cfg.image_size, gen)
 
-        labels = None
-        for epoch in loop.epochs(cfg.epochs):
-            net.train()
-            head_losses = []
-            for h in range(len(heads)):
-                x_h = x_over if cfg.overclustering and h == 0 else x_train
-                loss_sum = torch.zeros((), device=dev)
-                n_steps = 0
-                for idx in epoch_batches(x_h.shape[0], cfg.batch_size, g_batch, dev, drop_last=False):
-                    xb = x_h.index_select(0, idx)
-                    xo = original(xb, g_aug)
-                    xp = augment(xb.repeat(cfg.data_nrepeat, 1, 1, 1), generator=g_aug)
-                    xo, xp = conv_layout(xo, dev), conv_layout(xp, dev)
-                    with autocast(dev, cfg.precision):
-                        po, pp = net(xo, h), net(xp, h)
-                    loss = pica_pui(po.float().repeat(cfg.data_nrepeat, 1), pp.float(), cfg.entropy_weight)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    loss_sum += loss.detach()
-                    n_steps += 1
-                head_losses.append(loss_sum / max(1, n_steps))
-            train_s = loop.train_seconds()
-            labels = self._cluster(net, x_eval, original, ctx) if loop.wants_eval(epoch, cfg.epochs) else None
-            scalars = {f"loss_head{k}": v for k, v in zip(heads, head_losses)}
-            loop.end_epoch(epoch, cfg.epochs, train_s=train_s, eval_pred=labels, loss=head_losses[-1], **scalars)
-        if labels is None:
-            labels = self._cluster(net, x_eval, original, ctx)
-        loop.finish()
-        return ClusterOutput(labels=labels, info={**loop.info(), "heads": heads,
+        def step(x_source: torch.Tensor, head: int, idx: torch.Tensor) -> dict[str, torch.Tensor]:
+            """B originals and data_nrepeat perturbed copies of each -> head's softmax -> PUI + entropy term."""
+            xb = x_source.index_select(0, idx)
+            xo = conv_layout(original(xb, g_aug), dev)
+            xp = conv_layout(augment(xb.repeat(cfg.data_nrepeat, 1, 1, 1), generator=g_aug), dev)
+            with autocast(dev, cfg.precision):
+                po, pp = net(xo, head), net(xp, head)
+            return {"loss": pica_pui(po.float().repeat(cfg.data_nrepeat, 1), pp.float(), cfg.entropy_weight)}
+
+        def cluster(_engine) -> torch.Tensor:  # argmax of the K head on the centre crop
+            with eval_mode(net):
+                p = eval_pass(lambda v: net(v, len(heads) - 1), x_eval, lambda xb: original(xb, None),
+                              cfg.eval_batch_size, dev, cfg.precision)
+            return p.argmax(1)
+
+        engine = Engine(ctx, cfg, modules={"net": net}, optimizer=opt, streams={"augment": g_aug},
+                        hooks=[EvalHook(cluster, cfg.eval_every)])
+        for h, k in enumerate(heads):  # each epoch trains the heads one after the other, a full pass each
+            x_h = x_over if cfg.overclustering and h == 0 else x_train
+            engine.add_pass(f"head{k}", x_h.shape[0], functools.partial(step, x_h, h), cfg.batch_size,
+                            drop_last=False)
+        engine.run(cfg.epochs)
+        return ClusterOutput(labels=engine.hook(EvalHook).pred, info={**engine.info(), "heads": heads,
             "unlabeled_images": 0 if extra is None else extra.shape[0], "normalization": {
             "name": cfg.normalization, "mean": [round(m, 4) for m in mean], "std": [round(v, 4) for v in std]}})
-
-    @torch.no_grad()
-    def _cluster(self, net: PICANet, x_eval: torch.Tensor, original, ctx: TrialContext) -> torch.Tensor:
-        cfg = self.config
-        net.eval()
-        try:
-            p = eval_pass(lambda v: net(v, len(net.heads) - 1), x_eval, lambda xb: original(xb, None),
-                          cfg.eval_batch_size, ctx.device, cfg.precision)
-        finally:
-            net.train()
-        return p.argmax(1)

@@ -24,7 +24,8 @@ from bench.records import ResultRecord
 from bench.registry import get_method, resolve_config
 from bench.report import write_report
 from bench.suite import load_suite
-from methods._contrastive import EpochLoop, TimeBudgetExceeded, cosine_lr, epoch_batches, multistep_lr
+from methods._contrastive import EpochLoop
+from methods.engine import TimeBudgetExceeded, cosine_lr, epoch_batches, multistep_lr
 
 ROOT = Path(__file__).resolve().parent.parent
 N, K = 16, 3

@@ -1,0 +1,276 @@
+"""Hooks: what differs between the gradient-trained methods' epoch loops, plugged into :class:`Engine`.
+
+OpenMMLab's pattern: a hook overrides any of ``before_run``, ``before_epoch``, ``after_step``, ``after_epoch``,
+``after_run`` (each gets the engine; ``after_step`` also the batch indices and the step's outputs) and runs in
+``priority`` order (lower first; ties in the order the hooks were given). State a hook needs to resume exactly
+(a best loss, targets, a memory bank) goes through ``state_dict`` / ``load_state_dict`` into the checkpoint.
+
+Built in: :class:`LrScheduleHook` (per-epoch lr), :class:`TargetUpdateHook` (periodic re-clustering / target
+updates, subclassed by a method), :class:`EvalHook` (label-blind eval pass logged to the curve),
+:class:`CurveLogHook` (the curve row of each epoch), :class:`EarlyStopHook`, :class:`CheckpointHook`
+(checkpoint every N epochs, resume, wall-clock budget). The engine adds the log and checkpoint hooks itself.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from bench.errors import BenchError
+
+if TYPE_CHECKING:
+    from methods.engine.engine import Engine
+
+
+class Priority(enum.IntEnum):
+    """OpenMMLab's priority names: lower runs first."""
+    HIGHEST = 0
+    VERY_HIGH = 10
+    HIGH = 30
+    ABOVE_NORMAL = 40
+    NORMAL = 50
+    BELOW_NORMAL = 60
+    LOW = 70
+    VERY_LOW = 90
+    LOWEST = 100
+
+
+class TimeBudgetExceeded(BenchError):
+    """The per-command wall-clock budget ran out; the checkpoint is saved and the trial resumes on re-run."""
+
+
+class Hook:
+    priority: int = Priority.NORMAL
+
+    def before_run(self, engine: Engine) -> None: ...
+
+    def before_epoch(self, engine: Engine) -> None: ...
+
+    def after_step(self, engine: Engine, idx: torch.Tensor, outputs: dict[str, torch.Tensor]) -> None: ...
+
+    def after_epoch(self, engine: Engine) -> None: ...
+
+    def after_run(self, engine: Engine) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+# -- learning rate ---------------------------------------------------------------------------------
+
+def cosine_lr(base_lr: float, epoch: int, epochs: int, final_factor: float) -> float:
+    """SCAN's per-epoch cosine: eta_min + (base - eta_min) (1 + cos(pi epoch / epochs)) / 2, eta_min = base * f."""
+    eta_min = base_lr * final_factor
+    return eta_min + (base_lr - eta_min) * (1 + math.cos(math.pi * epoch / epochs)) / 2
+
+
+def multistep_lr(base_lr: float, epoch: int, milestones: list[int], gamma: float) -> float:
+    """torch's MultiStepLR stepped once per epoch: base x gamma ^ (milestones passed)."""
+    return base_lr * gamma ** sum(epoch >= m for m in milestones)
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """Base learning rate; a group with ``lr_mult`` (Caffe's blobs_lr) gets lr x mult."""
+    for g in opt.param_groups:
+        g["lr"] = lr * g.get("lr_mult", 1.0)
+
+
+class LrScheduleHook(Hook):
+    """Sets the lr at the start of each epoch from ``schedule(epochs_done)`` (0-based, as SCAN and torch's
+    per-epoch schedulers do) and logs it as ``lr``."""
+    priority = Priority.VERY_HIGH
+
+    def __init__(self, schedule: Callable[[int], float]):
+        self.schedule = schedule
+
+    @classmethod
+    def cosine(cls, base_lr: float, epochs: int, final_factor: float) -> LrScheduleHook:
+        return cls(lambda e: cosine_lr(base_lr, e, epochs, final_factor))
+
+    @classmethod
+    def multistep(cls, base_lr: float, milestones: list[int], gamma: float) -> LrScheduleHook:
+        return cls(lambda e: multistep_lr(base_lr, e, list(milestones), gamma))
+
+    def before_epoch(self, engine: Engine) -> None:
+        lr = self.schedule(engine.epoch - 1)
+        set_lr(engine.optimizer, lr)
+        engine.log["lr"] = lr
+
+
+# -- targets ---------------------------------------------------------------------------------------
+
+class TargetUpdateHook(Hook):
+    """Recomputes what the loss trains towards (pseudo-labels, cluster centres, a target distribution) every
+    ``every`` epochs, before that epoch's steps (epochs 1, 1 + every, ...): DeepCluster's and PICA-style
+    re-clustering, DEC's target distribution. A method subclasses it with ``update(engine)``; targets that the
+    step reads must be updated in place (``copy_``) and returned by ``state_dict`` so a resumed run has them."""
+    priority = Priority.NORMAL
+
+    def __init__(self, every: int = 1):
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
+        self.every = every
+        self.updates = 0
+
+    def due(self, engine: Engine) -> bool:
+        return (engine.epoch - 1) % self.every == 0
+
+    def before_epoch(self, engine: Engine) -> None:
+        if self.due(engine):
+            self.update(engine)
+            self.updates += 1
+
+    def update(self, engine: Engine) -> None:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.updates = int(state["updates"])
+
+
+# -- evaluation and the curve ----------------------------------------------------------------------
+
+class EvalHook(Hook):
+    """Label-blind eval every ``every`` epochs (0: only at the end) and always after the last epoch:
+    ``evaluate(engine)`` gives cluster labels, which go onto that epoch's curve row as ``eval_pred`` (the
+    harness scores them; they never pick the result). ``pred`` holds the labels after the last epoch run,
+    the method's result. Eval passes must not draw from the training streams (use a fresh ``ctx.rng``),
+    so evaluating more often never changes the training."""
+    priority = Priority.BELOW_NORMAL
+
+    def __init__(self, evaluate: Callable[[Engine], torch.Tensor], every: int):
+        self.evaluate, self.every = evaluate, every
+        self.pred: torch.Tensor | None = None
+        self.pred_epoch: int | None = None
+
+    def _eval(self, engine: Engine) -> torch.Tensor:
+        with torch.no_grad():
+            self.pred = self.evaluate(engine)
+        self.pred_epoch = engine.epoch
+        return self.pred
+
+    def after_epoch(self, engine: Engine) -> None:
+        if engine.epoch == engine.max_epochs or (self.every > 0 and engine.epoch % self.every == 0):
+            engine.log["eval_pred"] = self._eval(engine)
+
+    def after_run(self, engine: Engine) -> None:
+        if self.pred_epoch != engine.epoch:  # stopped early: the result is the last epoch run's
+            self._eval(engine)
+
+
+class CurveLogHook(Hook):
+    """One curve row per epoch (``ctx.log_epoch``): the epoch's mean losses, what other hooks put into
+    ``engine.log`` (lr, eval_pred) and the training seconds. A non-finite loss fails the trial here, once per
+    epoch (the only host sync of the loop besides the timing)."""
+    priority = Priority.LOW
+
+    def after_epoch(self, engine: Engine) -> None:
+        row = dict(engine.log)
+        for key, val in row.items():
+            if key.startswith("loss"):
+                engine.ctx.check_finite(val, f"{key} at epoch {engine.epoch}")
+        pred = row.pop("eval_pred", None)
+        engine.ctx.log_epoch(engine.epoch, eval_pred=pred, epoch_s=round(engine.epoch_times[-1], 3), **row)
+
+
+class EarlyStopHook(Hook):
+    """Stops after the epoch where ``criterion(engine)`` is true, or, without a criterion, where the logged
+    ``monitor`` value has not improved by more than ``min_delta`` for ``patience`` epochs."""
+    priority = Priority.VERY_LOW
+
+    def __init__(self, monitor: str = "loss", patience: int = 10, min_delta: float = 0.0, mode: str = "min",
+                 criterion: Callable[[Engine], bool] | None = None):
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        self.monitor, self.patience, self.min_delta, self.mode, self.criterion = \
+            monitor, patience, min_delta, mode, criterion
+        self.best: float | None = None
+        self.bad_epochs = 0
+        self.stopped_at: int | None = None
+
+    def after_epoch(self, engine: Engine) -> None:
+        if self.criterion is not None:
+            stop = bool(self.criterion(engine))
+        else:
+            val = float(engine.log[self.monitor])
+            sign = 1.0 if self.mode == "min" else -1.0
+            if self.best is None or sign * (self.best - val) > self.min_delta:
+                self.best, self.bad_epochs = val, 0
+            else:
+                self.bad_epochs += 1
+            stop = self.bad_epochs >= self.patience
+        if stop:
+            self.stopped_at = engine.epoch
+            engine.stop = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.bad_epochs = state["best"], int(state["bad_epochs"])
+
+
+# -- checkpoints -----------------------------------------------------------------------------------
+
+class CheckpointHook(Hook):
+    """Checkpoint every ``every`` epochs into the trial's artifact folder, resume from it, stop on a budget.
+
+    * ``before_run``: a checkpoint of this trial (the artifact folder is keyed by the trial key) whose
+      ``fingerprint`` (the config fields that change the arithmetic) matches is loaded: weights, optimizer,
+      every RNG stream, hook states, the curve; the run continues after its epoch. On a CPU in deterministic
+      mode the resumed run ends with exactly the labels of an uncut one.
+    * ``after_epoch``: saves when ``epoch % every == 0`` (never after the last epoch: the run is ending).
+      Once ``max_minutes`` of wall-clock time are spent it saves and raises :class:`TimeBudgetExceeded`,
+      which the harness records as a failed trial whose error says to run the same command again. Killing the
+      process (``timeout``) works too: the next run resumes, losing at most ``every`` epochs.
+    * ``after_run``: removes the checkpoint (a re-run should not resume a finished run).
+    """
+    priority = Priority.LOWEST
+
+    def __init__(self, every: int = 1, max_minutes: float | None = None, fingerprint: dict[str, Any] | None = None):
+        self.every, self.max_minutes, self.fingerprint = every, max_minutes, fingerprint or {}
+        self.t_start = time.monotonic()
+        self.saved_epochs: list[int] = []
+
+    def _save(self, engine: Engine) -> None:
+        engine.ctx.save_checkpoint({"config": self.fingerprint, "engine": engine.state_dict()})
+        self.saved_epochs.append(engine.epoch)
+
+    def before_run(self, engine: Engine) -> None:
+        self.t_start = time.monotonic()
+        ctx = engine.ctx
+        ck = ctx.load_checkpoint()
+        if ck is None:
+            return
+        if ck.get("config") != self.fingerprint or "engine" not in ck:
+            ctx.logger.warning("checkpoint %s is from another config; starting over", ctx.checkpoint_path)
+            return
+        engine.load_state_dict(ck["engine"])
+        engine.resumed_from = engine.epoch
+        ctx.logger.info("resuming from the checkpoint after epoch %d", engine.epoch)
+
+    def after_epoch(self, engine: Engine) -> None:
+        if engine.is_last_epoch:
+            return
+        saved = engine.epoch % self.every == 0
+        if saved:
+            self._save(engine)
+        if self.max_minutes is not None and time.monotonic() - self.t_start >= 60.0 * self.max_minutes:
+            if not saved:
+                self._save(engine)
+            raise TimeBudgetExceeded(
+                f"time budget max_minutes={self.max_minutes} spent after epoch {engine.epoch}/{engine.max_epochs}; "
+                f"the checkpoint is saved ({engine.ctx.checkpoint_path.name}): run the same command again to "
+                f"resume from epoch {engine.epoch + 1}")
+
+    def after_run(self, engine: Engine) -> None:
+        engine.ctx.checkpoint_path.unlink(missing_ok=True)
