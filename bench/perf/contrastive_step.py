@@ -21,6 +21,11 @@ real data needed: every step costs the same for any pixel values). Timed, on one
   bf16); ``full-f32views`` makes float32 views (GPUAugment's default, what the methods use) and lets
   autocast cast them.
 * ``check``: compiled vs eager augmentation on the GPU and GPU vs CPU eager, same drawn parameters.
+* ``--methods cc:cifar32,pica,idfd``: each method's own training (its ``run``: its step and its epoch loop, the
+  engine since issue 14) for ``--method-epochs`` epochs on ``--method-images`` random CIFAR-shaped images,
+  label-blind eval only at the end; the harness's ``epoch_s`` (training only, synced) of every epoch after the
+  first (torch.compile and cuDNN autotuning land there), median -> images/s. Imports only the harness API, so
+  the same file times another checkout's methods: ``PYTHONPATH=OTHER python bench/perf/contrastive_step.py``.
 
 ``img/s`` counts input samples once: B per full step (each yields two views), 2B per bare(2B) step
 and B per bare(B) step, so ``full img/s x 2`` is the backbone's image rate inside the full step.
@@ -244,6 +249,58 @@ def run(args) -> list[dict]:
     return out
 
 
+def method_epochs(args) -> list[dict]:
+    """Epoch time of each ``--methods`` entry (``name`` or ``name:variant``) through its own ``run``."""
+    import tempfile
+    from pathlib import Path
+
+    from bench.context import TrialContext
+    from bench.method import ClusteringData
+    from bench.registry import get_method, resolve_config
+
+    n = args.method_images
+    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    data = ClusteringData("random", x, x, args.clusters, "all", "all", "md5")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # (cpu: only to try this function out)
+
+    def sync():
+        if dev == "cuda":
+            torch.cuda.synchronize()
+
+    rows = []
+    for item in args.methods.split(","):
+        name, _, variant = item.partition(":")
+        cls = get_method(name)
+        overrides = {"epochs": args.method_epochs, "eval_every": 0}
+        if "kmeans_n_init" in cls.Config.model_fields:  # the end-of-run k-means is not what is timed
+            overrides["kmeans_n_init"] = 1
+        cfg = resolve_config(name, variant or "default", None, overrides)
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                ctx = TrialContext(seed=0, device=dev, artifact_dir=Path(tmp) / "a", stage_dir=Path(tmp) / "s",
+                                   data_md5="md5", code_version="perf")
+                sync()
+                t0 = time.perf_counter()
+                cls(cfg).run(data, ctx)
+                sync()
+                wall = time.perf_counter() - t0
+        except Exception as e:  # keep going: one failed method must not lose the others' figures
+            print(f"  method {item}: FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
+            rows.append({"variant": f"method:{item}", "error": str(e)[:300]})
+            continue
+        times = [r["epoch_s"] for r in ctx.curve]
+        med = statistics.median(times[1:] or times)
+        row = {"variant": f"method:{item}", "images": n, "epochs": len(times), "epoch_s": times,
+               "median_epoch_s": med, "img_per_s": n / med, "wall_s": wall,
+               "batch_size": cfg.batch_size, "backbone": getattr(cfg, "backbone", None),
+               "image_size": getattr(cfg, "image_size", None), "precision": cfg.precision}
+        rows.append(row)
+        print(f"  method {item:<12} {row['backbone']} {row['image_size']}px batch {cfg.batch_size} {cfg.precision}: "
+              f"epoch s {', '.join(f'{t:.3f}' for t in times)}; median after the first {med * 1e3:8.1f} ms "
+              f"-> {n / med:8.0f} img/s (wall {wall:.1f} s)", flush=True)
+    return rows
+
+
 def _summary(rows: list[dict], graphs: list[bool]) -> None:
     ok = [r for r in rows if "error" not in r]
     for g in graphs:
@@ -277,13 +334,24 @@ def main(argv=None) -> int:
     p.add_argument("--json", default=None, help="write all rows here")
     p.add_argument("--no-check", dest="check", action="store_false",
                    help="skip the compiled-vs-eager / GPU-vs-CPU augmentation check")
+    p.add_argument("--methods", default="", help="also time these methods' own training, e.g. cc:cifar32,pica,idfd")
+    p.add_argument("--methods-only", action="store_true", help="only the --methods timings")
+    p.add_argument("--method-images", type=int, default=8192)
+    p.add_argument("--method-epochs", type=int, default=3)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("error: this benchmark needs a CUDA GPU", file=sys.stderr)
         return 2
     if args.json is None and os.environ.get("OUT"):
         args.json = os.path.join(os.environ["OUT"], "contrastive_step.json")
-    run(args)
+    rows = run(args) if not args.methods_only else []
+    if args.methods:
+        print(f"== methods' own epochs: {args.method_images} random images, {args.method_epochs} epochs each",
+              flush=True)
+        rows += method_epochs(args)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
     try:
         from torch._dynamo.utils import counters
         print(f"# dynamo: {dict(counters['stats'])}", flush=True)
