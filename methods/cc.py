@@ -32,6 +32,8 @@ Labels are never looked at. The reported clusters are those after the final epoc
 
 from __future__ import annotations
 
+import functools
+import operator
 from typing import Literal
 
 import torch
@@ -167,7 +169,7 @@ class CC(ClusteringMethod):
                 out["loss_instance"] = nt_xent(z1, z2, cfg.instance_temperature)
             if p1 is not None and not instance_only:
                 out["loss_cluster"] = cluster_contrastive(p1, p2, cfg.cluster_temperature)
-            out["loss"] = sum(out.values())
+            out["loss"] = functools.reduce(operator.add, out.values())  # L_instance + L_cluster (no extra kernel)
             return out
 
         engine = Engine(ctx, cfg, modules={"net": net}, optimizer=opt, streams={"augment": g_aug},
