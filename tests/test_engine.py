@@ -336,7 +336,7 @@ def test_same_seed_same_labels_twice_in_deterministic_mode(tmp_path, method, ove
         for i, seed in enumerate((0, 0, 1)):
             torch.manual_seed(1000 + i)  # whatever the global state: the method must not depend on it
             ctx = make_ctx(tmp_path / str(i), seed)
-            out = get_method(method)(cfg).run(data, ctx)
+            out = get_method(method)(cfg).fit(data, ctx)
             runs.append((out.labels_numpy(), [r["loss"] for r in ctx.curve]))
     finally:
         torch.use_deterministic_algorithms(old)
