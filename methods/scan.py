@@ -34,8 +34,6 @@ official raises).
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -63,7 +61,7 @@ class SCAN(ClusteringMethod):
     train_split = "train"
     eval_split = "test"
     gpu_share = 1.0
-    variants = {"default": {}, "scan_only": {"selflabel_epochs": 0}}
+    variants = {"default": {}, "scan_only": {"selflabel": False}}
     dataset_defaults = {
         "cifar100-20": {"normalization": "cifar20", "scan_epochs": 100, "scan_batch_size": 512},
         "stl10": {"image_size": 96, "normalization": "imagenet", "scan_epochs": 100, "cutout": 32,
@@ -82,7 +80,8 @@ class SCAN(ClusteringMethod):
         update_cluster_head_only: bool = False
         strong_ops: int = Field(4, ge=0, description="num_strong_augs")
         cutout: int = Field(16, ge=0, description="Cutout length (STL-10: 32)")
-        selflabel_epochs: int = Field(200, ge=0, description="0: SCAN step only (variant scan_only)")
+        selflabel: bool = Field(True, description="run the self-labelling step (variant scan_only: False)")
+        selflabel_epochs: int = Field(200, ge=1)
         selflabel_batch_size: int = Field(1000, ge=2)
         selflabel_lr: float = Field(1e-4, gt=0)
         selflabel_weight_decay: float = Field(1e-4, ge=0)
@@ -93,7 +92,7 @@ class SCAN(ClusteringMethod):
     def protocol_fields(cls, config):
         return {"image_size": config.image_size, "stem": config.stem, "backbone": config.backbone,
                 "epochs": config.pretext_epochs, "scan_epochs": config.scan_epochs,
-                "selflabel_epochs": config.selflabel_epochs, "batch_size": config.scan_batch_size}
+                "selflabel_epochs": config.selflabel_epochs * config.selflabel, "batch_size": config.scan_batch_size}
 
     @classmethod
     def stages(cls, cfg: SCAN.Config) -> dict[str, StageRequest]:
@@ -173,7 +172,7 @@ class SCAN(ClusteringMethod):
                 "neighbours_k": int(nb["k"])}
 
         # -- self-labelling --------------------------------------------------------------------------------------
-        if cfg.selflabel_epochs > 0:
+        if cfg.selflabel:
             net.requires_grad_(True)
             opt = torch.optim.Adam(net.parameters(), lr=cfg.selflabel_lr, weight_decay=cfg.selflabel_weight_decay)
             for epoch in range(1, cfg.selflabel_epochs + 1):
@@ -199,10 +198,10 @@ class SCAN(ClusteringMethod):
                 ctx.log_epoch(cfg.scan_epochs + epoch, phase="selflabel", loss=loss_sum / max(1, steps),
                               confident_frac=conf_sum / max(1, steps * cfg.selflabel_batch_size), eval_pred=pred)
         labels = self._probs(net, data.x_eval, prep, cfg, dev)[0].argmax(1)
-        if cfg.selflabel_epochs == 0:
+        if not cfg.selflabel:
             ctx.log_epoch(cfg.scan_epochs, phase="selected", eval_pred=labels)
-        return ClusterOutput(labels=labels, info={**info, "selflabel_epochs": cfg.selflabel_epochs,
-                                                  "pretext_epochs_run": len(pre["epoch_s"])})
+        info.update(selflabel_epochs=cfg.selflabel_epochs * cfg.selflabel, pretext_epochs_run=len(pre["epoch_s"]))
+        return ClusterOutput(labels=labels, info=info)
 
     @staticmethod
     @torch.no_grad()

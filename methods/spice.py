@@ -72,7 +72,7 @@ class SPICE(ClusteringMethod):
     train_split = "train"
     eval_split = "test"
     gpu_share = 1.0
-    variants = {"default": {}, "self": {"semi_iterations": 0}}
+    variants = {"default": {}, "self": {"semi": False}}
     dataset_defaults = {
         "cifar100-20": {"normalization": "cifar20", "self_epochs": 100, "self_batch_size": 10000},
         "stl10": {"image_size": 96, "normalization": "imagenet", "self_epochs": 100, "cutout": 32},
@@ -95,7 +95,8 @@ class SPICE(ClusteringMethod):
         reliable_neighbors: int = Field(100, ge=2, description="neighbours counted, the image itself included")
         reliable_agree: float = Field(0.9, gt=0, le=1)
         reliable_confidence: float = Field(0.99, gt=0, lt=1)
-        semi_iterations: int = Field(2 ** 20, ge=0, description="FixMatch iterations (0: SPICE-Self only)")
+        semi: bool = Field(True, description="run SPICE-Semi after SPICE-Self (variant self: False)")
+        semi_iterations: int = Field(2 ** 20, ge=1, description="FixMatch iterations")
         semi_batch_size: int = Field(64, ge=1)
         semi_uratio: int = Field(7, ge=1)
         semi_lr: float = Field(0.03, gt=0)
@@ -109,11 +110,13 @@ class SPICE(ClusteringMethod):
     def protocol_fields(cls, config):
         return {"image_size": config.image_size, "stem": config.stem, "backbone": config.backbone,
                 "epochs": config.pretext_epochs, "self_epochs": config.self_epochs,
-                "semi_iterations": config.semi_iterations}
+                "semi_iterations": config.semi_iterations * config.semi}
 
     @classmethod
     def stages(cls, cfg: SPICE.Config) -> dict[str, StageRequest]:
         pretext = cfg.pretext_request()
+        if not cfg.semi:
+            return {"pretext": pretext}
         # official topk(k=100) includes the image itself: 99 others
         nbrs = StageRequest("neighbours", MineNeighbours.Config(k=cfg.reliable_neighbors - 1, eval_k=0,
                                                                 features="backbone"),
@@ -147,7 +150,7 @@ class SPICE(ClusteringMethod):
             self_labels = F.softmax(head(feats(data.x_eval.to(dev))), dim=1).argmax(1)
         info = {"self_best_epoch": best["epoch"], "self_best_head": best["head"], "self_select_loss": best["loss"],
                 "pretext_epochs_run": len(pre["epoch_s"])}
-        if cfg.semi_iterations == 0:
+        if not cfg.semi:
             ctx.log_epoch(cfg.self_epochs, phase="selected", eval_pred=self_labels)
             return ClusterOutput(labels=self_labels, info=info)
 
