@@ -253,6 +253,7 @@ class SPICE(ClusteringMethod):
             ema = ema.to(memory_format=torch.channels_last)
         ema.load_state_dict(net.state_dict())
         ema.requires_grad_(False)
+        ema_params, net_params = list(ema.parameters()), list(net.parameters())
         decay, no_decay = [], []
         for name, p in net.named_parameters():  # FixMatch: no weight decay on biases and BatchNorm
             (no_decay if "bn" in name or "bias" in name or p.ndim == 1 else decay).append(p)
@@ -293,8 +294,7 @@ class SPICE(ClusteringMethod):
             loss.backward()
             opt.step()
             with torch.no_grad():  # EMA of the weights; buffers (BatchNorm statistics) copied
-                for pe, pt in zip(ema.parameters(), net.parameters()):
-                    pe.mul_(cfg.semi_ema).add_(pt.detach(), alpha=1 - cfg.semi_ema)
+                torch._foreach_lerp_(ema_params, net_params, 1 - cfg.semi_ema)
                 for be, bt in zip(ema.buffers(), net.buffers()):
                     be.copy_(bt)
             sums += torch.stack([loss.detach(), sup.detach(), unsup.detach()])
