@@ -30,6 +30,8 @@ bf16 autocast on a GPU (``precision: fp32`` for the official arithmetic). STL-10
 ``resnet_stl`` adds a max-pool). The SCAN and self-labelling steps do not checkpoint (minutes on one GPU); the
 pretext stage does and resumes. A batch without any confident sample gives a zero self-labelling loss (the
 official raises).
+
+GPU figures (one H200), the shared-pretext run and the extrapolation to the paper schedule: bench/perf/NOTES_scan.md.
 """
 
 from __future__ import annotations

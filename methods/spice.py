@@ -37,6 +37,8 @@ augmentation (4 RandAugment ops + Cutout) instead of FixMatch's RandAugment, and
 Kept from the official although odd: the heads' cross-entropy is applied to their softmax outputs
 (``last_activation="softmax"`` then ``nn.CrossEntropyLoss``), i.e. log-softmax of probabilities
 (``ce_on_probabilities: false`` uses the logits).
+
+GPU figures (one H200), the shared-pretext run and the extrapolation to the paper schedule: bench/perf/NOTES_scan.md.
 """
 
 from __future__ import annotations
