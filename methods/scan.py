@@ -27,9 +27,9 @@ Deviations (each also at its default): ``num_heads`` 10 with the lowest-loss hea
 and SCAN's ImageNet configs; SCAN's CIFAR/STL configs train one head (``num_heads: 1`` restores that). Strong
 augmentation in float without uint8 rounding between ops (op-by-op equal to PIL within one grey level, tests).
 bf16 autocast on a GPU (``precision: fp32`` for the official arithmetic). STL-10 uses the CIFAR stem (SCAN's
-``resnet_stl`` adds a max-pool). The SCAN and self-labelling steps do not checkpoint (minutes on one GPU); the
-pretext stage does and resumes. A batch without any confident sample gives a zero self-labelling loss (the
-official raises).
+``resnet_stl`` adds a max-pool). The SCAN and self-labelling steps checkpoint at epoch ends (at most every
+``BENCH_CHECKPOINT_S``) and a killed trial run again resumes there; the pretext stage resumes from its own.
+A batch without any confident sample gives a zero self-labelling loss (the official raises).
 
 GPU figures (one H200), the shared-pretext run and the extrapolation to the paper schedule: bench/perf/NOTES_scan.md.
 """
@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from bench.context import rng_state, set_rng_state
 from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, TrialContext
 from bench.registry import register_method
 from bench.stages import StageRequest
@@ -137,7 +138,31 @@ class SCAN(ClusteringMethod):
         opt = torch.optim.Adam(params, lr=cfg.scan_lr, weight_decay=cfg.scan_weight_decay)
         best = {"loss": float("inf"), "head": 0, "epoch": 0, "state": None}
         n = x_train.shape[0]
-        for epoch in range(1, cfg.scan_epochs + 1):
+        # progress checkpoints at epoch ends (at most every BENCH_CHECKPOINT_S): a killed trial run again resumes
+        ckpt, gens = ctx.checkpointer("scan"), [g_batch, g_aug, g_nb]
+        fingerprint = cfg.model_dump(mode="json")
+        resume = ckpt.load()
+        if resume is not None and resume.get("config") != fingerprint:
+            resume = None
+        first_scan, first_self = 1, 1
+        if resume is not None:
+            ctx.logger.info("SCAN: resuming after %s epoch %d", resume["phase"], resume["epoch"])
+            ctx.curve[:] = resume["curve"]
+            set_rng_state(resume["rng"], gens)
+            best = resume["best"]
+            if resume["phase"] == "scan":
+                net.load_state_dict(resume["net"])
+                opt.load_state_dict(resume["opt"])
+                first_scan = resume["epoch"] + 1
+            else:
+                first_scan, first_self = cfg.scan_epochs + 1, resume["epoch"] + 1
+
+        def save(phase: str, epoch: int, last: bool) -> None:
+            if not last and ckpt.due():
+                ckpt.save({"config": fingerprint, "phase": phase, "epoch": epoch, "net": net.state_dict(),
+                           "opt": opt.state_dict(), "best": best, "rng": rng_state(gens), "curve": list(ctx.curve)})
+
+        for epoch in range(first_scan, cfg.scan_epochs + 1):
             # the head-only variant keeps BatchNorm's statistics (official: model.eval() there)
             net.train(not cfg.update_cluster_head_only)
             sums = torch.zeros(3, device=dev)
@@ -168,6 +193,7 @@ class SCAN(ClusteringMethod):
             ctx.log_epoch(epoch, phase="scan", loss=mean_losses[0], consistency=mean_losses[1],
                           entropy=mean_losses[2], select_loss=float(sel[h]), select_head=h,
                           eval_pred=probs[h].argmax(1))
+            save("scan", epoch, last=epoch == cfg.scan_epochs and not cfg.selflabel)
         net.load_state_dict(best["state"])
         net.keep_head(best["head"])
         info = {"scan_best_epoch": best["epoch"], "scan_best_head": best["head"], "scan_select_loss": best["loss"],
@@ -177,7 +203,10 @@ class SCAN(ClusteringMethod):
         if cfg.selflabel:
             net.requires_grad_(True)
             opt = torch.optim.Adam(net.parameters(), lr=cfg.selflabel_lr, weight_decay=cfg.selflabel_weight_decay)
-            for epoch in range(1, cfg.selflabel_epochs + 1):
+            if resume is not None and resume["phase"] == "selflabel":
+                net.load_state_dict(resume["net"])
+                opt.load_state_dict(resume["opt"])
+            for epoch in range(first_self, cfg.selflabel_epochs + 1):
                 net.train()
                 loss_sum, conf_sum, steps = torch.zeros((), device=dev), 0, 0
                 for idx in epoch_batches(n, cfg.selflabel_batch_size, g_batch, dev):
@@ -199,6 +228,7 @@ class SCAN(ClusteringMethod):
                 pred = self._probs(net, data.x_eval, prep, cfg, dev)[0].argmax(1) if last or epoch % 10 == 0 else None
                 ctx.log_epoch(cfg.scan_epochs + epoch, phase="selflabel", loss=loss_sum / max(1, steps),
                               confident_frac=conf_sum / max(1, steps * cfg.selflabel_batch_size), eval_pred=pred)
+                save("selflabel", epoch, last)
         labels = self._probs(net, data.x_eval, prep, cfg, dev)[0].argmax(1)
         if not cfg.selflabel:
             ctx.log_epoch(cfg.scan_epochs, phase="selected", eval_pred=labels)

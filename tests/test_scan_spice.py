@@ -161,3 +161,47 @@ def test_suite_builds_the_shared_pretext_once(store, digits01_dataset):
     assert sum(not p[0]["reused"] for p in pretext) <= 1 and sum(p[0]["reused"] for p in pretext) >= 4
     nb = {u["key"] for r in recs for u in r.stages if u["name"] == "neighbours"}
     assert len(nb) == 2  # SCAN's top-20 (here 3) on the projection; SPICE's 100 (here 3) on the backbone
+
+
+class _Cut(Exception):
+    """Stands for a kill in the middle of a trial."""
+
+
+@pytest.mark.parametrize("cut_kind,cut_call", [("scan", 20), ("self", 3)])
+def test_scan_killed_and_run_again_ends_like_an_uncut_run(tmp_path, monkeypatch, cut_kind, cut_call):
+    """40 train images: a SCAN epoch is 5 steps x 3 heads = 15 SCAN-loss calls, a self-labelling epoch 2 steps.
+    Cut in SCAN epoch 2 (call 20) or in self-labelling epoch 2 (call 3), with a checkpoint at every epoch end;
+    the same trial run again resumes after the last finished epoch and ends exactly as an uncut run."""
+    import methods.scan as scan_mod
+
+    cfg = {**SCAN_TINY, "scan_epochs": 2, "selflabel_epochs": 2, "selflabel_batch_size": 20}
+    uncut, uncut_ctx = _fit("scan", "default", cfg, tmp_path / "uncut")
+    monkeypatch.setenv("BENCH_CHECKPOINT_S", "0")  # checkpoint at every epoch end
+    calls = {"scan": 0, "self": 0}
+    cut = {"kind": cut_kind, "call": cut_call}
+
+    def counting(real, kind):
+        def f(*a, **k):
+            calls[kind] += 1
+            if kind == cut["kind"] and calls[kind] == cut["call"]:
+                raise _Cut
+            return real(*a, **k)
+        return f
+
+    monkeypatch.setattr(scan_mod, "scan_loss", counting(scan_mod.scan_loss, "scan"))
+    monkeypatch.setattr(scan_mod, "confidence_ce", counting(scan_mod.confidence_ce, "self"))
+    with pytest.raises(_Cut):
+        _fit("scan", "default", cfg, tmp_path / "cut")
+    assert list((tmp_path / "cut" / "scan").glob("scan-*.ckpt.pt")), "the cut run left no checkpoint"
+    calls.update(scan=0, self=0)
+    cut["kind"] = None
+    again, again_ctx = _fit("scan", "default", cfg, tmp_path / "cut")
+    # resumed, not restarted: only what was left after the last finished epoch ran again
+    assert calls == ({"scan": 15, "self": 4} if cut_kind == "scan" else {"scan": 0, "self": 2})
+    assert np.array_equal(again.labels_numpy(), uncut.labels_numpy())
+
+    def untimed(curve):
+        return [{k: v for k, v in r.items() if k not in ("elapsed_s", "epoch_s")} for r in curve]
+
+    assert untimed(again_ctx.curve) == untimed(uncut_ctx.curve)
+    assert again.info == uncut.info
