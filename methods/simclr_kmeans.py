@@ -21,8 +21,11 @@ configs/pretext/simclr_cifar10.yml, simclr.py, utils/common_config.py; claims.md
   assigned to the nearest centre. ``kmeans_features: backbone`` uses the 512-d backbone features
   instead (slightly better for ImageNet according to the maintainer).
 
-This is the pretext baseline that SCAN and SPICE start from; their files can reuse
-:func:`train_simclr`. Labels are never looked at; the result is the final epoch's.
+The pretext training is the ``simclr_pretext`` stage (methods/stages/simclr_pretext.py), the same stored
+network SCAN and SPICE start from: a suite running all three on a seed trains it once. This file is the
+k-means step. Labels are never looked at; the result is the final epoch's. The pretext stage's per-epoch
+loss, lr and seconds appear on this trial's curve (rows marked ``stage: simclr_pretext``); there is no
+k-means evaluation during the pretext any more (a stage shared by several methods evaluates none of them).
 """
 
 from __future__ import annotations
@@ -30,39 +33,14 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
-from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, TrialContext
+from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, MethodConfig, TrialContext
 from bench.registry import register_method
-from methods._contrastive import (
-    EpochLoop,
-    LoopConfig,
-    autocast,
-    conv_layout,
-    cosine_lr,
-    epoch_batches,
-    eval_pass,
-    prepare_training,
-    set_lr,
-    unlabeled_images,
-)
-from methods.common.augment import NORMALIZATION, GPUAugment, resize_eval, simclr_spec
-from methods.common.backbones import resnet
-from methods.common.heads import mlp_head
+from bench.stages import StageRequest
+from methods._contrastive import unlabeled_images
 from methods.common.kmeans import kmeans
-from methods.common.losses import nt_xent
-
-
-class SimCLRNet(torch.nn.Module):
-    def __init__(self, backbone: str, stem: str, in_channels: int, hidden_dim: int, feature_dim: int):
-        super().__init__()
-        self.backbone = resnet(backbone, stem=stem, in_channels=in_channels)
-        self.head = mlp_head(self.backbone.out_dim, hidden_dim, feature_dim)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.backbone(x)
-        return h, F.normalize(self.head(h), dim=1)
+from methods.stages.simclr_pretext import SimCLRPretext, load_pretext, pretext_features
 
 
 @register_method
@@ -80,7 +58,8 @@ class SimCLRKMeans(ClusteringMethod):
     dataset_defaults = {"cifar100-20": {"normalization": "cifar20"},
                         "stl10": {"image_size": 96, "normalization": "imagenet"}}
 
-    class Config(LoopConfig):
+    class Config(MethodConfig):
+        # the pretext stage's fields (SimCLRPretext.Config; SCAN's configs/pretext/simclr_*.yml)
         backbone: Literal["resnet18", "resnet34"] = "resnet18"
         stem: Literal["imagenet", "cifar"] = "cifar"
         image_size: int = Field(32, ge=8)
@@ -94,85 +73,41 @@ class SimCLRKMeans(ClusteringMethod):
         weight_decay: float = Field(1e-4, ge=0)
         lr_final_factor: float = Field(1e-3, ge=0, description="cosine ends at lr * this (SCAN: 0.1 ** 3)")
         normalization: Literal["cifar10", "cifar20", "imagenet"] = "cifar10"
-        kmeans_features: Literal["head", "backbone"] = "head"
         anchors: Literal["first", "both"] = Field("first", description="NT-Xent anchors: SCAN's first view only, "
                                                                         "or both views (SimCLR paper)")
         unlabeled: bool = Field(True, description="train on the dataset's unlabeled images too, where it has "
                                                   "them (STL-10; SCAN's train+unlabeled)")
+        # Deviation (numerics only): SCAN trains in fp32; bf16 autocast on a GPU. "fp32" restores it.
+        precision: Literal["fp32", "bf16"] = "bf16"
+        # the k-means step
+        kmeans_features: Literal["head", "backbone"] = "head"
         kmeans_n_init: int = Field(10, ge=1)
+        eval_batch_size: int = Field(1024, ge=1)
+
+    @classmethod
+    def stages(cls, cfg: SimCLRKMeans.Config) -> dict[str, StageRequest]:
+        fields = {f: getattr(cfg, f) for f in SimCLRPretext.Config.model_fields}
+        return {"pretext": StageRequest("simclr_pretext", SimCLRPretext.Config(**fields))}
 
     def run(self, data: ClusteringData, ctx: TrialContext) -> ClusterOutput:
         cfg = self.config
-        net, loop, spec, labels = train_simclr(cfg, data, ctx, self._cluster)
-        if labels is None:
-            labels = self._cluster(net, data, ctx, spec)
-        loop.finish()
+        pre = ctx.stage("pretext")
+        pcfg = SimCLRPretext.Config(**pre["config"])
+        net = load_pretext(pre, ctx.device)
+        if ctx.device.type == "cuda":
+            net = net.to(memory_format=torch.channels_last)
+        f_fit = pretext_features(net, data.x_train, pcfg, ctx.device, cfg.kmeans_features, cfg.eval_batch_size)
+        km = kmeans(f_fit, data.n_clusters, n_init=cfg.kmeans_n_init, generator=ctx.rng("kmeans"))
+        if data.same_split:
+            labels = km.labels
+        else:
+            f_eval = pretext_features(net, data.x_eval, pcfg, ctx.device, cfg.kmeans_features, cfg.eval_batch_size)
+            labels = torch.cdist(f_eval, km.centers).argmin(1)
+        ctx.log_epoch(cfg.epochs, inertia=km.inertia, eval_pred=labels)
+        times = pre["epoch_s"]
+        mean_s = round(sum(times) / len(times), 3) if times else None
         extra = unlabeled_images(data, cfg.unlabeled)
-        return ClusterOutput(labels=labels, info={**loop.info(), "kmeans_features": cfg.kmeans_features,
-                                                  "unlabeled_images": 0 if extra is None else extra.shape[0]})
-
-    @torch.no_grad()
-    def _cluster(self, net: SimCLRNet, data: ClusteringData, ctx: TrialContext, spec) -> torch.Tensor:
-        cfg = self.config
-        dev = ctx.device
-        pick = 0 if cfg.kmeans_features == "backbone" else 1
-
-        def prep(xb: torch.Tensor) -> torch.Tensor:
-            return resize_eval(xb, cfg.image_size, spec.mean, spec.std)
-
-        net.eval()
-        try:
-            f_fit = eval_pass(net, data.x_train, prep, cfg.eval_batch_size, dev, cfg.precision)[pick]
-            f_fit = F.normalize(f_fit, dim=1)
-            km = kmeans(f_fit, data.n_clusters, n_init=cfg.kmeans_n_init, generator=ctx.generator(offset=3))
-            if data.same_split:
-                return km.labels
-            f_eval = F.normalize(eval_pass(net, data.x_eval, prep, cfg.eval_batch_size, dev, cfg.precision)[pick],
-                                 dim=1)
-            return torch.cdist(f_eval, km.centers).argmin(1)
-        finally:
-            net.train()
-
-
-def train_simclr(cfg, data: ClusteringData, ctx: TrialContext, cluster_fn=None):
-    """SCAN's SimCLR pretext training, resumable; returns (net, loop, augmentation spec, last labels).
-
-    ``cluster_fn(net, data, ctx, spec)`` (optional) gives labels for the learning curve every
-    ``eval_every`` epochs and after the last one (returned, so the caller need not recompute them).
-    """
-    dev = ctx.device
-    net = SimCLRNet(cfg.backbone, cfg.stem, data.x_train.shape[1], cfg.head_hidden_dim, cfg.feature_dim)
-    extra = unlabeled_images(data, cfg.unlabeled)
-    x_train, net = prepare_training(data.x_train if extra is None else torch.cat([data.x_train, extra]), net, dev)
-    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                          nesterov=False)
-    spec = simclr_spec(cfg.image_size, *NORMALIZATION[cfg.normalization])
-    augment = GPUAugment(spec, channels_last=dev.type == "cuda")  # grey images: hue/saturation skip
-    g_batch, g_aug = ctx.generator(offset=1), ctx.generator(offset=2)
-    loop = EpochLoop(ctx, cfg, modules={"net": net}, optimizer=opt, generators={"batch": g_batch, "aug": g_aug})
-    n = x_train.shape[0]
-    labels = None
-    for epoch in loop.epochs(cfg.epochs):
-        # SCAN adjusts the lr at the start of each (0-based) epoch
-        set_lr(opt, cosine_lr(cfg.lr, epoch - 1, cfg.epochs, cfg.lr_final_factor))
-        net.train()
-        loss_sum = torch.zeros((), device=dev)
-        n_steps = 0
-        for idx in epoch_batches(n, cfg.batch_size, g_batch, dev):
-            xb = x_train.index_select(0, idx)
-            views = torch.cat([augment(xb, generator=g_aug), augment(xb, generator=g_aug)])
-            views = conv_layout(views, dev)
-            with autocast(dev, cfg.precision):
-                _, z = net(views)
-            z1, z2 = z.float().chunk(2)
-            loss = nt_xent(z1, z2, cfg.temperature, anchors=cfg.anchors)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.detach()
-            n_steps += 1
-        train_s = loop.train_seconds()
-        labels = cluster_fn(net, data, ctx, spec) if cluster_fn and loop.wants_eval(epoch, cfg.epochs) else None
-        loop.end_epoch(epoch, cfg.epochs, train_s=train_s, eval_pred=labels, loss=loss_sum / max(1, n_steps),
-                       lr=opt.param_groups[0]["lr"])
-    return net, loop, spec, labels
+        return ClusterOutput(labels=labels, info={
+            "kmeans_features": cfg.kmeans_features, "unlabeled_images": 0 if extra is None else extra.shape[0],
+            "pretext_epochs_run": len(times), "pretext_mean_epoch_s": mean_s,
+            "kmeans_inertia": km.inertia})

@@ -57,12 +57,12 @@ def make_ctx(tmp: Path, y: np.ndarray, seed: int = 0) -> TrialContext:
 
 
 def run_method(name: str, variant: str, tmp: Path, *, same_split: bool = True, seed: int = 0, n_unlabeled: int = 0,
-               **overrides):
+               base: dict | None = None, **overrides):
     data, y = tiny_data(same_split)
     if n_unlabeled:  # STL-10-like: images for training only, never scored
         g = torch.Generator().manual_seed(1)
         data.x_unlabeled = torch.randint(0, 256, (n_unlabeled, 3, 8, 8), generator=g, dtype=torch.uint8)
-    cfg = resolve_config(name, variant, None, {**TINY, **overrides})
+    cfg = resolve_config(name, variant, None, {**(TINY if base is None else base), **overrides})
     ctx = make_ctx(tmp, y, seed)
     torch.manual_seed(seed)
     out = get_method(name)(cfg).fit(data, ctx)
@@ -95,14 +95,31 @@ def test_cc_variants_train_and_cluster(tmp_path, variant, heads, pair):
         assert len(np.unique(out.labels_numpy())) == K
 
 
+SIMCLR_TINY = {k: v for k, v in TINY.items() if k != "eval_every"}  # the pretext stage evaluates nothing
+
+
+def run_simclr(tmp: Path, **overrides):
+    return run_method("simclr_kmeans", "default", tmp, same_split=False, base=SIMCLR_TINY, **overrides)
+
+
 def test_simclr_kmeans_train_test_protocol(tmp_path):
-    out, ctx, data = run_method("simclr_kmeans", "default", tmp_path, same_split=False, epochs=2, kmeans_n_init=1)
-    assert_contract(out, ctx, data, epochs=2)
-    assert out.info["kmeans_features"] == "head"
-    lrs = [row["lr"] for row in ctx.curve]
+    """The pretext is the `simclr_pretext` stage: its per-epoch rows are on the curve (marked with the stage);
+    the method's own row is the k-means result, scored on the test split."""
+    out, ctx, data = run_simclr(tmp_path, epochs=2, kmeans_n_init=1)
+    labels = out.labels_numpy()
+    assert labels.shape == (data.x_eval.shape[0],) and labels.min() >= 0 and labels.max() < data.n_clusters
+    pre = [row for row in ctx.curve if row.get("stage") == "simclr_pretext"]
+    assert [row["epoch"] for row in pre] == [1, 2] and all(math.isfinite(r["loss"]) for r in pre)
+    lrs = [row["lr"] for row in pre]
     assert lrs[0] == pytest.approx(0.4) and lrs[1] < lrs[0]  # SCAN's cosine, set at the start of each epoch
+    assert 0.0 <= ctx.curve[-1]["eval_acc"] <= 1.0 and "stage" not in ctx.curve[-1]
+    assert out.info["kmeans_features"] == "head" and out.info["pretext_epochs_run"] == 2
+    assert [(u["name"], u["reused"]) for u in ctx.stages_used] == [("simclr_pretext", False)]
     cls = get_method("simclr_kmeans")
     assert (cls.train_split, cls.eval_split) == ("train", "test")
+    # the same trial again finds the stored pretext network: no training, same labels
+    out2, ctx2, _ = run_simclr(tmp_path, epochs=2, kmeans_n_init=1)
+    assert ctx2.stages_used[0]["reused"] and np.array_equal(out2.labels_numpy(), labels)
 
 
 @pytest.mark.parametrize("variant,loss", [("default", "idfd"), ("id", "id"), ("idfo", "idfo")])
@@ -205,16 +222,15 @@ def test_cc_stl10_recipe_trains_the_instance_head_on_unlabeled_images_first(tmp_
 def test_simclr_stl10_recipe_pretrains_on_train_plus_unlabeled(tmp_path, monkeypatch):
     """SCAN's simclr.py: split='train+unlabeled' for the pretext; k-means is fit on the train split.
     16 + 24 images at batch 8, drop_last: 5 steps (2 without the unlabeled ones); SCAN's one-sided loss."""
-    import methods.simclr_kmeans as sk
+    import methods.stages.simclr_pretext as sp
 
     assert resolve_config("simclr_kmeans").anchors == "first"
-    calls = _count_calls(monkeypatch, sk, "nt_xent")
-    out, ctx, data = run_method("simclr_kmeans", "default", tmp_path / "with", same_split=False, n_unlabeled=24,
-                                kmeans_n_init=1)
-    assert_contract(out, ctx, data)
+    calls = _count_calls(monkeypatch, sp, "nt_xent")
+    out, ctx, data = run_simclr(tmp_path / "with", n_unlabeled=24, kmeans_n_init=1)
+    assert out.labels_numpy().shape == (data.x_eval.shape[0],)
     assert (len(calls), out.info["unlabeled_images"]) == (5, 24)
     calls.clear()
-    run_method("simclr_kmeans", "default", tmp_path / "without", same_split=False, kmeans_n_init=1)
+    run_simclr(tmp_path / "without", kmeans_n_init=1)
     assert len(calls) == 2
 
 

@@ -117,3 +117,151 @@ def feature_orthogonality(features: Tensor) -> Tensor:
     v = F.normalize(features, dim=0)
     gram = v.t() @ v
     return (gram - torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)).square().sum()
+
+
+# -- SCAN (Van Gansbeke et al., ECCV 2020; wvangansbeke/Unsupervised-Classification losses/losses.py) -----------
+
+_SCAN_EPS = 1e-8  # losses.py: EPS = 1e-8, the clamp of the entropy's probabilities
+
+
+def _mean_entropy(p: Tensor) -> Tensor:
+    """H(mean_i p_i) = -sum_k q_k log q_k with q = the batch mean of the rows, clamped at 1e-8 (``entropy``)."""
+    q = p.mean(0).clamp_min(_SCAN_EPS)
+    return -(q * q.log()).sum()
+
+
+def scan_loss(anchor_logits: Tensor, neighbour_logits: Tensor,
+              entropy_weight: float = 5.0) -> tuple[Tensor, Tensor, Tensor]:
+    """SCAN's clustering loss (SCAN Eq. 2; ``SCANLoss``): returns (total, consistency, entropy).
+
+    With p = softmax(anchor logits), p' = softmax(neighbour logits), both [N, K]:
+    consistency = -mean_i log <p_i, p'_i> (``nn.BCELoss`` of the dot product against 1, whose log is
+    clamped at -100 as torch's BCE does), entropy = H(mean_i p_i) over the anchors only, and
+    total = consistency - ``entropy_weight`` x entropy (SCAN's configs: 5.0 for CIFAR/STL).
+    """
+    p, q = F.softmax(anchor_logits, dim=1), F.softmax(neighbour_logits, dim=1)
+    similarity = (p * q).sum(1)
+    consistency = F.binary_cross_entropy(similarity, torch.ones_like(similarity))
+    entropy = _mean_entropy(p)
+    return consistency - entropy_weight * entropy, consistency, entropy
+
+
+@torch.no_grad()
+def scan_selection_loss(probs: Tensor, neighbours: Tensor, entropy_weight: float = 1.0) -> Tensor:
+    """The label-free score SCAN picks its head with (``scan_evaluate`` in utils/evaluate_utils.py).
+
+    ``probs`` [H, N, K] (softmax outputs of H heads on the un-augmented images), ``neighbours`` [N, k]
+    (indices, the image itself included as mined). Per head: BCE of <p_i, p_j> against 1 over every
+    (anchor i, neighbour j) pair, minus ``entropy_weight`` x H(mean_i p_i); the official evaluation
+    uses weight 1 here (not the training weight 5). Returns [H]; the lowest is chosen.
+    """
+    if probs.ndim == 2:
+        probs = probs[None]
+    out = []
+    anchors = torch.arange(neighbours.shape[0], device=neighbours.device)[:, None].expand_as(neighbours).reshape(-1)
+    flat = neighbours.reshape(-1)
+    for p in probs:
+        sim = (p[anchors] * p[flat]).sum(1).clamp(0.0, 1.0)
+        consistency = F.binary_cross_entropy(sim, torch.ones_like(sim))
+        out.append(consistency - entropy_weight * _mean_entropy(p))
+    return torch.stack(out)
+
+
+def confidence_ce(weak_logits: Tensor, strong_logits: Tensor, threshold: float = 0.99,
+                  class_balancing: bool = True) -> tuple[Tensor, int]:
+    """SCAN's self-labelling loss (``ConfidenceBasedCE``): returns (loss, number of confident samples).
+
+    Targets = argmax softmax(weak logits) where the max probability exceeds ``threshold`` (strictly, as
+    the official ``max_prob > threshold``); loss = cross-entropy of the strong view's logits on those
+    samples. With ``class_balancing`` each present class c gets weight n / n_c (n confident samples,
+    n_c of class c; absent classes weight 1) and torch's weighted mean divides by the sum of the
+    targets' weights, exactly as ``F.cross_entropy(weight=...)`` in the official code.
+    Deviation: the official code raises ``ValueError`` when no sample is confident; this returns a zero
+    loss (with a graph, so the step is a no-op for the weights) and 0, which the caller logs.
+    """
+    weak = F.softmax(weak_logits.detach(), dim=1)
+    max_prob, target = weak.max(1)
+    mask = max_prob > threshold
+    n = int(mask.sum())
+    if n == 0:
+        return strong_logits.sum() * 0.0, 0
+    target = target[mask]
+    weight = None
+    if class_balancing:
+        counts = torch.bincount(target, minlength=weak.shape[1]).to(weak.dtype)
+        weight = torch.where(counts > 0, n / counts.clamp_min(1), torch.ones_like(counts))
+    return F.cross_entropy(strong_logits[mask], target, weight=weight), n
+
+
+# -- SPICE (Niu, Shan & Wang, IEEE TIP 2022; niuchuangnn/SPICE spice/model/heads/sem_head*.py) -------------------
+
+@torch.no_grad()
+def spice_prototype_labels(features: Tensor, scores: Tensor, center_ratio: float = 0.5,
+                           select_ratio: float = 1.0) -> tuple[Tensor, Tensor]:
+    """SPICE-Self's prototype pseudo-labelling (``SemHead.select_samples``): returns (indices, labels).
+
+    ``features`` [N, D] (the frozen, L2-normalised embedding), ``scores`` [N, K] (the head's
+    probabilities). With m = N // K: for each cluster c the k = int(center_ratio x m x select_ratio)
+    samples of highest score c form the prototype mu_c = their mean feature; then the
+    int(m x select_ratio) samples most similar to mu_c (dot product) are labelled c. A sample can be
+    picked by several clusters (the official ``select_samples``, not ``_v2``); the result has
+    K x int(m x select_ratio) rows, cluster by cluster.
+    """
+    n, k_clusters = scores.shape
+    per_cluster = n // k_clusters
+    k_top = int(center_ratio * per_cluster * select_ratio)
+    if k_top < 1:
+        raise ValueError(f"{n} samples give no prototype members for {k_clusters} clusters "
+                         f"(center_ratio {center_ratio})")
+    top = scores.topk(k_top, dim=0).indices  # [k_top, K]
+    centers = features[top].mean(0)  # [K, D]
+    n_select = int(per_cluster * select_ratio)
+    idx = (centers @ features.t()).topk(n_select, dim=1).indices  # [K, n_select]
+    labels = torch.arange(k_clusters, device=scores.device)[:, None].expand(-1, n_select)
+    return idx.reshape(-1), labels.reshape(-1)
+
+
+@torch.no_grad()
+def spice_reliable_labels(neighbours: Tensor, scores: Tensor, agree_ratio: float = 0.9, threshold: float = 0.99,
+                          generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """SPICE's reliable pseudo-labels by local consistency (``SemHeadMulti.local_consistency``).
+
+    ``neighbours`` [N, M]: each sample's M nearest neighbours in the embedding, the sample itself first
+    (SPICE: ``sim_mtx.topk(k=100)``, M = 100); ``scores`` [N, K]: SPICE-Self's probabilities. A sample is
+    reliable when at least ``agree_ratio`` x M of its neighbours share the predicted label of its first
+    neighbour (itself) and its top probability exceeds ``threshold``. Every cluster is then cut at random
+    to the smallest cluster's count (class balance, as the official). Returns (indices, labels).
+    """
+    pred = scores.argmax(1)
+    nb_labels = pred[neighbours]
+    agree = (nb_labels == nb_labels[:, :1]).sum(1)
+    ok = (agree >= neighbours.shape[1] * agree_ratio) & (scores.max(1).values > threshold)
+    sel = torch.nonzero(ok).squeeze(1)
+    lab = pred[sel]
+    k_clusters = scores.shape[1]
+    counts = torch.bincount(lab, minlength=k_clusters)
+    keep = int(counts.min())
+    out_idx, out_lab = [], []
+    for c in range(k_clusters):
+        members = sel[lab == c]
+        perm = torch.randperm(members.numel(), generator=generator, device=generator.device if generator else "cpu")
+        out_idx.append(members[perm.to(members.device)[:keep]])
+        out_lab.append(torch.full((keep,), c, dtype=torch.long, device=scores.device))
+    return torch.cat(out_idx), torch.cat(out_lab)
+
+
+def fixmatch_loss(labelled_logits: Tensor, labels: Tensor, weak_logits: Tensor, strong_logits: Tensor,
+                  threshold: float = 0.95, unlabelled_weight: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+    """FixMatch's loss as SPICE-Semi trains it (``fixmatch/models/fixmatch/fixmatch.py``, hard labels):
+    returns (total, supervised, unsupervised).
+
+    supervised = CE(labelled logits, labels); unsupervised = mean over the unlabelled batch of
+    mask_i x CE(strong_i, argmax softmax(weak_i)), mask_i = max softmax(weak_i) >= ``threshold``
+    (p_cutoff 0.95); total = supervised + ``unlabelled_weight`` x unsupervised (lambda_u = 1).
+    """
+    sup = F.cross_entropy(labelled_logits, labels)
+    probs = F.softmax(weak_logits.detach(), dim=1)
+    max_prob, pseudo = probs.max(1)
+    mask = (max_prob >= threshold).to(strong_logits.dtype)
+    unsup = (F.cross_entropy(strong_logits, pseudo, reduction="none") * mask).mean()
+    return sup + unlabelled_weight * unsup, sup, unsup

@@ -1,0 +1,247 @@
+"""SCAN: Learning to Classify Images without Labels (Van Gansbeke et al., ECCV 2020).
+
+The algorithm, as the official code runs it (wvangansbeke/Unsupervised-Classification: simclr.py, scan.py,
+selflabel.py, configs/{pretext,scan,selflabel}/*_cifar10.yml, losses/losses.py; claims.md section 2):
+
+1. **Pretext** (stage ``simclr_pretext``, shared with SimCLR + k-means and SPICE): SimCLR, 500 epochs.
+2. **Mine neighbours** (stage ``neighbours``): top-20 of every train image by cosine similarity of the
+   L2-normalised 128-d pretext features, the image itself included (``topk + 1``); top-5 on the eval split.
+3. **SCAN step**: the pretext backbone + linear cluster heads; every anchor is paired with a neighbour drawn
+   uniformly from its 21 (itself included), both strongly augmented (flip, crop, 4 random RandAugment ops,
+   Cutout: :mod:`methods.common.strong_augment`), each through the network in its own forward pass; loss per
+   head = -mean log <p(anchor), p(neighbour)> - 5 x H(mean p(anchor)) (:func:`scan_loss`), summed over the heads;
+   the whole network is updated (``update_cluster_head_only: False``); Adam lr 1e-4, wd 1e-4, constant,
+   50 epochs (CIFAR-10; 100 for CIFAR-100-20 and STL-10), batch 128 (CIFAR-100-20: 512), drop_last.
+   After each epoch every head is scored on the eval images without labels (consistency over the mined top-5
+   eval neighbours minus the entropy, weight 1: ``scan_evaluate``); the (epoch, head) with the lowest score is
+   kept (``scan_model``).
+4. **Self-labelling** (variant ``default``; ``scan_only`` stops after step 3): the kept model with its selected
+   head; per batch of 1000, targets = predictions on the un-augmented images (network in train mode, no
+   gradient, as the official) where the top probability > 0.99, cross-entropy on a strongly augmented view
+   with class-balancing weights (:func:`confidence_ce`), Adam lr 1e-4, wd 1e-4, 200 epochs (STL-10: 100), no
+   EMA; the final epoch's model gives the labels.
+
+Protocol: train split for every step, eval (test) split for the selection score and the reported labels.
+
+Deviations (each also at its default): ``num_heads`` 10 with the lowest-loss head kept, as the issue's recipe
+and SCAN's ImageNet configs; SCAN's CIFAR/STL configs train one head (``num_heads: 1`` restores that). Strong
+augmentation in float without uint8 rounding between ops (op-by-op equal to PIL within one grey level, tests).
+bf16 autocast on a GPU (``precision: fp32`` for the official arithmetic). STL-10 uses the CIFAR stem (SCAN's
+``resnet_stl`` adds a max-pool). The SCAN and self-labelling steps checkpoint at epoch ends (at most every
+``BENCH_CHECKPOINT_S``) and a killed trial run again resumes there; the pretext stage resumes from its own.
+A batch without any confident sample gives a zero self-labelling loss (the official raises).
+
+GPU figures (one H200), the shared-pretext run and the extrapolation to the paper schedule: bench/perf/NOTES_scan.md.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from bench.context import rng_state, set_rng_state
+from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, TrialContext
+from bench.registry import register_method
+from bench.stages import StageRequest
+from methods._contrastive import autocast, conv_layout, epoch_batches, eval_pass
+from methods.common.augment import NORMALIZATION, resize_eval
+from methods.common.heads import MultiHeadClassifier
+from methods.common.losses import confidence_ce, scan_loss, scan_selection_loss
+from methods.common.strong_augment import ScanAugment, ScanAugmentSpec
+from methods.stages.neighbours import MineNeighbours
+from methods.stages.simclr_pretext import PretextFields, load_pretext
+
+
+@register_method
+class SCAN(ClusteringMethod):
+    name = "scan"
+    label = "SCAN"
+    paper = "Van Gansbeke et al., SCAN: Learning to Classify Images without Labels, ECCV 2020"
+    selection_rule = ("SCAN step: the (epoch, head) with the lowest SCAN loss (consistency - entropy) on the eval "
+                      "images and their mined neighbours, no labels (official scan_evaluate); self-labelling: final "
+                      "epoch")
+    train_split = "train"
+    eval_split = "test"
+    gpu_share = 1.0
+    variants = {"default": {}, "scan_only": {"selflabel": False}}
+    dataset_defaults = {
+        "cifar100-20": {"normalization": "cifar20", "scan_epochs": 100, "scan_batch_size": 512},
+        "stl10": {"image_size": 96, "normalization": "imagenet", "scan_epochs": 100, "cutout": 32,
+                  "selflabel_epochs": 100},
+    }
+
+    class Config(PretextFields):
+        n_neighbors: int = Field(20, ge=1, description="SCAN: num_neighbors 20 (+ the image itself)")
+        eval_neighbors: int = Field(5, ge=1, description="top-5 eval neighbours for the selection score")
+        num_heads: int = Field(10, ge=1, description="issue recipe / ImageNet configs: 10; CIFAR/STL configs: 1")
+        entropy_weight: float = Field(5.0, ge=0)
+        scan_epochs: int = Field(50, ge=1)
+        scan_batch_size: int = Field(128, ge=2)
+        scan_lr: float = Field(1e-4, gt=0)
+        scan_weight_decay: float = Field(1e-4, ge=0)
+        update_cluster_head_only: bool = False
+        strong_ops: int = Field(4, ge=0, description="num_strong_augs")
+        cutout: int = Field(16, ge=0, description="Cutout length (STL-10: 32)")
+        selflabel: bool = Field(True, description="run the self-labelling step (variant scan_only: False)")
+        selflabel_epochs: int = Field(200, ge=1)
+        selflabel_batch_size: int = Field(1000, ge=2)
+        selflabel_lr: float = Field(1e-4, gt=0)
+        selflabel_weight_decay: float = Field(1e-4, ge=0)
+        confidence_threshold: float = Field(0.99, gt=0, lt=1)
+        class_balancing: bool = True
+
+    @classmethod
+    def protocol_fields(cls, config):
+        return {"image_size": config.image_size, "stem": config.stem, "backbone": config.backbone,
+                "epochs": config.pretext_epochs, "scan_epochs": config.scan_epochs,
+                "selflabel_epochs": config.selflabel_epochs * config.selflabel, "batch_size": config.scan_batch_size}
+
+    @classmethod
+    def stages(cls, cfg: SCAN.Config) -> dict[str, StageRequest]:
+        pretext = cfg.pretext_request()
+        nbrs = StageRequest("neighbours", MineNeighbours.Config(k=cfg.n_neighbors, eval_k=cfg.eval_neighbors),
+                            upstream={"pretext": pretext})
+        return {"pretext": pretext, "neighbours": nbrs}
+
+    def run(self, data: ClusteringData, ctx: TrialContext) -> ClusterOutput:
+        cfg = self.config
+        dev = ctx.device
+        pre, nb = ctx.stage("pretext"), ctx.stage("neighbours")
+        mean, std = NORMALIZATION[cfg.normalization]
+        with ctx.init_rng("init"):
+            net = MultiHeadClassifier(load_pretext(pre).backbone, cfg.num_heads, data.n_clusters).to(dev)
+        if dev.type == "cuda":
+            net = net.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True
+        x_train = data.x_train.to(dev)
+        strong = ScanAugment(ScanAugmentSpec(cfg.image_size, n_ops=cfg.strong_ops, cutout=cfg.cutout,
+                                             mean=mean, std=std))
+        g_batch, g_aug, g_nb = ctx.rng("data_order", dev), ctx.rng("augment", dev), ctx.rng("neighbour_pick", dev)
+
+        def prep(xb: torch.Tensor) -> torch.Tensor:
+            return conv_layout(resize_eval(xb, cfg.image_size, mean, std), dev)
+
+        def view(xb: torch.Tensor) -> torch.Tensor:
+            if xb.shape[-1] != cfg.image_size:  # the augmentation works at the network's size
+                xb = resize_eval(xb, cfg.image_size)
+            return conv_layout(strong(xb, generator=g_aug), dev)
+
+        # -- SCAN step -------------------------------------------------------------------------------------------
+        neighbours = nb["train"].to(dev)
+        eval_nb = nb["eval"].to(dev) if "eval" in nb else neighbours[:, :cfg.eval_neighbors + 1]
+        if cfg.update_cluster_head_only:
+            params = list(net.heads.parameters())
+            net.backbone.requires_grad_(False)
+        else:
+            params = list(net.parameters())
+        opt = torch.optim.Adam(params, lr=cfg.scan_lr, weight_decay=cfg.scan_weight_decay)
+        best = {"loss": float("inf"), "head": 0, "epoch": 0, "state": None}
+        n = x_train.shape[0]
+        # progress checkpoints at epoch ends (at most every BENCH_CHECKPOINT_S): a killed trial run again resumes
+        ckpt, gens = ctx.checkpointer("scan"), [g_batch, g_aug, g_nb]
+        fingerprint = cfg.model_dump(mode="json")
+        resume = ckpt.load()
+        if resume is not None and resume.get("config") != fingerprint:
+            resume = None
+        first_scan, first_self = 1, 1
+        if resume is not None:
+            ctx.logger.info("SCAN: resuming after %s epoch %d", resume["phase"], resume["epoch"])
+            ctx.curve[:] = resume["curve"]
+            set_rng_state(resume["rng"], gens)
+            best = resume["best"]
+            if resume["phase"] == "scan":
+                net.load_state_dict(resume["net"])
+                opt.load_state_dict(resume["opt"])
+                first_scan = resume["epoch"] + 1
+            else:
+                first_scan, first_self = cfg.scan_epochs + 1, resume["epoch"] + 1
+
+        def save(phase: str, epoch: int, last: bool) -> None:
+            if not last and ckpt.due():
+                ckpt.save({"config": fingerprint, "phase": phase, "epoch": epoch, "net": net.state_dict(),
+                           "opt": opt.state_dict(), "best": best, "rng": rng_state(gens), "curve": list(ctx.curve)})
+
+        for epoch in range(first_scan, cfg.scan_epochs + 1):
+            # the head-only variant keeps BatchNorm's statistics (official: model.eval() there)
+            net.train(not cfg.update_cluster_head_only)
+            sums = torch.zeros(3, device=dev)
+            steps = 0
+            for idx in epoch_batches(n, cfg.scan_batch_size, g_batch, dev):
+                pick = torch.randint(neighbours.shape[1], (idx.numel(),), device=dev, generator=g_nb)
+                nb_idx = neighbours[idx, pick]
+                with autocast(dev, cfg.precision):
+                    la = net(view(x_train[idx]))
+                    ln = net(view(x_train[nb_idx]))
+                total = torch.zeros((), device=dev)
+                for h in range(cfg.num_heads):
+                    t, c, e = scan_loss(la[:, h].float(), ln[:, h].float(), cfg.entropy_weight)
+                    total = total + t
+                    sums += torch.stack([t.detach(), c.detach(), e.detach()]) / cfg.num_heads
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                opt.step()
+                steps += 1
+            probs = self._probs(net, data.x_eval, prep, cfg, dev)  # [H, N_eval, K]
+            sel = scan_selection_loss(probs, eval_nb)
+            h = int(sel.argmin())
+            if float(sel[h]) < best["loss"]:
+                best = {"loss": float(sel[h]), "head": h, "epoch": epoch,
+                        "state": {k: v.detach().clone() for k, v in net.state_dict().items()}}
+            mean_losses = (sums / max(1, steps)).tolist()
+            ctx.check_finite(mean_losses[0], f"SCAN loss at epoch {epoch}")
+            ctx.log_epoch(epoch, phase="scan", loss=mean_losses[0], consistency=mean_losses[1],
+                          entropy=mean_losses[2], select_loss=float(sel[h]), select_head=h,
+                          eval_pred=probs[h].argmax(1))
+            save("scan", epoch, last=epoch == cfg.scan_epochs and not cfg.selflabel)
+        net.load_state_dict(best["state"])
+        net.keep_head(best["head"])
+        info = {"scan_best_epoch": best["epoch"], "scan_best_head": best["head"], "scan_select_loss": best["loss"],
+                "neighbours_k": int(nb["k"])}
+
+        # -- self-labelling --------------------------------------------------------------------------------------
+        if cfg.selflabel:
+            net.requires_grad_(True)
+            opt = torch.optim.Adam(net.parameters(), lr=cfg.selflabel_lr, weight_decay=cfg.selflabel_weight_decay)
+            if resume is not None and resume["phase"] == "selflabel":
+                net.load_state_dict(resume["net"])
+                opt.load_state_dict(resume["opt"])
+            for epoch in range(first_self, cfg.selflabel_epochs + 1):
+                net.train()
+                loss_sum, conf_sum, steps = torch.zeros((), device=dev), 0, 0
+                for idx in epoch_batches(n, cfg.selflabel_batch_size, g_batch, dev):
+                    xb = x_train[idx]
+                    with torch.no_grad(), autocast(dev, cfg.precision):  # official: train mode, no gradient
+                        weak = net(prep(xb))[:, 0]
+                    with autocast(dev, cfg.precision):
+                        strong_logits = net(view(xb))[:, 0]
+                    loss, n_conf = confidence_ce(weak.float(), strong_logits.float(), cfg.confidence_threshold,
+                                                 cfg.class_balancing)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    loss_sum += loss.detach()
+                    conf_sum += n_conf
+                    steps += 1
+                ctx.check_finite(loss_sum, f"self-labelling loss at epoch {epoch}")
+                last = epoch == cfg.selflabel_epochs
+                pred = self._probs(net, data.x_eval, prep, cfg, dev)[0].argmax(1) if last or epoch % 10 == 0 else None
+                ctx.log_epoch(cfg.scan_epochs + epoch, phase="selflabel", loss=loss_sum / max(1, steps),
+                              confident_frac=conf_sum / max(1, steps * cfg.selflabel_batch_size), eval_pred=pred)
+                save("selflabel", epoch, last)
+        labels = self._probs(net, data.x_eval, prep, cfg, dev)[0].argmax(1)
+        if not cfg.selflabel:
+            ctx.log_epoch(cfg.scan_epochs, phase="selected", eval_pred=labels)
+        info.update(selflabel_epochs=cfg.selflabel_epochs * cfg.selflabel, pretext_epochs_run=len(pre["epoch_s"]))
+        return ClusterOutput(labels=labels, info=info)
+
+    @staticmethod
+    @torch.no_grad()
+    def _probs(net: MultiHeadClassifier, x: torch.Tensor, prep, cfg, dev) -> torch.Tensor:
+        was = net.training
+        net.eval()
+        try:
+            logits = eval_pass(net, x, prep, cfg.eval_batch_size, dev, cfg.precision)
+        finally:
+            net.train(was)
+        return F.softmax(logits, dim=2).permute(1, 0, 2).contiguous()

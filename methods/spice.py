@@ -1,0 +1,315 @@
+"""SPICE: Semantic Pseudo-labeling for Image Clustering (Niu, Shan & Wang, IEEE TIP 2022).
+
+The algorithm, as the official code runs it (niuchuangnn/SPICE: tools/train_self_v2.py, tools/local_consistency.py,
+tools/train_semi.py, spice/model/heads/sem_head*.py, configs/cifar10/*.py; claims.md section 7):
+
+1. **Pretext**: a frozen feature model. SPICE trains MoCo v2 (1000 epochs); here the ``simclr_pretext`` stage
+   that SimCLR + k-means and SCAN share is used instead (a deviation: one pretext network per seed for the three
+   methods, the point of issue 15 item 8). Its 512-d backbone output, L2-normalised, is SPICE's "embedding".
+2. **SPICE-Self** (variant ``self`` stops here): the backbone frozen, 10 heads MLP 512-512-K with a softmax.
+   Each epoch walks the train images in big batches of 5,000; per big batch, every head scores a weakly augmented
+   view (RandomCrop 32 pad 4 + flip), and :func:`spice_prototype_labels` turns the scores into pseudo-labels: the
+   top ``center_ratio`` x N/K images of each cluster's score give a prototype (their mean embedding), the N/K
+   images nearest to it get that cluster. Each head then trains on its pseudo-labelled images' strongly augmented
+   views (SCAN's augmentation) for ``num_repeat`` 8 passes in sub-batches of 128 (mean of the heads' CE), Adam
+   lr 0.005, wd 0; 30 epochs (CIFAR-10; 100 for the other datasets). After each epoch every head's CE against
+   the prototype pseudo-labels of the whole train split (un-augmented) is its label-free loss; the (epoch, head)
+   with the lowest is kept (``checkpoint_select``).
+3. **Reliable pseudo-labels** (:func:`spice_reliable_labels`): a train image is reliable when its selected-head
+   confidence > 0.99 and at least 90 of its 100 nearest neighbours in the embedding (itself included) share its
+   predicted cluster; every cluster is cut at random to the smallest one's count.
+4. **SPICE-Semi** (variant ``default``): FixMatch from scratch with the reliable images as the labelled set and
+   every train image as unlabelled: batch 64 labelled + 7 x 64 unlabelled, weak view pseudo-label kept when its
+   probability >= 0.95, CE on the strong view, lambda_u 1; SGD lr 0.03, momentum 0.9, Nesterov, wd 5e-4, cosine
+   lr * cos(7 pi k / 16 K); EMA 0.999 of the weights, which give the labels; 2^20 iterations.
+
+Protocol: SPICE* (the TIP paper's separate-split version): trained on the train split, evaluated on the test
+split, ResNet-18 rows of TIP Table III (SPICE's README rows train and evaluate on train+test).
+
+Deviations, each at its default: (a) the SimCLR pretext stage instead of MoCo v2 (above), with the pretext's
+normalisation instead of SPICE's ImageNet mean/std; (b) the frozen backbone's features of each big batch's views
+are computed once in eval mode and reused by the 8 passes (the official re-runs the frozen backbone per sub-batch
+in train mode, so its BatchNorm uses the sub-batch statistics): the same views and labels at a tenth of the
+cost; (c) SPICE-Semi's network is ResNet-18 with the CIFAR stem (the official's ``resnet18_cifar`` option, the
+TIP Table III ResNet-18 rows) instead of WideResNet-28-2; (d) FixMatch's strong view is SCAN's strong
+augmentation (4 RandAugment ops + Cutout) instead of FixMatch's RandAugment, and the weak crop pads with zeros
+(FixMatch: reflect); (e) bf16 autocast on a GPU (``precision: fp32`` for the official arithmetic).
+Kept from the official although odd: the heads' cross-entropy is applied to their softmax outputs
+(``last_activation="softmax"`` then ``nn.CrossEntropyLoss``), i.e. log-softmax of probabilities
+(``ce_on_probabilities: false`` uses the logits).
+
+GPU figures (one H200), the shared-pretext run and the extrapolation to the paper schedule: bench/perf/NOTES_scan.md.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from bench.errors import BenchError
+from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, TrialContext
+from bench.registry import register_method
+from bench.stages import StageRequest
+from methods._contrastive import autocast, conv_layout, eval_pass
+from methods.common.augment import NORMALIZATION, resize_eval
+from methods.common.backbones import resnet
+from methods.common.heads import MultiHeadClassifier, mlp_head
+from methods.common.losses import fixmatch_loss, spice_prototype_labels, spice_reliable_labels
+from methods.common.strong_augment import ScanAugment, ScanAugmentSpec
+from methods.stages.neighbours import MineNeighbours
+from methods.stages.simclr_pretext import PretextFields, load_pretext
+
+
+@register_method
+class SPICE(ClusteringMethod):
+    name = "spice"
+    label = "SPICE"
+    paper = "Niu, Shan & Wang, SPICE: Semantic Pseudo-labeling for Image Clustering, IEEE TIP 2022"
+    selection_rule = ("SPICE-Self: the (epoch, head) with the lowest CE against its prototype pseudo-labels on the "
+                      "train images (official checkpoint_select, no labels); SPICE-Semi: the EMA model after the "
+                      "last iteration")
+    train_split = "train"
+    eval_split = "test"
+    gpu_share = 1.0
+    variants = {"default": {}, "self": {"semi": False}}
+    dataset_defaults = {
+        "cifar100-20": {"normalization": "cifar20", "self_epochs": 100, "self_batch_size": 10000},
+        "stl10": {"image_size": 96, "normalization": "imagenet", "self_epochs": 100, "cutout": 32},
+    }
+
+    class Config(PretextFields):
+        num_heads: int = Field(10, ge=1)
+        head_hidden_dim: int = Field(512, ge=1)
+        self_epochs: int = Field(30, ge=1, description="SPICE-Self epochs (CIFAR-10: 30, others: 100)")
+        self_batch_size: int = Field(5000, ge=2, description="images per pseudo-labelling round")
+        train_sub_batch_size: int = Field(128, ge=1)
+        num_repeat: int = Field(8, ge=1, description="passes over each round's pseudo-labelled images")
+        self_lr: float = Field(0.005, gt=0)
+        self_weight_decay: float = Field(0.0, ge=0)
+        center_ratio: float = Field(0.5, gt=0, le=1)
+        ce_on_probabilities: bool = Field(True, description="official: CE of the softmax outputs")
+        weak_padding: int = Field(4, ge=0, description="weak view: RandomCrop(size, padding) + flip")
+        strong_ops: int = Field(4, ge=0)
+        cutout: int = Field(16, ge=0, description="Cutout length (STL-10: 32)")
+        reliable_neighbors: int = Field(100, ge=2, description="neighbours counted, the image itself included")
+        reliable_agree: float = Field(0.9, gt=0, le=1)
+        reliable_confidence: float = Field(0.99, gt=0, lt=1)
+        semi: bool = Field(True, description="run SPICE-Semi after SPICE-Self (variant self: False)")
+        semi_iterations: int = Field(2 ** 20, ge=1, description="FixMatch iterations")
+        semi_batch_size: int = Field(64, ge=1)
+        semi_uratio: int = Field(7, ge=1)
+        semi_lr: float = Field(0.03, gt=0)
+        semi_weight_decay: float = Field(5e-4, ge=0)
+        semi_threshold: float = Field(0.95, gt=0, lt=1)
+        semi_lambda_u: float = Field(1.0, ge=0)
+        semi_ema: float = Field(0.999, ge=0, lt=1)
+        semi_eval_every: int = Field(0, ge=0, description="iterations between curve evaluations (0: 10 per run)")
+
+    @classmethod
+    def protocol_fields(cls, config):
+        return {"image_size": config.image_size, "stem": config.stem, "backbone": config.backbone,
+                "epochs": config.pretext_epochs, "self_epochs": config.self_epochs,
+                "semi_iterations": config.semi_iterations * config.semi}
+
+    @classmethod
+    def stages(cls, cfg: SPICE.Config) -> dict[str, StageRequest]:
+        pretext = cfg.pretext_request()
+        if not cfg.semi:
+            return {"pretext": pretext}
+        # official topk(k=100) includes the image itself: 99 others
+        nbrs = StageRequest("neighbours", MineNeighbours.Config(k=cfg.reliable_neighbors - 1, eval_k=0,
+                                                                features="backbone"),
+                            upstream={"pretext": pretext})
+        return {"pretext": pretext, "neighbours": nbrs}
+
+    # ------------------------------------------------------------------------------------------------------------
+    def run(self, data: ClusteringData, ctx: TrialContext) -> ClusterOutput:
+        cfg = self.config
+        dev = ctx.device
+        pre = ctx.stage("pretext")
+        backbone = load_pretext(pre, dev).backbone.eval().requires_grad_(False)
+        if dev.type == "cuda":
+            backbone = backbone.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True
+        mean, std = NORMALIZATION[cfg.normalization]
+
+        def prep(xb: torch.Tensor) -> torch.Tensor:
+            return conv_layout(resize_eval(xb, cfg.image_size, mean, std), dev)
+
+        def feats(x: torch.Tensor, transform=prep) -> torch.Tensor:
+            return eval_pass(backbone, x, transform, cfg.eval_batch_size, dev, cfg.precision)
+
+        x_train = data.x_train.to(dev)
+        f_train = feats(x_train)  # head input (un-augmented)
+        emb_train = F.normalize(f_train, dim=1)  # SPICE's embedding for prototypes
+        heads, best = self._spice_self(x_train, f_train, emb_train, feats, ctx)
+        head = heads[best["head"]].eval()
+        with torch.no_grad():
+            scores_train = F.softmax(head(f_train), dim=1)
+            self_labels = F.softmax(head(feats(data.x_eval.to(dev))), dim=1).argmax(1)
+        info = {"self_best_epoch": best["epoch"], "self_best_head": best["head"], "self_select_loss": best["loss"],
+                "pretext_epochs_run": len(pre["epoch_s"])}
+        if not cfg.semi:
+            ctx.log_epoch(cfg.self_epochs, phase="selected", eval_pred=self_labels)
+            return ClusterOutput(labels=self_labels, info=info)
+
+        nb = ctx.stage("neighbours")["train"].to(dev)
+        idx_rel, lab_rel = spice_reliable_labels(nb, scores_train, cfg.reliable_agree, cfg.reliable_confidence,
+                                                 generator=ctx.rng("reliable", dev))
+        if idx_rel.numel() == 0:
+            raise BenchError(f"SPICE found no reliable pseudo-labels (confidence > {cfg.reliable_confidence} and "
+                             f"{cfg.reliable_agree:.0%} of {cfg.reliable_neighbors} neighbours agreeing, in every "
+                             "cluster): the SPICE-Self step is too weak; train longer or lower the thresholds")
+        info.update(reliable_labels=int(idx_rel.numel()))
+        labels = self._spice_semi(data, x_train, idx_rel, lab_rel, ctx)
+        return ClusterOutput(labels=labels, info=info)
+
+    # -- SPICE-Self ----------------------------------------------------------------------------------------------
+    def _spice_self(self, x_train, f_train, emb_train, feats, ctx):
+        cfg = self.config
+        dev = ctx.device
+        k = ctx.data.n_clusters
+        mean, std = NORMALIZATION[cfg.normalization]
+        with ctx.init_rng("init"):
+            heads = torch.nn.ModuleList(
+                [mlp_head(f_train.shape[1], cfg.head_hidden_dim, k) for _ in range(cfg.num_heads)]).to(dev)
+        opt = torch.optim.Adam(heads.parameters(), lr=cfg.self_lr, weight_decay=cfg.self_weight_decay)
+        weak = ScanAugment(ScanAugmentSpec(cfg.image_size, n_ops=0, cutout=0, crop_padding=cfg.weak_padding,
+                                           mean=mean, std=std))
+        strong = ScanAugment(ScanAugmentSpec(cfg.image_size, n_ops=cfg.strong_ops, cutout=cfg.cutout,
+                                             mean=mean, std=std))
+        g_order, g_aug = ctx.rng("data_order", dev), ctx.rng("augment", dev)
+
+        def aug(fn):
+            return lambda xb: conv_layout(fn(resize_eval(xb, cfg.image_size) if xb.shape[-1] != cfg.image_size
+                                             else xb, generator=g_aug), dev)
+
+        def ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            return F.cross_entropy(F.softmax(logits, 1) if cfg.ce_on_probabilities else logits, target)
+
+        n = x_train.shape[0]
+        bs = min(cfg.self_batch_size, n)
+        best = {"loss": float("inf"), "head": 0, "epoch": 0, "state": None}
+        for epoch in range(1, cfg.self_epochs + 1):
+            perm = torch.randperm(n, device=dev, generator=g_order)
+            loss_sum, steps = torch.zeros((), device=dev), 0
+            for r in range(n // bs):
+                idx = perm[r * bs:(r + 1) * bs]
+                heads.eval()
+                with torch.no_grad():
+                    f_weak = feats(x_train[idx], aug(weak))
+                    f_strong = feats(x_train[idx], aug(strong))
+                    picks = [spice_prototype_labels(emb_train[idx], F.softmax(h(f_weak), 1), cfg.center_ratio)
+                             for h in heads]
+                heads.train()
+                n_sel = picks[0][0].numel()
+                sub = min(cfg.train_sub_batch_size, n_sel)
+                for _ in range(cfg.num_repeat):
+                    order = torch.randperm(n_sel, device=dev, generator=g_order)
+                    for i in range(n_sel // sub):
+                        s = order[i * sub:(i + 1) * sub]
+                        loss = sum(ce(h(f_strong[p_idx[s]]), p_lab[s]) for h, (p_idx, p_lab) in zip(heads, picks))
+                        loss = loss / cfg.num_heads
+                        opt.zero_grad(set_to_none=True)
+                        loss.backward()
+                        opt.step()
+                        loss_sum += loss.detach()
+                        steps += 1
+            # label-free selection: each head's CE against its own prototype labels of the whole train split
+            heads.eval()
+            with torch.no_grad():
+                sel = []
+                for h in heads:
+                    logits = h(f_train)
+                    p_idx, p_lab = spice_prototype_labels(emb_train, F.softmax(logits, 1), cfg.center_ratio)
+                    sel.append(float(ce(logits[p_idx], p_lab)))
+            h_best = min(range(len(sel)), key=sel.__getitem__)
+            if sel[h_best] < best["loss"]:
+                best = {"loss": sel[h_best], "head": h_best, "epoch": epoch,
+                        "state": {k: v.detach().clone() for k, v in heads.state_dict().items()}}
+            ctx.check_finite(loss_sum, f"SPICE-Self loss at epoch {epoch}")
+            with torch.no_grad():
+                f_eval = feats(ctx.data.x_eval.to(dev))
+                pred = heads[h_best](f_eval).argmax(1)
+            ctx.log_epoch(epoch, phase="self", loss=loss_sum / max(1, steps), select_loss=sel[h_best],
+                          select_head=h_best, eval_pred=pred)
+        heads.load_state_dict(best["state"])
+        return heads, best
+
+    # -- SPICE-Semi (FixMatch) -----------------------------------------------------------------------------------
+    def _spice_semi(self, data, x_train, idx_rel, lab_rel, ctx) -> torch.Tensor:
+        cfg = self.config
+        dev = ctx.device
+        mean, std = NORMALIZATION[cfg.normalization]
+        with ctx.init_rng("semi_init"):
+            net = MultiHeadClassifier(resnet(cfg.backbone, stem=cfg.stem, in_channels=x_train.shape[1]), 1,
+                                      data.n_clusters).to(dev)
+        if dev.type == "cuda":
+            net = net.to(memory_format=torch.channels_last)
+        ema = MultiHeadClassifier(resnet(cfg.backbone, stem=cfg.stem, in_channels=x_train.shape[1]), 1,
+                                  data.n_clusters).to(dev)
+        if dev.type == "cuda":
+            ema = ema.to(memory_format=torch.channels_last)
+        ema.load_state_dict(net.state_dict())
+        ema.requires_grad_(False)
+        ema_params, net_params = list(ema.parameters()), list(net.parameters())
+        decay, no_decay = [], []
+        for name, p in net.named_parameters():  # FixMatch: no weight decay on biases and BatchNorm
+            (no_decay if "bn" in name or "bias" in name or p.ndim == 1 else decay).append(p)
+        opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.semi_weight_decay},
+                               {"params": no_decay, "weight_decay": 0.0}], lr=cfg.semi_lr, momentum=0.9,
+                              nesterov=True)
+        weak = ScanAugment(ScanAugmentSpec(cfg.image_size, n_ops=0, cutout=0, crop_padding=cfg.weak_padding,
+                                           mean=mean, std=std))
+        strong = ScanAugment(ScanAugmentSpec(cfg.image_size, n_ops=cfg.strong_ops, cutout=cfg.cutout,
+                                             mean=mean, std=std))
+        g_order, g_aug = ctx.rng("semi_order", dev), ctx.rng("semi_augment", dev)
+
+        def view(fn, xb):
+            if xb.shape[-1] != cfg.image_size:
+                xb = resize_eval(xb, cfg.image_size)
+            return fn(xb, generator=g_aug)
+
+        def prep(xb: torch.Tensor) -> torch.Tensor:
+            return conv_layout(resize_eval(xb, cfg.image_size, mean, std), dev)
+
+        total = cfg.semi_iterations
+        every = cfg.semi_eval_every or max(1, total // 10)
+        n, n_lb, bl, bu = x_train.shape[0], idx_rel.numel(), cfg.semi_batch_size, cfg.semi_batch_size * cfg.semi_uratio
+        sums = torch.zeros(3, device=dev)
+        for it in range(total):
+            for g in opt.param_groups:  # FixMatch's cosine: lr cos(7 pi k / (16 K))
+                g["lr"] = cfg.semi_lr * math.cos(7 * math.pi * it / (16 * total))
+            lb = torch.randint(n_lb, (bl,), device=dev, generator=g_order)
+            ub = torch.randint(n, (bu,), device=dev, generator=g_order)
+            x_lb, y_lb, x_ub = x_train[idx_rel[lb]], lab_rel[lb], x_train[ub]
+            inputs = conv_layout(torch.cat([view(weak, x_lb), view(weak, x_ub), view(strong, x_ub)]), dev)
+            net.train()
+            with autocast(dev, cfg.precision):
+                logits = net(inputs)[:, 0].float()
+            l_lb, l_w, l_s = logits[:bl], logits[bl:bl + bu], logits[bl + bu:]
+            loss, sup, unsup = fixmatch_loss(l_lb, y_lb, l_w, l_s, cfg.semi_threshold, cfg.semi_lambda_u)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():  # EMA of the weights; buffers (BatchNorm statistics) copied
+                torch._foreach_lerp_(ema_params, net_params, 1 - cfg.semi_ema)
+                for be, bt in zip(ema.buffers(), net.buffers()):
+                    be.copy_(bt)
+            sums += torch.stack([loss.detach(), sup.detach(), unsup.detach()])
+            if (it + 1) % every == 0 or it + 1 == total:
+                m = (sums / every).tolist()
+                sums.zero_()
+                ctx.check_finite(m[0], f"SPICE-Semi loss at iteration {it + 1}")
+                pred = self._predict(ema, data.x_eval, prep, dev)
+                ctx.log_epoch(cfg.self_epochs + (it + 1) / total, phase="semi", iteration=it + 1, loss=m[0],
+                              loss_sup=m[1], loss_unsup=m[2], eval_pred=pred)
+        return self._predict(ema, data.x_eval, prep, dev)
+
+    def _predict(self, net, x, prep, dev) -> torch.Tensor:
+        net.eval()
+        logits = eval_pass(net, x, prep, self.config.eval_batch_size, dev, self.config.precision)
+        return logits[:, 0].argmax(1)
