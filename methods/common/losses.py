@@ -117,3 +117,53 @@ def feature_orthogonality(features: Tensor) -> Tensor:
     v = F.normalize(features, dim=0)
     gram = v.t() @ v
     return (gram - torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)).square().sum()
+
+
+def info_nce_queue(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> Tensor:
+    """MoCo's InfoNCE against a queue of negatives (PCL Eq. 1; ``MoCo.forward`` in PCL's ``pcl/builder.py``).
+
+    ``q``, ``k``: [N, D] L2-normalised query and key (momentum-encoder) features of two views of the same
+    images; ``queue``: [D, r] earlier keys (constants). Logits [q.k, q.queue] / tau, the positive in column
+    0: L = -mean_i log( exp(q_i.k_i / tau) / (exp(q_i.k_i / tau) + sum_j exp(q_i.queue_j / tau)) ).
+    """
+    l_pos = (q * k.detach()).sum(1, keepdim=True)
+    l_neg = q @ queue.detach()
+    logits = torch.cat([l_pos, l_neg], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+
+
+def proto_nce(q: Tensor, prototypes: Tensor, phi: Tensor, pos_ids: Tensor, neg_ids: Tensor) -> Tensor:
+    """One granularity's ProtoNCE term (PCL Eq. 6, as the official ``MoCo.forward`` computes it).
+
+    ``q``: [N, D] L2-normalised queries; ``prototypes``: [K, D] L2-normalised centroids; ``phi``: [K]
+    concentrations (:func:`concentration`); ``pos_ids``: [N] each image's cluster; ``neg_ids``: [M] sampled
+    negative clusters (official: r of the clusters no image of the batch is in). Logits are
+    q_i . c_j / phi_j over the N positives' columns followed by the M negatives', and row i's target is
+    column i. As in the official code, row i's column list holds the positive prototype of *every* image
+    of the batch, so another image's prototype competes (and, when it equals row i's own, it ties with
+    the target: with few clusters the loss is bounded below by log of how often the cluster occurs in the
+    batch). The caller averages over granularities and adds it to :func:`info_nce_queue`.
+    """
+    ids = torch.cat([pos_ids, neg_ids])
+    logits = q @ prototypes[ids].t() / phi[ids]
+    return F.cross_entropy(logits, torch.arange(q.shape[0], device=q.device))
+
+
+def concentration(dist: Tensor, assign: Tensor, k: int, temperature: float, alpha: float = 10.0,
+                  clamp_percentiles: tuple[float, float] = (10.0, 90.0)) -> Tensor:
+    """PCL's concentration estimate phi per prototype (PCL Eq. 12; ``run_kmeans`` in the official ``main_pcl.py``).
+
+    ``dist``: [N] Euclidean distance of each point to its assigned centroid (faiss returns squared distances;
+    the official code takes their square root); ``assign``: [N] cluster ids in 0..k-1. For a cluster with
+    Z > 1 points, phi = mean(dist) / log(Z + alpha); a cluster with Z <= 1 gets the largest phi. Then phi is
+    clipped to its 10th/90th percentiles (numpy's linear interpolation, as torch.quantile) and scaled so that
+    its mean is the temperature: phi <- temperature * phi / mean(phi). Returns [k] float32.
+    """
+    dist, assign = dist.double(), assign.long()
+    z = torch.bincount(assign, minlength=k).double()
+    sums = torch.zeros(k, dtype=torch.float64, device=dist.device).index_add_(0, assign, dist)
+    phi = torch.where(z > 1, sums / z.clamp_min(1) / torch.log(z + alpha), torch.zeros_like(z))
+    phi = torch.where(z > 1, phi, phi.max())
+    lo, hi = (torch.quantile(phi, p / 100.0) for p in clamp_percentiles)
+    phi = phi.clamp(lo, hi)
+    return (temperature * phi / phi.mean()).float()
