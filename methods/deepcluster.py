@@ -43,6 +43,11 @@ Deviations for CIFAR-10, each commented at its default:
 * The paper's cluster count on CIFAR-10 is not given (it reports ImageNet/transfer only); the numbers
   this is audited against are IIC's re-runs of the authors' code (claims/deepcluster.yaml), whose
   settings are not published. ``default`` uses k = number of classes.
+
+Speed (one H200, bf16, CIFAR-10 train + test, code 46a83e948f52; reports/deepcluster_pcl_cifar10_short/NOTES.md):
+3.4 s per epoch (features + PCA + k-means + training), 3.7 s with the checkpoint; the first epoch 32 s
+(compilation). main.py's 200 epochs: about 13 minutes, two 10-minute commands (resumes from the per-epoch
+checkpoint). After 6 epochs: ACC 20.0, NMI 9.0, ARI 4.2 (claim 37.4 ACC).
 """
 
 from __future__ import annotations

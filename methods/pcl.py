@@ -42,6 +42,11 @@ Choices for CIFAR-10 (PCL's paper has no CIFAR-10 clustering results), each comm
   and fails (``random.sample``) when fewer exist; with 10-100 prototypes all of them are used.
 * ResNet-18 with the CIFAR stem at 32 px (official: ResNet-50 at 224 px); no Gaussian blur at 32 px (as
   MoCo's CIFAR demo and SimCLR's CIFAR setting); normalisation with ImageNet's mean/std as the official.
+
+Speed (one H200, bf16, CIFAR-10 train + test, code 46a83e948f52; reports/deepcluster_pcl_cifar10_short/NOTES.md):
+8.9 s per warm-up epoch (~6,700 pairs/s), 11.3 s with the E-step (11.8 s with the checkpoint); the official
+200 epochs with 20 of warm-up: about 38 minutes, four 10-minute commands. After 6 epochs (warm-up shortened to
+2): ACC 25.4, NMI 13.6, ARI 7.5.
 """
 
 from __future__ import annotations
