@@ -167,7 +167,8 @@ class DeepCluster(ClusteringMethod):
         cfg = self.config
         dev = ctx.device
         mean, std = NORMALIZATION[cfg.normalization]
-        net = DeepClusterNet(cfg.backbone, cfg.stem, data.x_train.shape[1], cfg.sobel)
+        with ctx.init_rng("init"):
+            net = DeepClusterNet(cfg.backbone, cfg.stem, data.x_train.shape[1], cfg.sobel)
         x_train, net = prepare_training(data.x_train, net, dev)
         n, k_train = x_train.shape[0], cfg.overcluster * data.n_clusters
         if k_train > n:
@@ -176,9 +177,8 @@ class DeepCluster(ClusteringMethod):
         spec = AugmentSpec(size=cfg.image_size, crop_scale=(cfg.crop_scale_min, 1.0), flip_p=0.5, jitter_p=0.0,
                            grayscale_p=0.0, mean=mean, std=std)
         augment = GPUAugment(spec, channels_last=dev.type == "cuda")
-        # TODO ctx.rng: named streams (data_order, augment, init, kmeans) once the stage API lands on main
-        g_batch, g_aug = ctx.generator(offset=1), ctx.generator(offset=2)
-        g_kmeans, g_init = ctx.generator(offset=3), ctx.generator(device="cpu", offset=4)
+        g_batch, g_aug, g_kmeans = ctx.rng("data_order"), ctx.rng("augment"), ctx.rng("kmeans")
+        g_init = ctx.rng("head_init", device="cpu")  # each epoch's new classifier
         loop = EpochLoop(ctx, cfg, modules={"net": net}, optimizer=opt,
                          generators={"batch": g_batch, "aug": g_aug, "kmeans": g_kmeans, "init": g_init})
         n_samples = max(1, int(cfg.reassign * n))

@@ -205,18 +205,19 @@ class PCL(ClusteringMethod):
             raise ValueError(f"{max(ks)} clusters for {n} images: lower cluster_multiples")
         if cfg.batch_size > n:
             raise ValueError(f"batch_size {cfg.batch_size} is larger than the {n} training images")
-        # TODO ctx.rng: named streams (data_order, augment, init, kmeans) once the stage API lands on main
-        g_batch, g_aug, g_neg = ctx.generator(offset=1), ctx.generator(offset=2), ctx.generator(offset=5)
-        g_init = ctx.generator(device="cpu", offset=4)
-        query = split_batchnorm(Encoder(cfg.backbone, cfg.stem, data.x_train.shape[1], cfg.feature_dim, cfg.mlp),
-                                cfg.bn_splits)
+        g_batch, g_aug = ctx.rng("data_order"), ctx.rng("augment")
+        g_neg = ctx.rng("negative_prototypes")
+        with ctx.init_rng("init"):
+            query = split_batchnorm(Encoder(cfg.backbone, cfg.stem, data.x_train.shape[1], cfg.feature_dim,
+                                            cfg.mlp), cfg.bn_splits)
+            queue = F.normalize(torch.randn(cfg.feature_dim, cfg.queue_size), dim=0)  # official: randn, normalised
         key = copy.deepcopy(query)
         for p in key.parameters():
             p.requires_grad_(False)
         torch.backends.cudnn.benchmark = dev.type == "cuda"
         query, key = query.to(dev), key.to(dev)
         x_train = data.x_train.to(dev, non_blocking=True).contiguous()
-        queue = F.normalize(torch.randn(cfg.feature_dim, cfg.queue_size, generator=g_init), dim=0).to(dev)
+        queue = queue.to(dev)
         queue_ptr = torch.zeros(1, dtype=torch.long, device=dev)
         opt = torch.optim.SGD(query.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         augment = GPUAugment(self._spec(mean, std))
@@ -304,7 +305,7 @@ class PCL(ClusteringMethod):
         """One granularity of the official ``run_kmeans``: k-means, assignment, prototypes and phi."""
         cfg = self.config
         # official: clus.seed = the granularity's index, the same at every E-step (here also the trial's seed)
-        gen = ctx.generator(offset=100 + gi)
+        gen = ctx.rng(f"kmeans{gi}")
         km = kmeans(f, k, n_init=cfg.kmeans_restarts, max_iter=cfg.kmeans_iters, tol=0.0, generator=gen,
                     init="random", empty="split", max_points_per_centroid=cfg.kmeans_max_points_per_centroid)
         dist = (f - km.centers[km.labels]).norm(dim=1)

@@ -45,8 +45,7 @@ def run(tmp_path, digits, variant="default", **over):
     cfg = resolve_config("deepcluster", variant, None, {**TINY, **over})
     ctx = TrialContext(seed=0, device="cpu", artifact_dir=tmp_path / "a", stage_dir=tmp_path / "s", data_md5="md5",
                        code_version="test", scorer=lambda p: evaluate(y, p))
-    torch.manual_seed(0)
-    return get_method("deepcluster")(cfg).run(data, ctx), ctx, data
+    return get_method("deepcluster")(cfg).fit(data, ctx), ctx, data
 
 
 def test_every_epoch_reclusters_and_reinitialises_the_head(tmp_path, digits, monkeypatch):

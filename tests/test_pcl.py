@@ -64,7 +64,7 @@ def test_em_schedule_and_prototypes(tmp_path, digits, monkeypatch):
     ctx = TrialContext(seed=0, device="cpu", artifact_dir=tmp_path / "a", stage_dir=tmp_path / "s", data_md5="md5",
                        code_version="test", scorer=lambda p: evaluate(y, p))
     method = get_method("pcl")(cfg)
-    out = method.run(data, ctx)
+    out = method.fit(data, ctx)
     # epoch 1: warm-up (InfoNCE only); epochs 2 and 3: an E-step over the three granularities; then the result's
     assert ks == [10, 50, 100, 10, 50, 100, 10]
     assert out.info["e_steps"] == 2 and out.info["granularities"] == [10, 50, 100]
