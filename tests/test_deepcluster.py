@@ -124,3 +124,17 @@ def test_bench_trial_on_digits_gives_an_ok_record(tmp_path, capsys):
     rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rec["status"] == "ok" and rec["method"] == "deepcluster"
     assert 0.0 < rec["metrics"]["acc"] <= 1.0
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, digits):
+    """Stopped after epoch 1 (time budget 0) and run again, the trial resumes at epoch 2 and ends with the labels
+    of a run never interrupted (network, optimizer, k-means / sampler / augmentation / head streams restored)."""
+    from methods._contrastive import TimeBudgetExceeded
+
+    full, ctx_full, _ = run(tmp_path / "full", digits, epochs=2)
+    with pytest.raises(TimeBudgetExceeded):
+        run(tmp_path / "cut", digits, epochs=2, max_minutes=0)
+    resumed, ctx_res, _ = run(tmp_path / "cut", digits, epochs=2)
+    assert resumed.info["resumed_from_epoch"] == 1
+    np.testing.assert_array_equal(resumed.labels_numpy(), full.labels_numpy())
+    assert ctx_res.curve[1]["loss"] == pytest.approx(ctx_full.curve[1]["loss"], rel=1e-5)

@@ -82,6 +82,29 @@ def test_em_schedule_and_prototypes(tmp_path, digits, monkeypatch):
     assert len(np.unique(labels)) > 1
 
 
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, digits):
+    """Stopped after epoch 1 (time budget 0) and run again, the trial resumes at epoch 2 (its first E-step) and
+    ends with the labels of a run never interrupted (both encoders, queue and pointer, optimizer, streams)."""
+    from methods._contrastive import TimeBudgetExceeded
+
+    x, y = digits[0][:512], digits[1][:512]
+    data = ClusteringData("digits", x, x, 10, "all", "all", "md5")
+    cfg = resolve_config("pcl", "default", None, {**TINY, "epochs": 2, "cluster_multiples": [1, 2]})
+
+    def fit(where, cfg):
+        ctx = TrialContext(seed=0, device="cpu", artifact_dir=where / "a", stage_dir=where / "s", data_md5="md5",
+                           code_version="test", scorer=lambda p: evaluate(y, p))
+        return get_method("pcl")(cfg).fit(data, ctx), ctx
+
+    full, ctx_full = fit(tmp_path / "full", cfg)
+    with pytest.raises(TimeBudgetExceeded):
+        fit(tmp_path / "cut", cfg.model_copy(update={"max_minutes": 0.0}))
+    resumed, ctx_res = fit(tmp_path / "cut", cfg)
+    assert resumed.info["resumed_from_epoch"] == 1
+    np.testing.assert_array_equal(resumed.labels_numpy(), full.labels_numpy())
+    assert ctx_res.curve[1]["loss"] == pytest.approx(ctx_full.curve[1]["loss"], rel=1e-5)
+
+
 def test_momentum_update_and_queue():
     g = torch.Generator().manual_seed(0)
     q = pcl.Encoder("tiny_cnn", "cifar", 1, 8, True)
