@@ -167,3 +167,31 @@ def concentration(dist: Tensor, assign: Tensor, k: int, temperature: float, alph
     lo, hi = (torch.quantile(phi, p / 100.0) for p in clamp_percentiles)
     phi = phi.clamp(lo, hi)
     return (temperature * phi / phi.mean()).float()
+
+
+def isl_loss(features: Tensor, memory: Tensor, indices: Tensor, neighbours: Tensor, hard_pos: Tensor,
+             temperature: float = 0.1, hp_weight: float = 0.5) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+    """ISL's backbone loss (ISL Sec. 3; ``LinearCriterion`` in the official ``lib/LinearAverage.py``).
+
+    p_ij = softmax_j(f_i . v_j / tau) over all n memory entries v (constants). With A(i) the image itself
+    and its mined neighbours (``neighbours``: [B, n] bool), each row contributes -log sum_{j in A(i)} p_ij
+    (L_inst when A(i) = {i}, L_aff otherwise) and, when it has neighbours, ``hp_weight`` x KL(p_i || q_i)
+    with q_i = softmax_j(v_hp . v_j / tau), hp = ``hard_pos[i]`` (the neighbour closest to i, -1 for none).
+    Each part is summed over the batch and divided by the batch size, as the official code does.
+    Returns (total, (L_inst, L_aff, L_hp) detached).
+    """
+    b = features.shape[0]
+    f = F.normalize(features, dim=1)
+    logp = F.log_softmax(f @ memory.detach().t() / temperature, dim=1)
+    nll = -torch.logsumexp(logp.masked_fill(~neighbours, float("-inf")), dim=1)
+    has = neighbours.sum(1) > 1
+    l_inst = nll[~has].sum() / b
+    l_aff = nll[has].sum() / b
+    l_hp = torch.zeros((), device=f.device)
+    if hp_weight > 0 and bool(has.any()):
+        rows = has.nonzero().squeeze(1)
+        mem = memory.detach()
+        log_q = F.log_softmax(mem[hard_pos[rows]] @ mem.t() / temperature, dim=1)
+        lp = logp[rows]
+        l_hp = hp_weight * (lp.exp() * (lp - log_q)).sum() / b
+    return l_inst + l_aff + l_hp, (l_inst.detach(), l_aff.detach(), l_hp.detach())
