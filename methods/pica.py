@@ -34,13 +34,12 @@ import functools
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, TrialContext
 from bench.registry import register_method
 from methods.common.augment import NORMALIZATION, GPUAugment, channel_mean_std, pica_spec, resize_eval
-from methods.common.backbones import resnet
+from methods.common.backbones import Sobel, resnet
 from methods.common.losses import pica_pui
 from methods.engine import (
     Engine,
@@ -53,19 +52,6 @@ from methods.engine import (
     prepare_training,
     unlabeled_images,
 )
-
-
-class Sobel(torch.nn.Module):
-    """Grey (mean of the channels) -> horizontal and vertical Sobel responses, 2 channels, fixed weights."""
-
-    def __init__(self):
-        super().__init__()
-        kx = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])
-        self.register_buffer("weight", torch.stack([kx, kx.t()]).unsqueeze(1))  # [2, 1, 3, 3]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        grey = x.mean(1, keepdim=True)
-        return F.conv2d(grey, self.weight.to(grey.dtype), padding=1)
 
 
 class PICANet(torch.nn.Module):

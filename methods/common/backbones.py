@@ -6,12 +6,17 @@
   ``main.py`` (``net.conv1 = Conv2d(3, 64, 3, 1, 1)``, ``net.maxpool = Identity``) use at 32 px.
 
 Both return the global-average-pooled 512-d features (the ``fc`` layer is removed).
+
+:class:`Sobel` is the fixed grey + Sobel input layer of DeepCluster (official ``models/alexnet.py``,
+``sobel=True``: a 1x1 conv with weights 1/3, then the two 3x3 Sobel kernels) and PICA (``net_sobel``).
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from bench.errors import BenchError
@@ -19,6 +24,29 @@ from bench.errors import BenchError
 # torchvision is imported when a network is built: importing it pulls in torch._dynamo (~3 s on 2 cores),
 # which `bench list` and every method module import would otherwise pay for.
 _ARCHS = ("resnet18", "resnet34")
+
+
+def build_backbone(name: str, stem: Literal["imagenet", "cifar"] = "imagenet", in_channels: int = 3) -> nn.Module:
+    """``resnet18``/``resnet34`` (see :func:`resnet`) or ``tiny_cnn`` (:func:`tiny_cnn`, CPU tests and smoke runs)."""
+    if name == "tiny_cnn":
+        return tiny_cnn(in_channels)
+    return resnet(name, stem=stem, in_channels=in_channels)  # type: ignore[arg-type]
+
+
+def tiny_cnn(in_channels: int = 3, width: int = 32) -> nn.Module:
+    """Three 3x3 conv-BN-ReLU layers (the last two stride 2) and global average pooling: [B, C, H, W] ->
+    [B, 2 * width]. Not any paper's network: it lets CPU tests and the smoke suite run a method's whole
+    algorithm on the bundled digits in seconds (ResNet-18 takes ~50 s per digits epoch on two busy cores)."""
+    if in_channels < 1:
+        raise BenchError(f"in_channels must be >= 1, got {in_channels}")
+
+    def block(cin: int, cout: int, stride: int) -> list[nn.Module]:
+        return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+    net = nn.Sequential(*block(in_channels, width, 1), *block(width, 2 * width, 2), *block(2 * width, 2 * width, 2),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    net.out_dim = 2 * width
+    return net
 
 
 def resnet(name: Literal["resnet18", "resnet34"], stem: Literal["imagenet", "cifar"] = "imagenet",
@@ -43,3 +71,16 @@ def resnet(name: Literal["resnet18", "resnet34"], stem: Literal["imagenet", "cif
     net.fc = nn.Identity()
     net.out_dim = net.inplanes  # 512 for BasicBlock ResNets
     return net
+
+
+class Sobel(nn.Module):
+    """Grey (mean of the channels) -> horizontal and vertical Sobel responses, 2 channels, fixed weights."""
+
+    def __init__(self):
+        super().__init__()
+        kx = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]])
+        self.register_buffer("weight", torch.stack([kx, kx.t()]).unsqueeze(1))  # [2, 1, 3, 3]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grey = x.mean(1, keepdim=True)
+        return F.conv2d(grey, self.weight.to(grey.dtype), padding=1)

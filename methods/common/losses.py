@@ -265,3 +265,81 @@ def fixmatch_loss(labelled_logits: Tensor, labels: Tensor, weak_logits: Tensor, 
     mask = (max_prob >= threshold).to(strong_logits.dtype)
     unsup = (F.cross_entropy(strong_logits, pseudo, reduction="none") * mask).mean()
     return sup + unlabelled_weight * unsup, sup, unsup
+
+
+def info_nce_queue(q: Tensor, k: Tensor, queue: Tensor, temperature: float) -> Tensor:
+    """MoCo's InfoNCE against a queue of negatives (PCL Eq. 1; ``MoCo.forward`` in PCL's ``pcl/builder.py``).
+
+    ``q``, ``k``: [N, D] L2-normalised query and key (momentum-encoder) features of two views of the same
+    images; ``queue``: [D, r] earlier keys (constants). Logits [q.k, q.queue] / tau, the positive in column
+    0: L = -mean_i log( exp(q_i.k_i / tau) / (exp(q_i.k_i / tau) + sum_j exp(q_i.queue_j / tau)) ).
+    """
+    l_pos = (q * k.detach()).sum(1, keepdim=True)
+    l_neg = q @ queue.detach()
+    logits = torch.cat([l_pos, l_neg], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+
+
+def proto_nce(q: Tensor, prototypes: Tensor, phi: Tensor, pos_ids: Tensor, neg_ids: Tensor) -> Tensor:
+    """One granularity's ProtoNCE term (PCL Eq. 6, as the official ``MoCo.forward`` computes it).
+
+    ``q``: [N, D] L2-normalised queries; ``prototypes``: [K, D] L2-normalised centroids; ``phi``: [K]
+    concentrations (:func:`concentration`); ``pos_ids``: [N] each image's cluster; ``neg_ids``: [M] sampled
+    negative clusters (official: r of the clusters no image of the batch is in). Logits are
+    q_i . c_j / phi_j over the N positives' columns followed by the M negatives', and row i's target is
+    column i. As in the official code, row i's column list holds the positive prototype of *every* image
+    of the batch, so another image's prototype competes (and, when it equals row i's own, it ties with
+    the target: with few clusters the loss is bounded below by log of how often the cluster occurs in the
+    batch). The caller averages over granularities and adds it to :func:`info_nce_queue`.
+    """
+    ids = torch.cat([pos_ids, neg_ids])
+    logits = q @ prototypes[ids].t() / phi[ids]
+    return F.cross_entropy(logits, torch.arange(q.shape[0], device=q.device))
+
+
+def concentration(dist: Tensor, assign: Tensor, k: int, temperature: float, alpha: float = 10.0,
+                  clamp_percentiles: tuple[float, float] = (10.0, 90.0)) -> Tensor:
+    """PCL's concentration estimate phi per prototype (PCL Eq. 12; ``run_kmeans`` in the official ``main_pcl.py``).
+
+    ``dist``: [N] Euclidean distance of each point to its assigned centroid (faiss returns squared distances;
+    the official code takes their square root); ``assign``: [N] cluster ids in 0..k-1. For a cluster with
+    Z > 1 points, phi = mean(dist) / log(Z + alpha); a cluster with Z <= 1 gets the largest phi. Then phi is
+    clipped to its 10th/90th percentiles (numpy's linear interpolation, as torch.quantile) and scaled so that
+    its mean is the temperature: phi <- temperature * phi / mean(phi). Returns [k] float32.
+    """
+    dist, assign = dist.double(), assign.long()
+    z = torch.bincount(assign, minlength=k).double()
+    sums = torch.zeros(k, dtype=torch.float64, device=dist.device).index_add_(0, assign, dist)
+    phi = torch.where(z > 1, sums / z.clamp_min(1) / torch.log(z + alpha), torch.zeros_like(z))
+    phi = torch.where(z > 1, phi, phi.max())
+    lo, hi = (torch.quantile(phi, p / 100.0) for p in clamp_percentiles)
+    phi = phi.clamp(lo, hi)
+    return (temperature * phi / phi.mean()).float()
+
+
+def isl_loss(features: Tensor, memory: Tensor, indices: Tensor, neighbours: Tensor, hard_pos: Tensor,
+             temperature: float = 0.1, hp_weight: float = 0.5) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+    """ISL's backbone loss (ISL Sec. 3; ``LinearCriterion`` in the official ``lib/LinearAverage.py``).
+
+    p_ij = softmax_j(f_i . v_j / tau) over all n memory entries v (constants). With A(i) the image itself
+    and its mined neighbours (``neighbours``: [B, n] bool), each row contributes -log sum_{j in A(i)} p_ij
+    (L_inst when A(i) = {i}, L_aff otherwise) and, when it has neighbours, ``hp_weight`` x KL(p_i || q_i)
+    with q_i = softmax_j(v_hp . v_j / tau), hp = ``hard_pos[i]`` (the neighbour closest to i, -1 for none).
+    Each part is summed over the batch and divided by the batch size, as the official code does.
+    Returns (total, (L_inst, L_aff, L_hp) detached).
+    """
+    b = features.shape[0]
+    f = F.normalize(features, dim=1)
+    logp = F.log_softmax(f @ memory.detach().t() / temperature, dim=1)
+    nll = -torch.logsumexp(logp.masked_fill(~neighbours, float("-inf")), dim=1)
+    has = neighbours.sum(1) > 1
+    l_inst = nll[~has].sum() / b
+    l_aff = nll[has].sum() / b
+    l_hp = torch.zeros((), device=f.device)
+    if hp_weight > 0 and bool(has.any()):
+        rows = has.nonzero().squeeze(1)
+        mem = memory.detach()
+        log_q = F.log_softmax(mem[hard_pos[rows]] @ mem.t() / temperature, dim=1)
+        lp = logp[rows]
+        l_hp = hp_weight * (lp.exp() * (lp - log_q)).sum() / b
+    return l_inst + l_aff + l_hp, (l_inst.detach(), l_aff.detach(), l_hp.detach())
