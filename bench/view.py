@@ -5,7 +5,8 @@ A trial of the grid is (method, variant, dataset, seed) with the config and prot
 to today. A stored record belongs to it when all six agree; the code version and the run that wrote
 it do not matter (the report lists both), so ``bench run --only kmeans`` after a full run still shows
 DEC from the earlier run. A config key the record predates counts as agreeing when today's value is
-the key's default (new keys default to the old behaviour, bench.records). Per trial the newest ``ok``
+the key's default (new keys default to the old behaviour, bench.records), or the value the method's
+``legacy_config`` names for records older than the key. Per trial the newest ``ok``
 record wins; a trial with no ``ok`` record shows its newest failed or interrupted one (counted as
 failed, never averaged in); a trial with no record at all is listed as missing.
 """
@@ -47,8 +48,8 @@ def suite_view(store, suite, only: set[str] | None = None) -> SuiteView:
 
     cells = suite_grid(suite, only)
     wanted = {_cell_key(c.method, c.variant, c.dataset, s, c.protocol): (c, s) for c in cells for s in suite.seeds}
-    defaults = {c.method: {k: f.default for k, f in get_method(c.method).Config.model_fields.items()}
-                for c in cells}
+    defaults = {c.method: {**{k: f.default for k, f in get_method(c.method).Config.model_fields.items()},
+                           **get_method(c.method).legacy_config} for c in cells}
     best: dict[tuple, ResultRecord] = {}
     for r in store.records():
         k = _cell_key(r.method, r.variant, r.dataset, r.seed, r.protocol)
