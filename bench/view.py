@@ -37,6 +37,14 @@ def _same_config(record: dict[str, Any], today: dict[str, Any], defaults: dict[s
     return all(k in record or (k in defaults and today[k] == defaults[k]) for k in today)
 
 
+def config_defaults(method: str) -> dict[str, Any]:
+    """What a record that lacks a config key ran with: the method's ``legacy_config`` value, else the default."""
+    from bench.registry import get_method
+
+    cls = get_method(method)
+    return {**{k: f.default for k, f in cls.Config.model_fields.items()}, **cls.legacy_config}
+
+
 def _newness(r: ResultRecord) -> tuple:
     return r.ok, str((r.timings or {}).get("finished_at") or ""), r.run_id or ""
 
@@ -44,12 +52,10 @@ def _newness(r: ResultRecord) -> tuple:
 def suite_view(store, suite, only: set[str] | None = None) -> SuiteView:
     """``suite``: a SuiteSpec; its grid is resolved as planning does (bench.plan.suite_grid)."""
     from bench.plan import suite_grid
-    from bench.registry import get_method
 
     cells = suite_grid(suite, only)
     wanted = {_cell_key(c.method, c.variant, c.dataset, s, c.protocol): (c, s) for c in cells for s in suite.seeds}
-    defaults = {c.method: {**{k: f.default for k, f in get_method(c.method).Config.model_fields.items()},
-                           **get_method(c.method).legacy_config} for c in cells}
+    defaults = {c.method: config_defaults(c.method) for c in cells}
     best: dict[tuple, ResultRecord] = {}
     for r in store.records():
         k = _cell_key(r.method, r.variant, r.dataset, r.seed, r.protocol)
