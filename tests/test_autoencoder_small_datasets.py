@@ -30,8 +30,9 @@ N_IMAGES = 500
 # initialisation (embedding k-means inertia 0.004: the head's logits ~0.01, every held-out prediction one
 # cluster, the target change under stop_mse after 2 epochs -> one cluster); 30 epochs at 1e-4 trained it
 # (reconstruction 0.92 -> 0.28) but not enough to cluster (29% on MNIST). So the tiny DEPICT runs 10x the
-# paper's lr (standing in for its hundreds of epochs) on a narrower network: 34% / 44% / 63% / 56% ACC on
-# mnist / fashion-mnist / usps (AC-PIC init) / digits (AC-PIC init), at most 125 of 500 images in a cluster.
+# paper's lr (standing in for its hundreds of epochs) on a narrower network (one measurement, before the
+# named RNG streams: 34% / 44% / 63% / 56% ACC on mnist / fashion-mnist / usps and digits with AC-PIC, at most
+# 125 of 500 images in a cluster).
 TINY_MLP = {"hidden_dims": [64, 64, 128, 10], "pretrain_iters_per_layer": 300, "finetune_iters": 600,
             "pretrain_momentum_burnin": 20, "n_init": 3, "cuda_graphs": False}
 TINY = {"ae_kmeans": TINY_MLP, "dec": {**TINY_MLP, "max_iters": 150, "update_interval": 30},
