@@ -117,6 +117,9 @@ class ClusteringMethod:
     variants: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
     #: Per-dataset recipe differences from the official code (e.g. DEC's update interval).
     dataset_defaults: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: For a config key added with a default that changes behaviour: the value records made before the key
+    #: existed ran with (bench.view matches them by it; keys not listed: their default).
+    legacy_config: ClassVar[dict[str, Any]] = {}
     #: The paper's split protocol. Suites may override it; the record always states it.
     train_split: ClassVar[Split] = "all"
     eval_split: ClassVar[Split] = "all"

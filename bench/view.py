@@ -5,7 +5,8 @@ A trial of the grid is (method, variant, dataset, seed) with the config and prot
 to today. A stored record belongs to it when all six agree; the code version and the run that wrote
 it do not matter (the report lists both), so ``bench run --only kmeans`` after a full run still shows
 DEC from the earlier run. A config key the record predates counts as agreeing when today's value is
-the key's default (new keys default to the old behaviour, bench.records). Per trial the newest ``ok``
+the key's default (new keys default to the old behaviour, bench.records), or the value the method's
+``legacy_config`` names for records older than the key. Per trial the newest ``ok``
 record wins; a trial with no ``ok`` record shows its newest failed or interrupted one (counted as
 failed, never averaged in); a trial with no record at all is listed as missing.
 """
@@ -36,6 +37,14 @@ def _same_config(record: dict[str, Any], today: dict[str, Any], defaults: dict[s
     return all(k in record or (k in defaults and today[k] == defaults[k]) for k in today)
 
 
+def config_defaults(method: str) -> dict[str, Any]:
+    """What a record that lacks a config key ran with: the method's ``legacy_config`` value, else the default."""
+    from bench.registry import get_method
+
+    cls = get_method(method)
+    return {**{k: f.default for k, f in cls.Config.model_fields.items()}, **cls.legacy_config}
+
+
 def _newness(r: ResultRecord) -> tuple:
     return r.ok, str((r.timings or {}).get("finished_at") or ""), r.run_id or ""
 
@@ -43,12 +52,10 @@ def _newness(r: ResultRecord) -> tuple:
 def suite_view(store, suite, only: set[str] | None = None) -> SuiteView:
     """``suite``: a SuiteSpec; its grid is resolved as planning does (bench.plan.suite_grid)."""
     from bench.plan import suite_grid
-    from bench.registry import get_method
 
     cells = suite_grid(suite, only)
     wanted = {_cell_key(c.method, c.variant, c.dataset, s, c.protocol): (c, s) for c in cells for s in suite.seeds}
-    defaults = {c.method: {k: f.default for k, f in get_method(c.method).Config.model_fields.items()}
-                for c in cells}
+    defaults = {c.method: config_defaults(c.method) for c in cells}
     best: dict[tuple, ResultRecord] = {}
     for r in store.records():
         k = _cell_key(r.method, r.variant, r.dataset, r.seed, r.protocol)

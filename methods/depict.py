@@ -11,8 +11,13 @@ Recipe from the official code (herandy/DEPICT, DEPICT.py + functions.py, Theano/
   encoder layer it mirrors (the layer-wise terms; clustering and reconstruction are weighted 1:1).
 * Stage 1, autoencoder: Adam lr 1e-4, batch 100, up to 4,000 epochs on a 90% split, early stop
   after 100 epochs without a better clean reconstruction loss on the held-out 10%, keep the best.
-* Initial labels (MNIST-full, as the official code): k-means (k-means++, 40 restarts) on the clean
-  embedding. The softmax head is initialised with the L2-normalised centroids (bias 0) and
+* Dropout masks: every loss term draws its own noisy encoder pass (the official code calls
+  ``get_output`` once per term, and each call samples new masks): the pixel reconstruction, each
+  layer-wise term and the clustering cross-entropy see differently corrupted inputs.
+* Initial labels, per dataset as the official ``functions.clustering``: k-means (k-means++, 40
+  restarts) on the clean embedding for MNIST-full (and FRGC, YTF, CMU-PIE), AC-PIC
+  (methods.common.acpic) for every other dataset, USPS among them. The softmax head is initialised
+  with the L2-normalised centroids (k-means centres, or the AC-PIC clusters' means; bias 0) and
   pre-fitted with cross-entropy to those labels plus reconstruction (fresh Adam 1e-4, <= 1,000
   epochs, stop after 5 epochs without a better NMI between the held-out predictions and their
   initial labels; label-free), keeping the best.
@@ -29,7 +34,7 @@ Deviations are written next to the defaults they change.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
@@ -40,6 +45,7 @@ from bench.errors import BenchError
 from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, MethodConfig, TrialContext
 from bench.registry import register_method
 from bench.stages import StageRequest
+from methods.common.acpic import acpic
 from methods.common.kmeans import kmeans
 from methods.common.train import GraphedStep, adam, matmul_tf32
 
@@ -91,22 +97,34 @@ class DepictAutoencoder(nn.Module):
         z = torch.tanh(self.enc_fc(F.dropout(e2, d2, training=noisy).flatten(1)))
         return e1, e2, z
 
-    def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        r2 = self._act(self.dec_fc(z)).view(-1, *self.code_shape)
-        r1 = self._act(self.deconv1(r2))
-        r0 = torch.tanh(self.deconv0(r1))
-        return r2, r1, r0
+    def decode(self, z: torch.Tensor, upto: int = 0) -> list[torch.Tensor]:
+        """[r2, r1, r0] (the decoder's layers, innermost first), stopping at layer ``upto`` (2: r2 only)."""
+        out = [self._act(self.dec_fc(z)).view(-1, *self.code_shape)]
+        if upto <= 1:
+            out.append(self._act(self.deconv1(out[-1])))
+        if upto == 0:
+            out.append(torch.tanh(self.deconv0(out[-1])))
+        return out
 
-    def noisy_losses(self, x: torch.Tensor, hidden_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(reconstruction loss of the noisy path, noisy head logits).
+    def noisy_losses(self, x: torch.Tensor, hidden_weight: float, masks: str = "per_term",
+                     with_logits: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(reconstruction loss of the noisy path, noisy head logits or None).
 
         The layer-wise targets are the clean encoder's layers; as in the Theano code they are not
-        detached (gradients flow into both paths)."""
+        detached (gradients flow into both paths). ``masks="per_term"``: each term runs its own noisy
+        encoder pass (own dropout masks), as the official code, whose every term is a separate
+        ``lasagne.layers.get_output`` call; ``"shared"``: one noisy pass feeds all terms."""
         e1c, e2c, _ = self.encode(x, noisy=False)
-        _, _, z = self.encode(x, noisy=True)
-        r2, r1, r0 = self.decode(z)
-        rec = F.mse_loss(r0, x) + hidden_weight * (F.mse_loss(r1, e1c) + F.mse_loss(r2, e2c))
-        return rec, self.head(z)
+        if masks == "shared":
+            z = self.encode(x, noisy=True)[2]
+            r2, r1, r0 = self.decode(z)
+            rec = F.mse_loss(r0, x) + hidden_weight * (F.mse_loss(r1, e1c) + F.mse_loss(r2, e2c))
+            return rec, self.head(z) if with_logits else None
+        rec = F.mse_loss(self.decode(self.encode(x, noisy=True)[2])[-1], x)
+        if hidden_weight:
+            rec = rec + hidden_weight * (F.mse_loss(self.decode(self.encode(x, noisy=True)[2], upto=1)[-1], e1c)
+                                         + F.mse_loss(self.decode(self.encode(x, noisy=True)[2], upto=2)[-1], e2c))
+        return rec, self.head(self.encode(x, noisy=True)[2]) if with_logits else None
 
     @torch.no_grad()
     def clean_recon_loss(self, x: torch.Tensor, hidden_weight: float, chunk: int = 10000) -> float:
@@ -160,7 +178,7 @@ def pretrain_cae(data: ClusteringData, cfg: Any, ctx: TrialContext) -> dict[str,
     ae_params = [p for name, p in model.named_parameters() if not name.startswith("head.")]
 
     def rec_loss(idx: torch.Tensor) -> torch.Tensor:
-        return model.noisy_losses(x.index_select(0, idx), hw)[0]
+        return model.noisy_losses(x.index_select(0, idx), hw, cfg.dropout_masks, with_logits=False)[0]
 
     with matmul_tf32(cfg.tf32):
         step = GraphedStep(rec_loss, adam(ae_params, cfg.lr, dev, capturable=use_graph), cfg.batch_size, dev,
@@ -201,6 +219,16 @@ class DEPICT(ClusteringMethod):
     train_split = "all"
     eval_split = "all"
     gpu_share = 0.2
+    # Initial clustering per dataset, as the official functions.clustering: k-means for 'MNIST-full' (and
+    # FRGC, YTF, CMU-PIE), AC-PIC for every other dataset (USPS, MNIST-test, ...). Fashion-MNIST and digits
+    # have no official setting: Fashion-MNIST (70,000 images, as MNIST-full) keeps k-means; digits
+    # (1,797) takes the official rule's AC-PIC.
+    dataset_defaults = {"usps": {"init": "acpic"}, "digits": {"init": "acpic"}}
+    variants = {"default": {},
+                # before 2026-12-02 (records without these keys): k-means everywhere, one noisy pass for all terms
+                "kmeans_shared_masks": {"init": "kmeans", "dropout_masks": "shared"}}
+    # records made before these keys existed ran with these values (bench.view)
+    legacy_config = {"init": "kmeans", "dropout_masks": "shared"}
 
     class Config(MethodConfig):
         filters: list[int] = Field(default_factory=lambda: [50, 50])
@@ -209,6 +237,8 @@ class DEPICT(ClusteringMethod):
         paddings: list[int] = Field(default_factory=lambda: [0, 2], description="MNIST/USPS: [0, 2]")
         dropouts: list[float] = Field(default_factory=lambda: [0.1, 0.1, 0.0],
                                       description="noisy path: input, after conv1, after conv2")
+        dropout_masks: Literal["per_term", "shared"] = Field(
+            "per_term", description="per_term: each loss term its own noisy pass (official); shared: one for all")
         leak: float = Field(0.01, ge=0, description="LeakyReLU slope")
         hidden_loss_weight: float = Field(0.1, ge=0, description="weight of each layer-wise reconstruction term")
         reconstruction_weight: float = Field(1.0, ge=0)
@@ -218,7 +248,11 @@ class DEPICT(ClusteringMethod):
         val_fraction: float = Field(0.1, gt=0, lt=1, description="held-out share for the stage early stops")
         pretrain_epochs: int = Field(4000, ge=0, description="autoencoder stage cap")
         pretrain_patience: int = Field(100, ge=1, description="epochs without a better held-out loss")
+        init: Literal["kmeans", "acpic"] = Field("kmeans", description="initial clustering of the embedding "
+                                                 "(official: k-means on MNIST-full, AC-PIC elsewhere)")
         init_n_init: int = Field(40, ge=1, description="k-means restarts for the initial labels")
+        acpic_neighbours: int = Field(20, ge=1, description="AC-PIC's K-NN graph (official K = 20)")
+        acpic_z: float = Field(0.01, gt=0, lt=1, description="AC-PIC's path weight z (official 0.01)")
         init_epochs: int = Field(1000, ge=0, description="head pre-fit cap (CE to the k-means labels)")
         init_patience: int = Field(5, ge=1, description="epochs without a better held-out NMI to the initial labels")
         epochs: int = Field(4000, ge=1, description="joint training cap")
@@ -262,6 +296,7 @@ class DEPICT(ClusteringMethod):
         gen = ctx.rng("depict/data_order")
         val_idx, train_idx = holdout_split(n, cfg.val_fraction, cfg.batch_size, ctx)
         x_val = x.index_select(0, val_idx)
+        masks = cfg.dropout_masks
         with ctx.init_rng("depict/init"):
             model = DepictAutoencoder(data.image_shape, k, cfg.filters, cfg.kernel_sizes, cfg.strides, cfg.paddings,
                                       cfg.dropouts, cfg.leak).to(dev)
@@ -283,19 +318,30 @@ class DEPICT(ClusteringMethod):
         model.load_state_dict(stage["state"])
         info.update(pretrain_epochs_run=stage["epochs"], pretrain_best_val_loss=stage["best_val"])
 
-        # ---- initial labels: k-means on the clean embedding, head from the normalised centroids ----
+        # ---- initial labels: k-means or AC-PIC on the clean embedding, head from the normalised centroids ----
         z = model.clean_embed(x)
-        km = kmeans(z, k, n_init=cfg.init_n_init, generator=ctx.rng("kmeans_init"))
+        if cfg.init == "acpic":
+            y_init = torch.as_tensor(acpic(z, k, cfg.acpic_neighbours, 1.0, cfg.acpic_z), device=dev)
+            centers = torch.zeros(k, z.shape[1], device=dev).index_add_(0, y_init, z)
+            centers /= torch.bincount(y_init, minlength=k).clamp_min(1)[:, None]
+            # Deviation: the official AC-PIC branch divides the mean matrix by the centroids' norms along the
+            # wrong axis and hands it over transposed (it runs only because the embedding has K units); the
+            # head starts here from the normalised means, as the official k-means branch does.
+            ctx.log_epoch(0, stage="init_acpic", n_clusters=int(torch.unique(y_init).numel()), eval_pred=y_init)
+        else:
+            km = kmeans(z, k, n_init=cfg.init_n_init, generator=ctx.rng("kmeans_init"))
+            centers, y_init = km.centers, km.labels
+            # Deviation: the official k-means branch then subtracts 1 from the labels (meant for MATLAB's
+            # 1-based AC-PIC output), handing label -1 to the cross-entropy; here the labels stay 0..K-1.
+            info["kmeans_init_inertia"] = km.inertia
+            ctx.log_epoch(0, stage="init_kmeans", inertia=km.inertia, eval_pred=y_init)
         with torch.no_grad():
-            model.head.weight.copy_(km.centers / km.centers.norm(dim=1, keepdim=True).clamp_min(1e-12))
+            model.head.weight.copy_(centers / centers.norm(dim=1, keepdim=True).clamp_min(1e-12))
             model.head.bias.zero_()
-        y_init = km.labels
-        info["kmeans_init_inertia"] = km.inertia
-        ctx.log_epoch(0, stage="init_kmeans", inertia=km.inertia, eval_pred=y_init)
 
         # ---- head pre-fit: CE to the initial labels + reconstruction, patience on held-out NMI ----
         def init_loss(idx: torch.Tensor) -> torch.Tensor:
-            rec, logits = model.noisy_losses(x.index_select(0, idx), hw)
+            rec, logits = model.noisy_losses(x.index_select(0, idx), hw, masks)
             ce = F.cross_entropy(logits, y_init.index_select(0, idx))
             return cfg.reconstruction_weight * rec + cfg.clustering_weight * ce
 
@@ -334,7 +380,7 @@ class DEPICT(ClusteringMethod):
         y_prev = torch.zeros_like(y_prob)
 
         def joint_loss(idx: torch.Tensor) -> torch.Tensor:
-            rec, logits = model.noisy_losses(x.index_select(0, idx), hw)
+            rec, logits = model.noisy_losses(x.index_select(0, idx), hw, masks)
             target = y_prob.index_select(0, idx)
             ce = -(target * F.log_softmax(logits, -1)).sum(1).mean()
             return cfg.reconstruction_weight * rec + cfg.clustering_weight * ce

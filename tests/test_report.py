@@ -59,3 +59,17 @@ def test_write_report_files(tmp_path):
     for key in ("csv", "markdown", "latex", "plot", "curves"):
         assert paths[key].exists() and paths[key].stat().st_size > 0
     assert "data md5 `abc`" in paths["markdown"].read_text()
+
+
+def test_store_view_matches_a_record_older_than_a_key_by_the_value_it_ran_with():
+    from bench.registry import resolve_config
+    from bench.view import _same_config, config_defaults
+
+    today = resolve_config("depict", "default", "usps").model_dump()
+    old = {k: v for k, v in today.items() if k not in ("init", "dropout_masks")}  # written before the keys
+    defaults = config_defaults("depict")
+    assert not _same_config(old, today, defaults)  # it ran k-means with one shared noisy pass, not today's recipe
+    assert _same_config(old, resolve_config("depict", "kmeans_shared_masks", "usps").model_dump(), defaults)
+    assert _same_config(today, today, defaults)
+    lr_only = {k: v for k, v in today.items() if k != "lr"}  # a key without a legacy value: its default
+    assert _same_config(lr_only, today, defaults)

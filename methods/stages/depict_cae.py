@@ -4,7 +4,7 @@ autoencoder fields share it. Training code: :func:`methods.depict.pretrain_cae`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -27,6 +27,7 @@ class DepictCAE(Stage):
         strides: tuple[int, ...] = (2, 2)
         paddings: tuple[int, ...] = (0, 2)
         dropouts: tuple[float, ...] = (0.1, 0.1, 0.0)
+        dropout_masks: Literal["per_term", "shared"] = "per_term"
         leak: float = Field(0.01, ge=0)
         hidden_loss_weight: float = Field(0.1, ge=0)
         lr: float = Field(1e-4, gt=0)
