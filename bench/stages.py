@@ -212,6 +212,12 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _meta_sha256(meta: dict[str, Any]) -> str:
+    """sha256 of a stage.json's content without its own ``meta_sha256`` field (canonical JSON)."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -238,10 +244,13 @@ class StageStore:
         return FileLock(str(path))
 
     def meta(self, name: str, key: str) -> dict[str, Any] | None:
+        """The stage's ``stage.json``; None when it is missing, unreadable or not a JSON object (a stage.json
+        hand-edited into ``[]`` is no stage: rebuilt, never a crash of the trial or of ``bench stages``)."""
         try:
-            return json.loads((self.path(name, key) / self.META).read_text())
+            meta = json.loads((self.path(name, key) / self.META).read_text())
         except (OSError, ValueError):
             return None
+        return meta if isinstance(meta, dict) else None
 
     def exists(self, name: str, key: str) -> bool:
         return self.meta(name, key) is not None and (self.path(name, key) / self.ARTIFACT).is_file()
@@ -255,11 +264,14 @@ class StageStore:
         folder = self.path(name, key)
         if meta is None or not (folder / self.ARTIFACT).is_file():
             return None
-        if _sha256(folder / self.ARTIFACT) != meta.get("sha256"):
+        what = "artifact.pt does not match the sha256 recorded when it was built" \
+            if _sha256(folder / self.ARTIFACT) != meta.get("sha256") else \
+            "stage.json was changed after the build (its meta_sha256 does not match)" \
+            if _meta_sha256(meta) != meta.get("meta_sha256") else None
+        if what:  # stage.json's curve and owner reach records too: its bytes are checked like the artifact's
             bad = folder.with_name(f".corrupt-{key}-{secrets.token_hex(3)}")
             os.replace(folder, bad)
-            raise StageCorrupt(f"stage {name} {key}: artifact.pt does not match the sha256 recorded when it was built; "
-                               f"moved aside to {bad.name} and rebuilt")
+            raise StageCorrupt(f"stage {name} {key}: {what}; moved aside to {bad.name} and rebuilt")
         return torch.load(folder / self.ARTIFACT, map_location="cpu", weights_only=False), meta
 
     def save(self, name: str, key: str, artifacts: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
@@ -274,10 +286,15 @@ class StageStore:
                 torch.save(artifacts, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
-            meta = {**meta, "name": name, "key": key, "created_at": _now(),
-                    "size_bytes": (tmp / self.ARTIFACT).stat().st_size, "sha256": _sha256(tmp / self.ARTIFACT)}
-            (tmp / self.META).write_text(json.dumps(meta, indent=1, default=str))
-            if final.exists():  # only a stage the lock holder found corrupt and moved: never a good one
+            meta = json.loads(json.dumps({
+                **meta, "name": name, "key": key, "created_at": _now(),
+                "size_bytes": (tmp / self.ARTIFACT).stat().st_size, "sha256": _sha256(tmp / self.ARTIFACT)},
+                default=str))  # as a reader will see it, so the hash below matches what load() recomputes
+            meta["meta_sha256"] = _meta_sha256(meta)
+            (tmp / self.META).write_text(json.dumps(meta, indent=1))
+            if final.is_symlink() or (final.exists() and not final.is_dir()):  # not a stage folder (a file, a
+                os.replace(final, final.with_name(f".corrupt-{key}-{secrets.token_hex(3)}"))  # link): keep it aside
+            elif final.exists():  # only a stage the lock holder found unreadable: never a good one
                 shutil.rmtree(final)
             os.replace(tmp, final)
         except BaseException:
