@@ -23,8 +23,8 @@ and a method asks for the stages it needs from its own typed config::
 The **key** of a stage node is a hash of (name, version, config, upstream keys, data md5, train
 split, seed): not the repository commit, so a commit that does not bump a stage's version reuses
 what that stage built. Artifacts live in ``<store>/stages/<name>/<key>/`` (``artifact.pt`` and
-``stage.json`` with the sha256 of the artifact, checked on every load), written into a temporary folder
-and renamed into place, so a reader never sees half a stage. One file lock per key: concurrent
+``stage.json`` with the sha256 of the artifact and of itself, both checked on every load), written into a
+temporary folder and renamed into place, so a reader never sees half a stage. One file lock per key: concurrent
 requests for a stage wait for the one build.
 
 The planner (bench.runner) expands every trial's stages into one deduplicated graph and builds the
@@ -256,23 +256,32 @@ class StageStore:
         return self.meta(name, key) is not None and (self.path(name, key) / self.ARTIFACT).is_file()
 
     def load(self, name: str, key: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        """(artifacts, meta), or None when absent. An artifact whose bytes no longer match the sha256 written at
-        build time is moved aside (``.corrupt-*``) and reported as absent, so it is rebuilt, never read."""
+        """(artifacts, meta), or None when absent. A stage whose artifact or stage.json bytes no longer match the
+        sha256s written at build time is moved aside (``.corrupt-*``) and reported (StageCorrupt): rebuilt, never
+        read."""
         import torch
 
         meta = self.meta(name, key)
         folder = self.path(name, key)
         if meta is None or not (folder / self.ARTIFACT).is_file():
             return None
-        what = "artifact.pt does not match the sha256 recorded when it was built" \
-            if _sha256(folder / self.ARTIFACT) != meta.get("sha256") else \
-            "stage.json was changed after the build (its meta_sha256 does not match)" \
-            if _meta_sha256(meta) != meta.get("meta_sha256") else None
-        if what:  # stage.json's curve and owner reach records too: its bytes are checked like the artifact's
+        what = self._damage(folder, meta)
+        if what:
             bad = folder.with_name(f".corrupt-{key}-{secrets.token_hex(3)}")
             os.replace(folder, bad)
             raise StageCorrupt(f"stage {name} {key}: {what}; moved aside to {bad.name} and rebuilt")
         return torch.load(folder / self.ARTIFACT, map_location="cpu", weights_only=False), meta
+
+    def _damage(self, folder: Path, meta: dict[str, Any]) -> str | None:
+        """Why a stored stage must not be read (its artifact's or its stage.json's bytes changed), or None.
+        stage.json is checked too: its curve and owner reach every record that reuses the stage."""
+        if _sha256(folder / self.ARTIFACT) != meta.get("sha256"):
+            return "artifact.pt does not match the sha256 recorded when it was built"
+        if "meta_sha256" not in meta:
+            return "stage.json has no meta_sha256 (written before stage.json was checked, or edited)"
+        if _meta_sha256(meta) != meta["meta_sha256"]:
+            return "stage.json was changed after the build (its meta_sha256 does not match)"
+        return None
 
     def save(self, name: str, key: str, artifacts: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
         """Write the stage atomically (temporary folder, fsync, rename). Returns the meta as written."""

@@ -283,7 +283,7 @@ def _stored_probe(tmp_path: Path) -> tuple[StageRequest, Path, Path]:
     return req, tmp_path / "stages" / "test_probe" / req.key("md5-a", "all", 0), log
 
 
-@pytest.mark.parametrize("edit", ["json-list", "json-string", "curve", "owner"])
+@pytest.mark.parametrize("edit", ["json-list", "json-string", "curve", "owner", "no-meta-hash"])
 def test_a_stage_json_that_is_not_an_object_or_was_edited_is_rebuilt_never_read(tmp_path, capsys, edit):
     """stage.json's curve and owner reach every record that reuses the stage: its bytes are checked like the
     artifact's, and one that is valid JSON but no object is no stage (not an AttributeError in the trial)."""
@@ -294,7 +294,8 @@ def test_a_stage_json_that_is_not_an_object_or_was_edited_is_rebuilt_never_read(
     req, folder, log = _stored_probe(tmp_path)
     meta = json.loads((folder / "stage.json").read_text())
     new = {"json-list": "[]", "json-string": '"x"', "curve": json.dumps({**meta, "curve": [{"loss": 1e9}]}),
-           "owner": json.dumps({**meta, "owner": "someone-else"})}[edit]
+           "owner": json.dumps({**meta, "owner": "someone-else"}),
+           "no-meta-hash": json.dumps({k: v for k, v in meta.items() if k != "meta_sha256"})}[edit]
     (folder / "stage.json").write_text(new)
     capsys.readouterr()
     assert main(["stages", "--store", str(tmp_path)]) == 0  # lists, does not crash on the odd stage.json
