@@ -341,11 +341,12 @@ def cmd_stages(args) -> int:
                          "prints the default)")
     check_store(store.root, write=args.prune)
     stages = StageStore(store.stage_dir)
+    # runs before records: a run finishing in between has written its records before its manifest says so
+    live = _stages_of_unfinished_runs(store)
     used: dict[str, list[str]] = {}
     for rec in store.records():
         for u in rec.stages:
             used.setdefault(u["key"], []).append(f"{rec.method}/{rec.dataset}/s{rec.seed}")
-    live = _stages_of_unfinished_runs(store)
     entries = stages.entries()
     if args.prune:
         freed, removed, n_stages = 0, [], 0
