@@ -333,17 +333,20 @@ def cmd_trials(args) -> int:
 def cmd_stages(args) -> int:
     """The stored stages (bench.stages) and the records that read them; ``--prune`` removes what nothing uses."""
     from bench.stages import StageStore
+    from bench.suite import check_store
 
     store = _store(args)
+    if not store.root.exists() and not store.root.is_symlink():
+        raise BenchError(f"--store {store.root} does not exist; pass the store `bench run` wrote (`bench doctor` "
+                         "prints the default)")
+    check_store(store.root, write=args.prune)
     stages = StageStore(store.stage_dir)
+    # runs before records: a run finishing in between has written its records before its manifest says so
+    live = _stages_of_unfinished_runs(store)
     used: dict[str, list[str]] = {}
     for rec in store.records():
         for u in rec.stages:
             used.setdefault(u["key"], []).append(f"{rec.method}/{rec.dataset}/s{rec.seed}")
-    live: set[str] = set()  # stages a running run planned: not yet read by a record, still wanted
-    for man in store.runs():
-        if man.get("status") == "running":
-            live |= {st["key"] for st in man.get("stages", [])}
     entries = stages.entries()
     if args.prune:
         freed, removed, n_stages = 0, [], 0
@@ -364,6 +367,8 @@ def cmd_stages(args) -> int:
                 lock.release()
         for path in stages.leftovers():
             key = path.name.split("-", 2)[1] if path.name.startswith((".tmp-", ".partial-", ".corrupt-")) else ""
+            if path.name.startswith(".partial-") and key in live:  # `bench run --resume` continues from it
+                continue
             lock = stages.lock(key or path.stem)
             try:
                 lock.acquire(timeout=0)
@@ -395,6 +400,34 @@ def cmd_stages(args) -> int:
         print(f"| {e['name']} | {e['key']} | {e.get('version')} | {e.get('dataset')} | {e.get('seed')} | "
               f"{_size(e.get('size_bytes', 0))} | {e.get('created_at')} | {e.get('run_id') or '–'} | {shown} |")
     return 0
+
+
+def _stages_of_unfinished_runs(store) -> set[str]:
+    """Keys of every stage (upstream included) that the trials of a running or resumable run read, built or not:
+    not yet in a record, still wanted (prune keeps them and their partial builds). Recomputed from the trials'
+    configs, since a run's manifest lists only the stages it had to build, not those it found stored."""
+    from bench.method import split_id
+    from bench.registry import get_method
+    from bench.runner import unfinished_runs
+    from bench.stages import walk
+    from bench.store import driver_alive
+
+    runs = store.runs()
+    wanted = [m for m in runs if m.get("status") == "running" and driver_alive(m.get("driver")) is not False]
+    for suite in {m.get("suite") for m in runs}:  # resumable: unfinished since the suite's latest finished run
+        wanted += [m for m, _ in unfinished_runs(store, suite)]
+    live: set[str] = set()
+    for man in wanted:
+        live |= {st["key"] for st in man.get("stages", [])}
+        for t in man.get("trials", []):
+            try:
+                cls = get_method(t["method"])
+                requests = walk(cls.stages(cls.Config.model_validate(t["config"])))
+                split = split_id(t["protocol"]["train_split"], t["protocol"].get("max_images"))
+                live |= {r.key(t["data_md5"], split, t["seed"]) for r in requests}
+            except Exception:  # noqa: BLE001 - a method or config this code no longer has: its stages are unknown
+                continue
+    return live
 
 
 def _size(n: float) -> str:

@@ -23,8 +23,8 @@ and a method asks for the stages it needs from its own typed config::
 The **key** of a stage node is a hash of (name, version, config, upstream keys, data md5, train
 split, seed): not the repository commit, so a commit that does not bump a stage's version reuses
 what that stage built. Artifacts live in ``<store>/stages/<name>/<key>/`` (``artifact.pt`` and
-``stage.json`` with the sha256 of the artifact, checked on every load), written into a temporary folder
-and renamed into place, so a reader never sees half a stage. One file lock per key: concurrent
+``stage.json`` with the sha256 of the artifact and of itself, both checked on every load), written into a
+temporary folder and renamed into place, so a reader never sees half a stage. One file lock per key: concurrent
 requests for a stage wait for the one build.
 
 The planner (bench.runner) expands every trial's stages into one deduplicated graph and builds the
@@ -212,6 +212,12 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _meta_sha256(meta: dict[str, Any]) -> str:
+    """sha256 of a stage.json's content without its own ``meta_sha256`` field (canonical JSON)."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
@@ -238,29 +244,44 @@ class StageStore:
         return FileLock(str(path))
 
     def meta(self, name: str, key: str) -> dict[str, Any] | None:
+        """The stage's ``stage.json``; None when it is missing, unreadable or not a JSON object (a stage.json
+        hand-edited into ``[]`` is no stage: rebuilt, never a crash of the trial or of ``bench stages``)."""
         try:
-            return json.loads((self.path(name, key) / self.META).read_text())
+            meta = json.loads((self.path(name, key) / self.META).read_text())
         except (OSError, ValueError):
             return None
+        return meta if isinstance(meta, dict) else None
 
     def exists(self, name: str, key: str) -> bool:
         return self.meta(name, key) is not None and (self.path(name, key) / self.ARTIFACT).is_file()
 
     def load(self, name: str, key: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        """(artifacts, meta), or None when absent. An artifact whose bytes no longer match the sha256 written at
-        build time is moved aside (``.corrupt-*``) and reported as absent, so it is rebuilt, never read."""
+        """(artifacts, meta), or None when absent. A stage whose artifact or stage.json bytes no longer match the
+        sha256s written at build time is moved aside (``.corrupt-*``) and reported (StageCorrupt): rebuilt, never
+        read."""
         import torch
 
         meta = self.meta(name, key)
         folder = self.path(name, key)
         if meta is None or not (folder / self.ARTIFACT).is_file():
             return None
-        if _sha256(folder / self.ARTIFACT) != meta.get("sha256"):
+        what = self._damage(folder, meta)
+        if what:
             bad = folder.with_name(f".corrupt-{key}-{secrets.token_hex(3)}")
             os.replace(folder, bad)
-            raise StageCorrupt(f"stage {name} {key}: artifact.pt does not match the sha256 recorded when it was built; "
-                               f"moved aside to {bad.name} and rebuilt")
+            raise StageCorrupt(f"stage {name} {key}: {what}; moved aside to {bad.name} and rebuilt")
         return torch.load(folder / self.ARTIFACT, map_location="cpu", weights_only=False), meta
+
+    def _damage(self, folder: Path, meta: dict[str, Any]) -> str | None:
+        """Why a stored stage must not be read (its artifact's or its stage.json's bytes changed), or None.
+        stage.json is checked too: its curve and owner reach every record that reuses the stage."""
+        if _sha256(folder / self.ARTIFACT) != meta.get("sha256"):
+            return "artifact.pt does not match the sha256 recorded when it was built"
+        if "meta_sha256" not in meta:
+            return "stage.json has no meta_sha256 (written before stage.json was checked, or edited)"
+        if _meta_sha256(meta) != meta["meta_sha256"]:
+            return "stage.json was changed after the build (its meta_sha256 does not match)"
+        return None
 
     def save(self, name: str, key: str, artifacts: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
         """Write the stage atomically (temporary folder, fsync, rename). Returns the meta as written."""
@@ -274,10 +295,15 @@ class StageStore:
                 torch.save(artifacts, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
-            meta = {**meta, "name": name, "key": key, "created_at": _now(),
-                    "size_bytes": (tmp / self.ARTIFACT).stat().st_size, "sha256": _sha256(tmp / self.ARTIFACT)}
-            (tmp / self.META).write_text(json.dumps(meta, indent=1, default=str))
-            if final.exists():  # only a stage the lock holder found corrupt and moved: never a good one
+            meta = json.loads(json.dumps({
+                **meta, "name": name, "key": key, "created_at": _now(),
+                "size_bytes": (tmp / self.ARTIFACT).stat().st_size, "sha256": _sha256(tmp / self.ARTIFACT)},
+                default=str))  # as a reader will see it, so the hash below matches what load() recomputes
+            meta["meta_sha256"] = _meta_sha256(meta)
+            (tmp / self.META).write_text(json.dumps(meta, indent=1))
+            if final.is_symlink() or (final.exists() and not final.is_dir()):  # not a stage folder (a file, a
+                os.replace(final, final.with_name(f".corrupt-{key}-{secrets.token_hex(3)}"))  # link): keep it aside
+            elif final.exists():  # only a stage the lock holder found unreadable: never a good one
                 shutil.rmtree(final)
             os.replace(tmp, final)
         except BaseException:

@@ -273,3 +273,112 @@ def test_same_seed_same_result_on_cpu_in_deterministic_mode(tmp_path):
 
     assert (np.load(sa.artifact_dir(ra.key) / "pred.npy") == np.load(sb.artifact_dir(rb.key) / "pred.npy")).all()
     assert ra.stages[0]["key"] == rb.stages[0]["key"]
+
+
+# -- hostile edits of the stage store (issue 14 review) ---------------------------------------------
+def _stored_probe(tmp_path: Path) -> tuple[StageRequest, Path, Path]:
+    log = tmp_path / "log"
+    req = StageRequest("test_probe", ProbeStage.Config(log=str(log)))
+    _ctx(tmp_path, requests={"p": req}).stage("p")
+    return req, tmp_path / "stages" / "test_probe" / req.key("md5-a", "all", 0), log
+
+
+@pytest.mark.parametrize("edit", ["json-list", "json-string", "curve", "owner", "no-meta-hash"])
+def test_a_stage_json_that_is_not_an_object_or_was_edited_is_rebuilt_never_read(tmp_path, capsys, edit):
+    """stage.json's curve and owner reach every record that reuses the stage: its bytes are checked like the
+    artifact's, and one that is valid JSON but no object is no stage (not an AttributeError in the trial)."""
+    import json
+
+    from bench.cli import main
+
+    req, folder, log = _stored_probe(tmp_path)
+    meta = json.loads((folder / "stage.json").read_text())
+    new = {"json-list": "[]", "json-string": '"x"', "curve": json.dumps({**meta, "curve": [{"loss": 1e9}]}),
+           "owner": json.dumps({**meta, "owner": "someone-else"}),
+           "no-meta-hash": json.dumps({k: v for k, v in meta.items() if k != "meta_sha256"})}[edit]
+    (folder / "stage.json").write_text(new)
+    capsys.readouterr()
+    assert main(["stages", "--store", str(tmp_path)]) == 0  # lists, does not crash on the odd stage.json
+    ctx = _ctx(tmp_path, requests={"p": req})
+    ctx.stage("p")
+    assert len(_builds(log)) == 2 and ctx.stages_used[0]["reused"] is False
+    assert all(r.get("loss") != 1e9 for r in ctx.curve)
+    assert json.loads((folder / "stage.json").read_text())["curve"] == meta["curve"]
+
+
+@pytest.mark.parametrize("kind", ["file", "symlink-loop"])
+def test_a_stage_path_that_is_not_a_folder_is_moved_aside_and_rebuilt(tmp_path, kind):
+    req, folder, log = _stored_probe(tmp_path)
+    import shutil
+
+    shutil.rmtree(folder)
+    if kind == "file":
+        folder.write_text("not a stage")
+    else:
+        folder.symlink_to(folder.name)
+    ctx = _ctx(tmp_path, requests={"p": req})
+    assert ctx.stage("p")["w"].shape == (3,) and len(_builds(log)) == 2  # rebuilt, not a NotADirectoryError
+    assert folder.is_dir() and not folder.is_symlink()
+    assert [p.name.split("-")[1] for p in StageStore(tmp_path / "stages").leftovers()] == [folder.name]
+
+
+def test_bench_stages_on_a_missing_store_or_a_file_is_one_error_line(tmp_path, capsys):
+    from bench.cli import main
+
+    (tmp_path / "f").write_text("x")
+    for store in (tmp_path / "missing", tmp_path / "f"):
+        for extra in ([], ["--prune"]):
+            capsys.readouterr()
+            assert main(["stages", "--store", str(store), *extra]) == 2
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and err[0].startswith("error: ") and str(store) in err[0]
+    assert not (tmp_path / "missing").exists()
+
+
+@pytest.mark.parametrize("status", ["running", "interrupted"])
+def test_prune_keeps_what_an_unfinished_run_will_read_and_its_partial_builds(tmp_path, capsys, status):
+    """A run lists in its manifest only the stages it must build; one it found stored, and the partial build
+    `bench run --resume` continues from, are as wanted as those: prune must not take them from under it."""
+    import json
+
+    from bench.cli import main
+    from bench.registry import get_method
+    from bench.stages import walk
+    from bench.store import ResultStore
+
+    store = ResultStore(tmp_path / "store")
+    cls = get_method("ae_kmeans")
+    cfg = cls.Config(hidden_dims=[8, 4], pretrain_iters_per_layer=1, finetune_iters=1)
+    protocol = {"train_split": "all", "eval_split": "all", "n_clusters": 2, "max_images": 7}
+    (req,) = walk(cls.stages(cfg))
+    key = req.key("md5-a", "all[:7]", 0)
+    stages = StageStore(store.stage_dir)
+    stages.save(req.stage, key, {"state": {}}, {"seed": 0})
+    other = req.key("md5-a", "all[:7]", 1)  # a partial build of a stage no run wants any more: leftover
+    for k in (key, other):
+        stages.partial_dir(req.stage, k).mkdir(parents=True)
+        (stages.partial_dir(req.stage, k) / "sdae.ckpt.pt").write_bytes(b"progress")
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    man = {"run_id": "r1", "suite": "s", "started_at": "2026-01-01T00:00:00+00:00", "status": status,
+           "driver": {"host": socket.gethostname(), "pid": os.getpid()}, "stages": [],
+           "trials": [{"key": "t0", "method": "ae_kmeans", "variant": "default", "dataset": "d",
+                       "seed": 0, "config": cfg.model_dump(mode="json"), "protocol": protocol,
+                       "data_md5": "md5-a", "status": "planned"}]}
+    store.runs_dir.mkdir(parents=True, exist_ok=True)
+    (store.runs_dir / "r1.json").write_text(json.dumps(man))
+    capsys.readouterr()
+    assert main(["stages", "--store", str(store.root), "--prune"]) == 0
+    assert stages.exists(req.stage, key) and stages.partial_dir(req.stage, key).is_dir()
+    assert not stages.partial_dir(req.stage, other).exists()
+    # its driver is gone and a later finished run of the suite supersedes it (`bench run --resume` no longer
+    # continues it): what it wanted is prunable
+    man["driver"]["pid"] = int(dead.stdout)
+    (store.runs_dir / "r1.json").write_text(json.dumps(man))
+    (store.runs_dir / "r2.json").write_text(json.dumps({**man, "run_id": "r2", "status": "finished",
+                                                         "started_at": "2026-01-02T00:00:00+00:00"}))
+    assert main(["stages", "--store", str(store.root), "--prune"]) == 0
+    assert not stages.exists(req.stage, key) and not stages.partial_dir(req.stage, key).exists()
