@@ -24,6 +24,7 @@ from methods.engine import (  # noqa: F401 - re-exported for methods/simclr_kmea
     cosine_lr,
     epoch_batches,
     eval_pass,
+    multistep_lr,
     prepare_training,
     set_lr,
     unlabeled_images,
