@@ -143,22 +143,29 @@ def plan_suite(suite: SuiteSpec, store: ResultStore, data_root: Path, *, force: 
 
 def _add_stage_nodes(nodes: dict[str, dict[str, Any]], cls, cell: GridCell, md5: str, todo: list, store: ResultStore,
                      suite: SuiteSpec, gpus_available: float) -> None:
-    """Every stage (and upstream stage) the cell's trials to run need and the store lacks, once per key."""
-    from bench.stages import StageStore, walk
+    """Every stage the cell's trials to run need and the store lacks, once per key; a stored stage's upstream
+    stages are not needed (it is read as it is)."""
+    from bench.stages import StageStore
 
     if not todo:
         return
-    requests = walk(cls.stages(cell.typed))
+    requests = list(cls.stages(cell.typed).values())
     stages = StageStore(store.stage_dir)
     split = split_id(cell.protocol["train_split"], cell.protocol.get("max_images"))
+
+    def add(req, seed: int, owner: str) -> None:
+        skey = req.key(md5, split, seed)
+        if skey in nodes or stages.exists(req.stage, skey):
+            return
+        gpus = req.cls.gpu_share if gpus_available > 0 and suite.device != "cpu" else 0.0
+        nodes[skey] = {"request": req, "dataset": cell.dataset, "protocol": cell.protocol, "seed": seed,
+                       "owner": owner, "md5": md5, "gpus": gpus}
+        for up in req.inputs().values():
+            add(up, seed, owner)
+
     for seed, key, _ in todo:
         for req in requests:
-            skey = req.key(md5, split, seed)
-            if skey in nodes or stages.exists(req.stage, skey):
-                continue
-            gpus = req.cls.gpu_share if gpus_available > 0 and suite.device != "cpu" else 0.0
-            nodes[skey] = {"request": req, "dataset": cell.dataset, "protocol": cell.protocol, "seed": seed,
-                           "owner": key, "md5": md5, "gpus": gpus}
+            add(req, seed, key)
 
 
 def _stage_units(nodes: dict[str, dict[str, Any]], store: ResultStore, data_root: Path, cache_dir: Path | None,

@@ -238,6 +238,29 @@ class StageStore:
         """Where a build keeps its progress checkpoints (resumed by the next build of the same key)."""
         return self.root / name / f".partial-{key}"
 
+    def _failure_path(self, name: str, key: str) -> Path:
+        return self.root / name / f".failed-{key}.json"
+
+    def record_failure(self, name: str, key: str, run_id: str | None, exc: BaseException,
+                       failed_at: dict[str, Any] | None) -> None:
+        """Note that the build of ``key`` failed in run ``run_id``: the run's other trials that need it fail with
+        the same reason instead of building it again (another run tries again)."""
+        if run_id is None:
+            return
+        from bench.context import atomic_write_bytes
+
+        line = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:2000]
+        atomic_write_bytes(self._failure_path(name, key), json.dumps(
+            {"run_id": run_id, "error": line, "failed_at": failed_at, "at": _now()}, default=str).encode())
+
+    def failure(self, name: str, key: str, run_id: str | None) -> dict[str, Any] | None:
+        """The failure of ``key``'s build recorded by run ``run_id`` (None: none, or another run's)."""
+        try:
+            rec = json.loads(self._failure_path(name, key).read_text())
+        except (OSError, ValueError):
+            return None
+        return rec if isinstance(rec, dict) and run_id is not None and rec.get("run_id") == run_id else None
+
     def lock(self, key: str) -> FileLock:
         path = self.root / ".locks" / f"{key}.lock"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -310,6 +333,7 @@ class StageStore:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         shutil.rmtree(self.partial_dir(name, key), ignore_errors=True)
+        self._failure_path(name, key).unlink(missing_ok=True)
         return meta
 
     def entries(self) -> list[dict[str, Any]]:
@@ -337,6 +361,10 @@ class StageStore:
         return sorted(out)
 
 
+class StageFailed(BenchError):
+    """The stage's build failed earlier in the same run; the reason is the first failure's."""
+
+
 class StageCorrupt(BenchError):
     """A stored stage failed its sha256 check (it was moved aside and will be rebuilt)."""
 
@@ -354,38 +382,41 @@ def materialize(ctxs: list[TrialContext], request: StageRequest) -> list[dict[st
     from bench.context import TrialContext, stream_seed
 
     n = len(ctxs)
-    inputs: list[dict[str, dict[str, Any]]] = [{} for _ in range(n)]
-    results: list[dict[str, Any] | BaseException | None] = [None] * n
-    for local, up in request.inputs().items():
-        for i, out in enumerate(materialize(ctxs, up)):
-            if isinstance(out, BaseException):
-                results[i] = out
-            else:
-                inputs[i][local] = out
-    live = [i for i in range(n) if results[i] is None]
     data = ctxs[0].data
     if data is None:
         raise RuntimeError("TrialContext.bind(data, stages) was not called before asking for a stage")
     store = StageStore(ctxs[0].stage_dir)
     name = request.stage
     keys = [request.key(data.md5, data.split_id, ctx.seed) for ctx in ctxs]
+    inputs: list[dict[str, dict[str, Any]]] = [{} for _ in range(n)]
+    results: list[dict[str, Any] | BaseException | None] = [None] * n
     metas: list[dict[str, Any] | None] = [None] * n
+    built_now: set[int] = set()
+    # a stored stage is read as it is: its upstream stages are needed only to build it again
+    _load_stored(store, name, keys, ctxs, range(n), results, metas)
+    todo = [i for i in range(n) if results[i] is None]
+    if todo:
+        sub = [ctxs[i] for i in todo]
+        for local, up in request.inputs().items():
+            for i, out in zip(todo, materialize(sub, up)):
+                if isinstance(out, BaseException):
+                    results[i] = out
+                    _note(ctxs[i], name, keys[i], reused=False, status="failed: upstream stage failed")
+                else:
+                    inputs[i][local] = out
+    live = [i for i in todo if results[i] is None]
     locks = [store.lock(k) for k in sorted({keys[i] for i in live})]
     for lock in locks:
         lock.acquire()
     try:
+        _load_stored(store, name, keys, ctxs, live, results, metas)  # built by someone else while we waited
+        # a build that failed earlier in this very run fails the same way: not rebuilt by every trial that reads it
         for i in live:
-            try:
-                got = store.load(name, keys[i])
-            except StageCorrupt as exc:
-                ctxs[i].logger.warning("%s", exc)
-                got = None
-            if got is not None:
-                results[i], metas[i] = got
-                ctxs[i].logger.info("stage %s (seed %d): reusing %s built %s", name, ctxs[i].seed, keys[i],
-                                    got[1].get("created_at"))
+            if results[i] is None and (failure := store.failure(name, keys[i], ctxs[i].run_id)) is not None:
+                results[i] = exc = StageFailed(f"stage {name} {keys[i]} failed earlier in this run: {failure['error']}")
+                ctxs[i].fail(exc, **(failure.get("failed_at") or {"stage": name}))
+                _note(ctxs[i], name, keys[i], reused=True, status="failed")
         missing = [i for i in live if results[i] is None]
-        built_now: set[int] = set()
         if missing:
             # the builds' own contexts: checkpoints go to the stage's partial folder (keyed by the stage key, so a
             # killed build resumes), the curve is the stage's own (stored with it, shown in every user's record)
@@ -417,6 +448,8 @@ def materialize(ctxs: list[TrialContext], request: StageRequest) -> list[dict[st
                     results[i] = out
                     ctxs[i].fail(out, **(b.failed_at or {"stage": name}))
                     ctxs[i].curve.extend(b.curve)
+                    store.record_failure(name, keys[i], ctxs[i].run_id, out, b.failed_at)
+                    _note(ctxs[i], name, keys[i], reused=False, status="failed")
                     continue
                 metas[i] = store.save(name, keys[i], out, {
                     "version": request.cls.version, "config": request.config.model_dump(mode="json"),
@@ -432,7 +465,7 @@ def materialize(ctxs: list[TrialContext], request: StageRequest) -> list[dict[st
     finally:
         for lock in reversed(locks):
             lock.release()
-    for i in live:
+    for i in range(n):
         meta = metas[i]
         if meta is None:
             continue
@@ -441,10 +474,34 @@ def materialize(ctxs: list[TrialContext], request: StageRequest) -> list[dict[st
             reused = False
         else:  # built earlier: by this trial's own stage node in this run (planned for it), or for someone else
             reused = ctx.key is None or meta.get("owner") != ctx.key or meta.get("run_id") != ctx.run_id
-        if not any(u["key"] == keys[i] for u in ctx.stages_used):
-            ctx.stages_used.append({"name": name, "key": keys[i], "reused": reused})
+        if _note(ctx, name, keys[i], reused=reused):
             ctx.curve.extend({**row, "stage": row.get("stage", name)} for row in meta.get("curve", []))
     return results  # type: ignore[return-value]
+
+
+def _load_stored(store: StageStore, name: str, keys: list[str], ctxs: list[TrialContext], which,
+                 results: list, metas: list) -> None:
+    for i in which:
+        if results[i] is not None:
+            continue
+        try:
+            got = store.load(name, keys[i])
+        except StageCorrupt as exc:
+            ctxs[i].logger.warning("%s", exc)
+            got = None
+        if got is not None:
+            results[i], metas[i] = got
+            ctxs[i].logger.info("stage %s (seed %d): reusing %s built %s", name, ctxs[i].seed, keys[i],
+                                got[1].get("created_at"))
+
+
+def _note(ctx: TrialContext, name: str, key: str, *, reused: bool, status: str = "ok") -> bool:
+    """Add the stage to the trial's ``stages_used`` (once); True when it was new."""
+    if any(u["key"] == key for u in ctx.stages_used):
+        return False
+    ctx.stages_used.append({"name": name, "key": key, "reused": reused, **({} if status == "ok" else
+                                                                           {"status": status})})
+    return True
 
 
 def _build_one(stage: Stage, data: ClusteringData, inputs: dict[str, dict[str, Any]],

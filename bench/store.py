@@ -137,9 +137,11 @@ class ResultStore:
                 man = json.loads(path.read_text())
             except (OSError, json.JSONDecodeError):
                 continue
+            if not isinstance(man, dict) or not isinstance(man.get("run_id"), str):
+                continue  # not a manifest this harness wrote (hand-edited, foreign): ignored, never a crash
             if suite is None or man.get("suite") == suite:
                 out.append(man)
-        return sorted(out, key=lambda m: (m.get("started_at", ""), m["run_id"]))
+        return sorted(out, key=lambda m: (str(m.get("started_at", "")), m["run_id"]))
 
     def latest_run(self, suite: str | None = None) -> dict[str, Any] | None:
         runs = self.runs(suite)

@@ -382,3 +382,44 @@ def test_prune_keeps_what_an_unfinished_run_will_read_and_its_partial_builds(tmp
                                                          "started_at": "2026-01-02T00:00:00+00:00"}))
     assert main(["stages", "--store", str(store.root), "--prune"]) == 0
     assert not stages.exists(req.stage, key) and not stages.partial_dir(req.stage, key).exists()
+
+
+def test_a_stored_stage_is_read_without_its_upstream(tmp_path):
+    log = tmp_path / "log.txt"
+    probe = StageRequest("test_probe", ProbeStage.Config(log=str(log)))
+    child = StageRequest("test_probe_child", ProbeChild.Config(log=str(log)), {"probe": probe})
+    first = _ctx(tmp_path, requests={"child": child}).stage("child")
+    import shutil
+
+    for folder in (tmp_path / "stages" / "test_probe").iterdir():
+        shutil.rmtree(folder)  # the upstream is gone (pruned, say); the child is still stored
+    again = _ctx(tmp_path, requests={"child": child}).stage("child")
+    assert torch.equal(first["w2"], again["w2"]) and len(_builds(log)) == 2  # nothing rebuilt
+
+
+def test_a_stage_that_failed_in_a_run_is_not_built_again_by_its_other_readers(tmp_path):
+    log = tmp_path / "log.txt"
+    req = {"p": StageRequest("test_probe", ProbeStage.Config(log=str(log), fail_seed=0))}
+    a = _ctx(tmp_path, key="trial-a", run_id="r1", requests=req)
+    with pytest.raises(ValueError):
+        a.stage("p")
+    assert a.stages_used[0]["status"] == "failed" and a.stages_used[0]["name"] == "test_probe"
+    b = _ctx(tmp_path, key="trial-b", run_id="r1", requests=req)  # another method of the same run
+    with pytest.raises(Exception, match="failed earlier in this run: ValueError: probe refuses seed 0"):
+        b.stage("p")
+    assert len(_builds(log)) == 1 and b.failure is not None and b.stages_used[0]["status"] == "failed"
+    c = _ctx(tmp_path, key="trial-c", run_id="r2", requests=req)  # a later run tries again
+    with pytest.raises(ValueError):
+        c.stage("p")
+    assert len(_builds(log)) == 2
+
+
+def test_foreign_run_manifests_are_ignored(tmp_path):
+    from bench.store import ResultStore
+
+    store = ResultStore(tmp_path / "s")
+    store.runs_dir.mkdir(parents=True)
+    (store.runs_dir / "a.json").write_text("[]")
+    (store.runs_dir / "b.json").write_text('{"suite": "x"}')
+    store.write_run({"run_id": "ok-1", "suite": "x", "started_at": "2026"})
+    assert [m["run_id"] for m in store.runs()] == ["ok-1"]
