@@ -457,7 +457,10 @@ def materialize(ctxs: list[TrialContext], request: StageRequest) -> list[dict[st
                                  for k, r in sorted(request.inputs().items())},
                     "dataset": data.dataset, "data_md5": data.md5, "split": data.split_id, "seed": ctxs[i].seed,
                     "run_id": ctxs[i].run_id, "owner": ctxs[i].key, "build_s": round(build_s, 3),
-                    "seeds_built_together": len(missing), "code_version": ctxs[i].code_version, "curve": b.curve})
+                    "seeds_built_together": len(missing),
+                    # a batchable stage's dropout draws from one generator for the whole batch: the bytes depend on
+                    # which seeds trained together (statistically equivalent; see methods/common/autoencoder.py)
+                    "built_with_seeds": [ctxs[j].seed for j in missing], "code_version": ctxs[i].code_version, "curve": b.curve})
                 results[i] = out
                 built_now.add(i)
             for b in bctxs:
