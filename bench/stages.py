@@ -460,7 +460,8 @@ def materialize(ctxs: list[TrialContext], request: StageRequest) -> list[dict[st
                     "seeds_built_together": len(missing),
                     # a batchable stage's dropout draws from one generator for the whole batch: the bytes depend on
                     # which seeds trained together (statistically equivalent; see methods/common/autoencoder.py)
-                    "built_with_seeds": [ctxs[j].seed for j in missing], "code_version": ctxs[i].code_version, "curve": b.curve})
+                    "built_with_seeds": [ctxs[j].seed for j in missing], "code_version": ctxs[i].code_version,
+                    "curve": b.curve})
                 results[i] = out
                 built_now.add(i)
             for b in bctxs:
