@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from bench.context import TrialContext
-from methods.engine import (  # noqa: F401 - re-exported for methods/simclr_kmeans.py
+from methods.engine import (  # noqa: F401 - re-exported for simclr_kmeans' pretext stage and methods/pcl.py
     EngineConfig,
     TimeBudgetExceeded,
     autocast,
