@@ -111,10 +111,6 @@ class TrialContext:
             torch.manual_seed(stream_seed(self.seed, name))
             yield
 
-    def generator(self, device: torch.device | str | None = None, offset: int = 0) -> torch.Generator:
-        """Deprecated: use :meth:`rng` with a name. Kept while methods move over."""
-        return self.rng(f"offset{offset}", device)
-
     # -- curves ----------------------------------------------------------------------------
     def log_epoch(self, epoch: int | float, *, eval_pred: Any = None, **scalars: Any) -> None:
         row: dict[str, Any] = {"epoch": epoch, "elapsed_s": round(time.monotonic() - self._t0, 3)}
