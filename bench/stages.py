@@ -122,11 +122,6 @@ def get_stage(name: str) -> type[Stage]:
     return _STAGES[name]
 
 
-def registered_stages() -> dict[str, type[Stage]]:
-    _discover()
-    return dict(_STAGES)
-
-
 def _discover() -> None:
     global _discovered
     if _discovered:

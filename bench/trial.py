@@ -36,15 +36,13 @@ from bench.store import ResultStore
 log = logging.getLogger("bench.trial")
 
 
-class TrialUnit(BaseModel):
-    """Everything a worker needs; resolved on the driver so all workers agree."""
+class _Unit(BaseModel):
+    """What every unit of work carries to a worker: which seeds of which data, where the store and data are, and
+    the resources it asked for. Plain JSON-able data so Ray can ship it; resolved on the driver."""
 
-    method: str
-    variant: str = "default"
     dataset: str
     seeds: list[int]
-    keys: list[str]  # record key per seed
-    config: dict[str, Any]  # fully resolved
+    keys: list[str]  # per seed: the record key (trial units) or the stage key (stage units)
     protocol: dict[str, Any]
     data_md5: str
     code: dict[str, Any]  # code_version, git_commit, git_dirty
@@ -55,35 +53,29 @@ class TrialUnit(BaseModel):
     deterministic: bool = False
     cpus: float = 1.0
     gpus: float = 0.0
-    suite: str | None = None
     run_id: str | None = None
+
+
+class TrialUnit(_Unit):
+    """Everything a worker needs to run one method on some seeds."""
+
+    method: str
+    variant: str = "default"
+    config: dict[str, Any]  # fully resolved
+    suite: str | None = None
     #: per key, the run whose record the store held at planning (None: no record). When this unit gets the
     #: key's lock, an ok record of any other run (another live run computed it meanwhile) or of this very
     #: run (a retried worker) is reused instead of computed again.
     stored_run_ids: list[str | None] = []
 
 
-class StageUnit(BaseModel):
+class StageUnit(_Unit):
     """One planned build of a stage for one or more seeds (several when the stage is batchable), run before the
     trials that read it. ``owners``: per seed, the trial key the stage is built for (its record says
     ``reused: false``; every other trial that reads it says ``reused: true``)."""
 
     request: dict[str, Any]  # StageRequest.to_dict()
-    dataset: str
-    seeds: list[int]
-    keys: list[str]
     owners: list[str]
-    protocol: dict[str, Any]
-    data_md5: str
-    code: dict[str, Any]
-    store_root: str
-    data_root: str
-    cache_dir: str | None = None
-    device: str = "auto"
-    deterministic: bool = False
-    cpus: float = 1.0
-    gpus: float = 0.0
-    run_id: str | None = None
     depth: int = 1
 
     @property
