@@ -39,7 +39,8 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float, anchors: Literal["both",
     sim = rows @ z.t() / temperature
     m = rows.shape[0]
     self_pair = torch.arange(m, device=z.device)
-    sim = sim.index_put((self_pair, self_pair), torch.tensor(float("-inf"), device=z.device, dtype=sim.dtype))
+    # new_full fills on the device: a CPU scalar tensor here would be a host copy, which breaks CUDA-graph capture
+    sim = sim.index_put((self_pair, self_pair), sim.new_full((), float("-inf")))
     target = (self_pair + n) % (2 * n)  # row i's positive is its other view
     return F.cross_entropy(sim, target)
 
