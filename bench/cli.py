@@ -25,7 +25,6 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import signal
 import sys
 from pathlib import Path
@@ -349,42 +348,12 @@ def cmd_stages(args) -> int:
             used.setdefault(u["key"], []).append(f"{rec.method}/{rec.dataset}/s{rec.seed}")
     entries = stages.entries()
     if args.prune:
-        freed, removed, n_stages = 0, [], 0
-        for e in entries:
-            if e["key"] in used or e["key"] in live:
-                continue
-            lock = stages.lock(e["key"])
-            try:
-                lock.acquire(timeout=0)
-            except Exception:  # noqa: BLE001 - a build or a read holds it: keep
-                continue
-            try:
-                freed += e.get("size_bytes", 0)
-                shutil.rmtree(e["path"], ignore_errors=True)
-                removed.append(f"stage {e['name']} {e['key']} ({e.get('dataset')}, seed {e.get('seed')})")
-                n_stages += 1
-            finally:
-                lock.release()
-        for path in stages.leftovers():
-            key = path.name.split("-", 2)[1] if path.name.startswith((".tmp-", ".partial-", ".corrupt-")) else ""
-            if path.name.startswith(".partial-") and key in live:  # `bench run --resume` continues from it
-                continue
-            lock = stages.lock(key or path.stem)
-            try:
-                lock.acquire(timeout=0)
-            except Exception:  # noqa: BLE001 - a build in progress writes there
-                continue
-            try:
-                freed += sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else \
-                    path.stat().st_size
-                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
-                removed.append(str(path.relative_to(stages.root)))
-            finally:
-                lock.release()
-        for line in removed:
+        removed, n_stages = stages.prune(keep=set(used) | live)
+        for line, _ in removed:
             print(f"removed {line}")
-        print(f"pruned {n_stages} unused stage(s) and {len(removed) - n_stages} leftover(s), {_size(freed)} freed; "
-              f"kept {len(entries) - n_stages} stage(s) that records or running runs use")
+        print(f"pruned {n_stages} unused stage(s) and {len(removed) - n_stages} leftover(s), "
+              f"{_size(sum(size for _, size in removed))} freed; kept {len(entries) - n_stages} stage(s) that records "
+              "or running runs use")
         return 0
     if not entries:
         print(f"no stages in {stages.root}")

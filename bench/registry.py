@@ -4,6 +4,7 @@ Every module directly under ``methods/`` is imported on first lookup, so adding 
 one file. Methods can also live outside the repo: in an installed package, through the
 ``clusterbench.methods`` entry-point group (each entry point names a module to import), or in
 modules / ``.py`` files named in ``BENCH_PLUGINS`` (os.pathsep-separated; passed on to Ray workers).
+:class:`Registry` is the one name -> class table; stages (:mod:`bench.stages`) keep theirs in one too.
 """
 
 from __future__ import annotations
@@ -16,47 +17,87 @@ import pkgutil
 import sys
 import types
 import typing
+from collections.abc import Callable
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import ValidationError
 
 from bench.errors import BenchError
-from bench.method import ClusteringMethod, MethodConfig
 
-_METHODS: dict[str, type[ClusteringMethod]] = {}
-_discovered = False
+if TYPE_CHECKING:  # (bench.method imports bench.stages, which uses Registry: types only here)
+    from bench.method import ClusteringMethod, MethodConfig
 
-
-def register_method(cls: type[ClusteringMethod]) -> type[ClusteringMethod]:
-    """Class decorator: make a method findable by its ``name``."""
-    name = getattr(cls, "name", None)
-    if not name or not isinstance(name, str):
-        raise TypeError(f"{cls.__qualname__} needs a class attribute `name`")
-    if name in _METHODS and _METHODS[name] is not cls:
-        raise TypeError(f"two methods are registered as {name!r}: {_METHODS[name].__module__} and {cls.__module__}")
-    if "default" not in cls.variants:
-        raise TypeError(f"method {name!r}: `variants` must contain 'default' (the paper recipe)")
-    _METHODS[name] = cls
-    return cls
+T = TypeVar("T", bound=type)
 
 
-def _discover() -> None:
-    global _discovered
-    if _discovered:
-        return
-    _discovered = True
+class Registry(Generic[T]):
+    """Classes by their ``name`` attribute. ``discover`` imports the modules that register (once, on the first
+    lookup); ``check`` refuses a malformed class at registration (a TypeError at import: a programming error)."""
+
+    def __init__(self, kind: str, discover: Callable[[], None], check: Callable[[T], None] | None = None,
+                 hint: str = ""):
+        self.kind, self._discover, self._check, self._hint = kind, discover, check, hint
+        self._classes: dict[str, T] = {}
+        self._discovered = False
+
+    def register(self, cls: T) -> T:
+        """Class decorator: make ``cls`` findable by its ``name``."""
+        name = getattr(cls, "name", None)
+        if not name or not isinstance(name, str):
+            raise TypeError(f"{cls.__qualname__} needs a class attribute `name`")
+        known = self._classes.get(name)
+        if known is not None and known is not cls:
+            raise TypeError(f"two {self.kind}s are registered as {name!r}: {known.__module__} and {cls.__module__}")
+        if self._check:
+            self._check(cls)
+        self._classes[name] = cls
+        return cls
+
+    def _ensure(self) -> None:
+        if not self._discovered:
+            self._discovered = True
+            self._discover()
+
+    def get(self, name: str) -> T:
+        self._ensure()
+        try:
+            return self._classes[name]
+        except KeyError:
+            raise BenchError(f"unknown {self.kind} {name!r}{_did_you_mean(name, self._classes)}; known {self.kind}s: "
+                             f"{', '.join(sorted(self._classes)) or 'none'}{self._hint}") from None
+
+    def find(self, name: str) -> T | None:
+        self._ensure()
+        return self._classes.get(name)
+
+    def names(self) -> list[str]:
+        self._ensure()
+        return sorted(self._classes)
+
+
+def _discover_methods() -> None:
     import methods
 
     for mod in pkgutil.iter_modules(methods.__path__):
         if mod.ispkg or mod.name.startswith("_"):
-            continue  # methods/common holds shared parts, not methods
+            continue  # methods/common, methods/engine, methods/stages hold shared parts, not methods
         importlib.import_module(f"methods.{mod.name}")
     for ep in entry_points(group="clusterbench.methods"):
         importlib.import_module(ep.value)
     for item in filter(None, os.environ.get("BENCH_PLUGINS", "").split(os.pathsep)):
         _import_plugin(item)
+
+
+def _check_method(cls: type[ClusteringMethod]) -> None:
+    if "default" not in cls.variants:
+        raise TypeError(f"method {cls.name!r}: `variants` must contain 'default' (the paper recipe)")
+
+
+METHODS: Registry[type[ClusteringMethod]] = Registry("method", _discover_methods, _check_method,
+                                                     hint=" (`bench list` shows them)")
+register_method = METHODS.register
 
 
 def _import_plugin(item: str) -> None:
@@ -74,23 +115,16 @@ def _import_plugin(item: str) -> None:
 
 
 def method_names() -> list[str]:
-    _discover()
-    return sorted(_METHODS)
+    return METHODS.names()
 
 
 def get_method(name: str) -> type[ClusteringMethod]:
-    _discover()
-    try:
-        return _METHODS[name]
-    except KeyError:
-        raise BenchError(f"unknown method {name!r}{_did_you_mean(name, _METHODS)}; known methods: "
-                         f"{', '.join(sorted(_METHODS))} (`bench list` shows them)") from None
+    return METHODS.get(name)
 
 
 def method_label(name: str) -> str:
     """The method's display label (``label``, e.g. "k-means"), or its name when it has none or is unknown."""
-    _discover()
-    cls = _METHODS.get(name)
+    cls = METHODS.find(name)
     return (getattr(cls, "label", "") or name) if cls else name
 
 

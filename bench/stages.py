@@ -51,6 +51,7 @@ from pydantic import BaseModel, ConfigDict
 
 from bench.context import stable_hash
 from bench.errors import BenchError
+from bench.registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
     from bench.context import TrialContext
@@ -98,35 +99,7 @@ class Stage:
         return out
 
 
-_STAGES: dict[str, type[Stage]] = {}
-_discovered = False
-
-
-def register_stage(cls: type[Stage]) -> type[Stage]:
-    """Class decorator: make a stage findable by its ``name``."""
-    name = getattr(cls, "name", None)
-    if not name or not isinstance(name, str):
-        raise TypeError(f"{cls.__qualname__} needs a class attribute `name`")
-    if name in _STAGES and _STAGES[name] is not cls:
-        raise TypeError(f"two stages are registered as {name!r}: {_STAGES[name].__module__} and {cls.__module__}")
-    if not isinstance(cls.version, int) or cls.version < 1:
-        raise TypeError(f"stage {name!r}: `version` must be a positive int")
-    _STAGES[name] = cls
-    return cls
-
-
-def get_stage(name: str) -> type[Stage]:
-    _discover()
-    if name not in _STAGES:
-        raise BenchError(f"unknown stage {name!r}; registered: {', '.join(sorted(_STAGES)) or 'none'}")
-    return _STAGES[name]
-
-
-def _discover() -> None:
-    global _discovered
-    if _discovered:
-        return
-    _discovered = True
+def _discover_stages() -> None:
     try:
         import methods.stages as pkg
     except ImportError:  # pragma: no cover - a checkout without built-in stages
@@ -134,6 +107,16 @@ def _discover() -> None:
     for mod in pkgutil.iter_modules(pkg.__path__):
         if not mod.name.startswith("_"):
             importlib.import_module(f"methods.stages.{mod.name}")
+
+
+def _check_stage(cls: type[Stage]) -> None:
+    if not isinstance(cls.version, int) or cls.version < 1:
+        raise TypeError(f"stage {cls.name!r}: `version` must be a positive int")
+
+
+STAGES: Registry[type[Stage]] = Registry("stage", _discover_stages, _check_stage)
+register_stage = STAGES.register
+get_stage = STAGES.get
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -354,6 +337,46 @@ class StageStore:
                 if p.name.startswith((".tmp-", ".corrupt-", ".partial-")) or p.is_file():
                     out.append(p)
         return sorted(out)
+
+    def prune(self, keep: set[str]) -> tuple[list[tuple[str, int]], int]:
+        """Remove every stage whose key is not in ``keep`` and every leftover (partial builds of kept keys stay:
+        a resumed run continues from them). A key whose lock is held (a build or a read in progress) is skipped.
+        Returns ``([(what was removed, bytes)], number of whole stages among them)``."""
+        removed: list[tuple[str, int]] = []
+        n_stages = 0
+        for e in self.entries():
+            if e["key"] not in keep:
+                freed = self._remove_unlocked(e["key"], Path(e["path"]))
+                if freed is not None:
+                    removed.append((f"stage {e['name']} {e['key']} ({e.get('dataset')}, seed {e.get('seed')})", freed))
+                    n_stages += 1
+        for path in self.leftovers():
+            key = path.name.split("-", 2)[1] if path.name.startswith((".tmp-", ".partial-", ".corrupt-")) else ""
+            if path.name.startswith(".partial-") and key in keep:
+                continue
+            freed = self._remove_unlocked(key or path.stem, path)
+            if freed is not None:
+                removed.append((str(path.relative_to(self.root)), freed))
+        return removed, n_stages
+
+    def _remove_unlocked(self, key: str, path: Path) -> int | None:
+        """Delete ``path`` (file or folder) under the key's lock taken without waiting; its size, or None if the
+        lock is held."""
+        lock = self.lock(key)
+        try:
+            lock.acquire(timeout=0)
+        except Exception:  # noqa: BLE001 - held by a build or a read: keep it
+            return None
+        try:
+            if path.is_dir() and not path.is_symlink():
+                size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                size = path.lstat().st_size
+                path.unlink(missing_ok=True)
+            return size
+        finally:
+            lock.release()
 
 
 class StageFailed(BenchError):
