@@ -264,6 +264,9 @@ def _finish_manifest(manifest: dict[str, Any], plan: Plan, store: ResultStore, i
                                        data_md5=entry["data_md5"], status="interrupted", error=why,
                                        env=dict(manifest.get("code") or {})))
             entry.update(status="interrupted", metrics={}, error=why)
+    for st in manifest.get("stages", []):  # a build the run never reached (cut before it); a resume plans it again
+        if st["status"] == "planned":
+            st["status"] = "interrupted" if interrupted else "not built"
     manifest["finished_at"] = utcnow()
     manifest["status"] = "interrupted" if interrupted else "finished"
     store.write_run(manifest)

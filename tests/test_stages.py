@@ -423,3 +423,20 @@ def test_foreign_run_manifests_are_ignored(tmp_path):
     (store.runs_dir / "b.json").write_text('{"suite": "x"}')
     store.write_run({"run_id": "ok-1", "suite": "x", "started_at": "2026"})
     assert [m["run_id"] for m in store.runs()] == ["ok-1"]
+
+
+def test_a_run_cut_during_its_stage_builds_says_which_stages_were_never_built(tmp_path, monkeypatch):
+    import bench.runner as runner
+    from bench.runner import run_suite
+    from bench.store import ResultStore
+
+    def interrupted(unit):  # what the SIGINT trap delivers while a stage builds
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "execute_stage_unit", interrupted)
+    store = ResultStore(tmp_path / "store")
+    data_root = Path(__file__).resolve().parent.parent / "data"
+    man = run_suite(_family_suite(), store=store, data_root=data_root, inline=True, code={"code_version": "c1"})
+    assert man["status"] == "interrupted" and len(man["stages"]) == 2
+    assert {s["status"] for s in man["stages"]} == {"interrupted"}  # never left 'planned' as if still to come
+    assert {t["status"] for t in man["trials"]} == {"interrupted"} and StageStore(store.stage_dir).entries() == []
