@@ -1,6 +1,7 @@
 """``bench``: run suites, build reports, list methods and datasets.
 
-    bench run [SUITE] [--inline] [--address ADDR] [--force | --resume [RUN_ID]] [--only M,...] [--dry-run]
+    bench run [SUITE] [--inline] [--address ADDR] [--force | --resume [RUN_ID]] [--only M,...] [--datasets D,...]
+              [--dry-run]
     bench report [SUITE] [--run RUN_ID] [--store DIR] [--out DIR]
     bench trial METHOD DATASET [--seed N] [--variant V] [--set key=value ...]
     bench trials [--store DIR]                           (the single trials `bench trial` ran)
@@ -89,21 +90,22 @@ def cmd_run(args) -> int:
 
     if args.resume and args.force:
         raise BenchError("--resume continues a run with that run's own --force setting; drop --force")
-    if args.resume and args.only:
-        raise BenchError("--resume continues a whole run; drop --only")
+    if args.resume and (args.only or args.datasets):
+        raise BenchError(f"--resume continues a run as it was started; drop {'--only' if args.only else '--datasets'}")
     if isinstance(args.resume, str) and not args.suite:  # `bench run --resume RUN_ID`: the run names its suite
         suite, path = resumed_suite(_store(args), args.resume)
     else:
         path = suite_file(args.suite)
         suite = load_suite(path)  # a malformed suite stops here, before torch or Ray are imported
     only = only_methods(suite, args.only) if args.only else None
+    datasets = only_datasets(suite, args.datasets) if args.datasets else None
     store = _store(args)  # (bench.store imports torch: only after the suite passed its checks)
     check_store(store.root, write=not args.dry_run)
     if not args.no_report and not args.dry_run:
         check_folder(args.out, "--out")
     _check_data_args(args)
     if args.dry_run:
-        return _dry_run(suite, args, only)
+        return _dry_run(suite, args, only, datasets)
     from bench.runner import exit_code_for, run_suite, trap_signals
 
     # A signal before the run starts aborts it (nothing is written); during the run, run_suite records it;
@@ -113,7 +115,7 @@ def cmd_run(args) -> int:
         try:
             manifest = run_suite(suite, store=store, data_root=_data_root(args), inline=args.inline,
                                  address=args.address, force=args.force, suite_path=str(path), resume=args.resume,
-                                 only=only)
+                                 only=only, datasets=datasets)
         except KeyboardInterrupt:
             name = received[0] if received else "SIGINT"
             print(f"{name} before the run started: nothing was run", file=sys.stderr)
@@ -148,7 +150,7 @@ def resumed_suite(store, run_id: str):
     return parse_suite(man["spec"], f"run {run_id}"), Path(man.get("suite_path") or f"run {run_id}")
 
 
-def _dry_run(suite, args, only: set[str] | None = None) -> int:
+def _dry_run(suite, args, only: set[str] | None = None, datasets: set[str] | None = None) -> int:
     """Plan as `bench run` would (every name, config, data file and resource checked), print it, write nothing."""
     from bench.plan import plan_suite
     from bench.runner import _gpu_count
@@ -158,7 +160,8 @@ def _dry_run(suite, args, only: set[str] | None = None) -> int:
         raise BenchError("--dry-run plans on this machine; leave out --address")
     gpus = _gpu_count(None)
     check_gpus(suite, gpus)
-    plan = plan_suite(suite, _store(args), _data_root(args), force=args.force, gpus_available=gpus, only=only)
+    plan = plan_suite(suite, _store(args), _data_root(args), force=args.force, gpus_available=gpus, only=only,
+                      datasets=datasets)
     n_seeds = sum(len(u.seeds) for u in plan.units)
     print(f"dry run of suite {suite.name!r}: {n_seeds} trial(s) in {len(plan.units)} unit(s) to run, "
           f"{len(plan.skipped)} reused from {_store(args).root}; nothing was run or written")
@@ -182,6 +185,18 @@ def only_methods(suite, names: list[str]) -> set[str]:
     if unknown:
         raise BenchError(f"--only {', '.join(unknown)}: not a method of suite {suite.name!r} "
                          f"(it has {', '.join(dict.fromkeys(present))})")
+    return wanted
+
+
+def only_datasets(suite, names: list[str]) -> set[str]:
+    """The datasets named by ``--datasets mnist,usps`` (repeatable), checked against the suite."""
+    wanted = {n.strip() for item in names for n in item.split(",") if n.strip()}
+    if not wanted:
+        raise BenchError("--datasets names no dataset; pass dataset names of the suite, e.g. --datasets mnist")
+    unknown = sorted(wanted - set(suite.datasets))
+    if unknown:
+        raise BenchError(f"--datasets {', '.join(unknown)}: not a dataset of suite {suite.name!r} "
+                         f"(it has {', '.join(suite.datasets)})")
     return wanted
 
 
@@ -459,6 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "unfinished ones restart from their last checkpoint")
     r.add_argument("--only", action="append", default=[], metavar="METHOD[,METHOD]",
                    help="run only these methods of the suite (a later full run reuses their records)")
+    r.add_argument("--datasets", action="append", default=[], metavar="DATASET[,DATASET]",
+                   help="run only these datasets of the suite (combines with --only)")
     r.add_argument("--out", default="reports", help="where the report goes (default: reports/)")
     r.add_argument("--no-report", action="store_true")
     r.add_argument("--dry-run", action="store_true",

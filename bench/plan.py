@@ -62,21 +62,24 @@ class GridCell:
         return self.entry.name
 
 
-def suite_grid(suite: SuiteSpec, only: set[str] | None = None) -> list[GridCell]:
-    """Every (method, variant, dataset) of the suite (only the methods in ``only`` when given), with
-    config and protocol resolved and checked (BenchError on an unknown name, key or type)."""
+def suite_grid(suite: SuiteSpec, only: set[str] | None = None, datasets: set[str] | None = None) -> list[GridCell]:
+    """Every (method, variant, dataset) of the suite (only the methods in ``only`` and the datasets in
+    ``datasets`` when given), with config and protocol resolved and checked (BenchError on an unknown name,
+    key or type)."""
     cells = []
     for entry in suite.methods:
         if only and entry.name not in only:
             continue
         cls = get_method(entry.name)
-        datasets = entry.datasets or suite.datasets
-        unknown = [d for d in datasets if d not in suite.datasets]
+        datasets_of_entry = entry.datasets or suite.datasets
+        unknown = [d for d in datasets_of_entry if d not in suite.datasets]
         if unknown:
             raise BenchError(f"method {entry.name!r} lists datasets {unknown} that are not in the suite's datasets "
                              f"{suite.datasets}")
         for variant in entry.variants:
-            for ds in datasets:
+            for ds in datasets_of_entry:
+                if datasets and ds not in datasets:
+                    continue
                 overrides = {**entry.config, **entry.config_by_dataset.get(ds, {})}
                 typed = resolve_config(entry.name, variant, ds, overrides)
                 protocol = {
@@ -93,9 +96,10 @@ def suite_grid(suite: SuiteSpec, only: set[str] | None = None) -> list[GridCell]
 
 def plan_suite(suite: SuiteSpec, store: ResultStore, data_root: Path, *, force: bool = False,
                gpus_available: float = 0.0, code: dict[str, Any] | None = None,
-               cache_dir: Path | None = None, run_id: str | None = None, only: set[str] | None = None) -> Plan:
+               cache_dir: Path | None = None, run_id: str | None = None, only: set[str] | None = None,
+               datasets: set[str] | None = None) -> Plan:
     """``run_id``: a run being resumed (its finished trials are not planned again, even with ``force``);
-    ``only``: plan just these methods of the suite."""
+    ``only``, ``datasets``: plan just these methods / datasets of the suite."""
     from bench.provenance import code_version
 
     code = code or code_version()
@@ -105,7 +109,7 @@ def plan_suite(suite: SuiteSpec, store: ResultStore, data_root: Path, *, force: 
         md5s[ds] = dataset_md5(ds, data_root)  # raises on unknown name, missing file, md5 mismatch
     plan = Plan(run_id=run_id, units=[])
     stage_nodes: dict[str, dict[str, Any]] = {}  # stage key -> the first trial that needs it
-    for cell in suite_grid(suite, only):
+    for cell in suite_grid(suite, only, datasets):
         entry, variant, ds, config, protocol = cell.entry, cell.variant, cell.dataset, cell.config, cell.protocol
         cls = get_method(entry.name)
         gpus = entry.gpus_per_trial if entry.gpus_per_trial is not None else suite.resources.gpus_per_trial

@@ -91,8 +91,9 @@ def test_fuzzed_suite_files_are_accepted_or_refused_in_one_line(work, raw):
 
 
 SUBCOMMANDS = ["run", "run", "trial", "trial", "report", "audit", "history", "regress", "list", "bogus"]
-FLAGS = ["--inline", "--force", "--only", "--store", "--out", "--data", "--seed", "--set", "--variant", "--device",
-         "--run", "--window", "--db", "--rebuild", "--claims", "--dry-run", "--no-report", "-v", "--address"]
+FLAGS = ["--inline", "--force", "--only", "--datasets", "--store", "--out", "--data", "--seed", "--set", "--variant",
+         "--device", "--run", "--window", "--db", "--rebuild", "--claims", "--dry-run", "--no-report", "-v",
+         "--address"]
 VALUES = ["kmeans", "dec", "digits", "mnist", "GOOD", "BAD", "FILE", "-1", "0", "3", "99999999999999999999",
           "n_init=2", "n_init=[", "n_init=!!binary aGk=", "max_iter=-5", "=", "auto", "cpu", "cuda", "..", "/", "",
           "kmeans,dec", ",", "a b", "x" * 400]

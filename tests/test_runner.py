@@ -137,3 +137,20 @@ def test_run_only_some_methods_then_the_full_suite_reuses_them(tmp_path, capsys)
     assert "2 ok, 2 reused" in out and "| FP |" in out and "| KM |" in out
     assert main(["run", str(s), "--only", "dec", *args]) == 2
     assert "--only dec: not a method of suite 'part'" in capsys.readouterr().err
+
+
+def test_run_only_some_datasets(tmp_path, capsys):
+    from bench.store import ResultStore
+
+    s = tmp_path / "s.yaml"  # MNIST is never loaded: only digits is asked for (no data needed beyond it)
+    s.write_text("name: part\nseeds: 2\ndatasets: [digits, mnist]\nmethods: [test_first_pixel]\n")
+    args = ["--inline", "--store", str(tmp_path / "st"), "--no-report"]
+    assert main(["run", str(s), "--datasets", "digits", *args]) == 0
+    assert "2 ok, 0 reused" in capsys.readouterr().out
+    store = ResultStore(tmp_path / "st")
+    assert sorted((r.dataset, r.seed) for r in store.records()) == [("digits", 0), ("digits", 1)]
+    assert store.latest_run("part")["only_datasets"] == ["digits"]
+    assert main(["run", str(s), "--datasets", "digitz", *args]) == 2
+    assert "--datasets digitz: not a dataset of suite 'part' (it has digits, mnist)" in capsys.readouterr().err
+    assert main(["run", str(s), "--resume", "--datasets", "digits", *args]) == 2
+    assert "drop --datasets" in capsys.readouterr().err
