@@ -218,7 +218,7 @@ def test_dec_benchmark_script_prints_figures(tmp_path, capsys):
 def test_step_probe_says_it_needs_a_gpu(capsys):
     from bench.perf.ae_steps import main
 
-    assert main() == 2
+    assert main([]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
 
 
