@@ -332,6 +332,22 @@ def test_pretraining_loss_is_caffes_half_mse(tmp_path):
     torch.testing.assert_close(full[0], ((model.decode(model.encode(x[:8])) - x[:8]) ** 2).mean())
 
 
+def test_per_seed_mse_and_batched_backward_give_the_textbook_values_bit_for_bit():
+    """The launch-saving forms (one mse_loss kernel, back-propagating a ones vector) change no bit: the loss and
+    the gradient equal those of ``(a - b).pow(2).mean()`` per seed, back-propagated through ``loss.sum()``."""
+    from methods.common.autoencoder import per_seed_mse
+
+    g = torch.Generator().manual_seed(0)
+    a0, b = torch.randn(3, 64, 50, generator=g), torch.randn(3, 64, 50, generator=g)
+    a1, a2 = a0.clone().requires_grad_(), a0.clone().requires_grad_()
+    ref = 0.5 * (a1 - b).pow(2).flatten(1).mean(1)
+    ref.sum().backward()
+    got = 0.5 * per_seed_mse(a2, b)
+    got.backward(torch.ones(3))
+    assert torch.equal(got, ref) and torch.equal(a2.grad, a1.grad)
+    assert a2.grad.abs().sum() > 0 and not torch.equal(got[0], got[1])  # real gradients, per seed
+
+
 def test_caffe_recipe_defaults_are_the_official_values():
     dec = resolve_config("dec", "default", "mnist", {})
     assert (dec.pretrain_loss_scale, dec.pretrain_bias_lr_mult, dec.pretrain_momentum_burnin) == (0.5, 2.0, 1000)
