@@ -87,6 +87,46 @@ def test_batched_pretraining_equals_training_each_seed_alone(tmp_path):
     torch.testing.assert_close(batched.encode_all(x)[1], plain.encode(x))
 
 
+def _ops_per_step(n_seeds: int, layer: int | None) -> list[str]:
+    """The ATen operators (top level: what launches kernels on a GPU) of one eager training step of a seed
+    batch: a greedy denoising layer (``layer``) or the end-to-end fine-tuning (None), solver as the recipe."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from methods.common.autoencoder import denoising_layer_loss, reconstruction_loss
+    from methods.common.train import GraphedStep, SequentialIndexStreams, lr_groups, sgd
+
+    cpu = torch.device("cpu")
+    x = torch.rand(300, 24)
+    model = BatchedMLPAutoencoder.initial([24, 16, 16, 32, 3], 0.01, list(range(n_seeds)))
+    if layer is None:
+        def loss_fn(idx):
+            return reconstruction_loss(model, x, idx, 0.5)
+        weights, biases = [*model.enc_w, *model.dec_w], [*model.enc_b, *model.dec_b]
+    else:
+        h_in = model.encode_all(x, upto=layer) if layer else x
+
+        def loss_fn(idx):
+            return denoising_layer_loss(model, layer, h_in, idx, 0.2, 0.5)
+        weights, biases = [model.enc_w[layer], model.dec_w[layer]], [model.enc_b[layer], model.dec_b[layer]]
+    step = GraphedStep(loss_fn, sgd(lr_groups(weights, biases, 2.0), 0.1, 0.9, cpu), (n_seeds, 32), cpu,
+                       n_losses=n_seeds)
+    stream = SequentialIndexStreams(300, 32, n_seeds, cpu)
+    step.step(stream.next())  # the optimizer's state exists from here on, as in every later step
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step.step(stream.next())
+    ops = [e for e in prof.events() if e.name.startswith("aten::")]
+    return sorted(e.name for e in ops if e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
+
+
+@pytest.mark.parametrize("layer", [0, 2, None])
+def test_a_seed_batch_step_runs_the_operators_of_one_seed(layer):
+    """Issue 13: the batched step is one operator per layer for all seeds (bmm over the seed axis, one dropout
+    draw, one optimizer update, one index slice), so S seeds launch what one seed launches: no per-seed loop."""
+    one = _ops_per_step(1, layer)
+    assert len(one) > 20 and "aten::bmm" in one  # the step is profiled, products included
+    assert _ops_per_step(10, layer) == one
+
+
 def test_stage_is_one_artifact_per_seed_and_reused_batched_or_not(tmp_path):
     data, _ = blobs(n_per=30, side=4)
     cfg = SDAE.Config(hidden_dims=(8, 4), dropout=0.2, lr=0.1, lr_step=1000, momentum=0.9, batch_size=16,
@@ -218,7 +258,7 @@ def test_dec_benchmark_script_prints_figures(tmp_path, capsys):
 def test_step_probe_says_it_needs_a_gpu(capsys):
     from bench.perf.ae_steps import main
 
-    assert main() == 2
+    assert main([]) == 2
     assert "needs a CUDA GPU" in capsys.readouterr().err
 
 
@@ -290,6 +330,22 @@ def test_pretraining_loss_is_caffes_half_mse(tmp_path):
     half = reconstruction_loss(model, x, idx, loss_scale=0.5)
     torch.testing.assert_close(half, 0.5 * full)
     torch.testing.assert_close(full[0], ((model.decode(model.encode(x[:8])) - x[:8]) ** 2).mean())
+
+
+def test_per_seed_mse_and_batched_backward_give_the_textbook_values_bit_for_bit():
+    """The launch-saving forms (one mse_loss kernel, back-propagating a ones vector) change no bit: the loss and
+    the gradient equal those of ``(a - b).pow(2).mean()`` per seed, back-propagated through ``loss.sum()``."""
+    from methods.common.autoencoder import per_seed_mse
+
+    g = torch.Generator().manual_seed(0)
+    a0, b = torch.randn(3, 64, 50, generator=g), torch.randn(3, 64, 50, generator=g)
+    a1, a2 = a0.clone().requires_grad_(), a0.clone().requires_grad_()
+    ref = 0.5 * (a1 - b).pow(2).flatten(1).mean(1)
+    ref.sum().backward()
+    got = 0.5 * per_seed_mse(a2, b)
+    got.backward(torch.ones(3))
+    assert torch.equal(got, ref) and torch.equal(a2.grad, a1.grad)
+    assert a2.grad.abs().sum() > 0 and not torch.equal(got[0], got[1])  # real gradients, per seed
 
 
 def test_caffe_recipe_defaults_are_the_official_values():

@@ -98,8 +98,12 @@ def _gather(h: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def per_seed_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean squared error of each seed's ``[S, B, d]`` slice: a vector of S losses."""
-    return (a - b).pow(2).flatten(1).mean(1)
+    """Mean squared error of each seed's ``[S, B, d]`` slice: a vector of S losses.
+
+    ``mse_loss`` squares the difference in one kernel and differentiates it in one (``2 (a - b) g``), where
+    ``(a - b).pow(2)`` takes two forward and three backward passes over the batch: the same values, fewer
+    launches (a one-seed step is launch-bound) and fewer bytes (a ten-seed step is not)."""
+    return nn.functional.mse_loss(a, b, reduction="none").flatten(1).mean(1)
 
 
 class BatchedMLPAutoencoder(nn.Module):

@@ -144,6 +144,9 @@ class GraphedStep:
         shape = (batch_size,) if isinstance(batch_size, int) else tuple(batch_size)
         self.idx = torch.zeros(shape, dtype=torch.long, device=device)
         self.loss_sum = torch.zeros(() if n_losses is None else (n_losses,), device=device)
+        # d(sum of the seeds' losses)/d(loss): back-propagating these ones directly saves the sum and the
+        # ones_like launches of ``loss.sum().backward()`` (same gradients)
+        self._ones = None if n_losses is None else torch.ones(n_losses, device=device)
         self.n_summed = 0
         self._graph: torch.cuda.CUDAGraph | None = None
         self._eager_left = warmup
@@ -151,7 +154,10 @@ class GraphedStep:
 
     def _body(self) -> None:
         loss = self.loss_fn(self.idx)
-        loss.sum().backward()
+        if self._ones is not None:
+            loss.backward(self._ones)
+        else:
+            (loss if loss.dim() == 0 else loss.sum()).backward()
         if self._momentum is not None:  # momentum burn-in: buf <- m * buf before SGD with momentum 1
             bufs = [st["momentum_buffer"] for st in self.opt.state.values() if st.get("momentum_buffer") is not None]
             if bufs:
