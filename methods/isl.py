@@ -51,11 +51,11 @@ from pydantic import Field
 
 from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, MethodConfig, TrialContext
 from bench.registry import register_method
-from methods._contrastive import autocast, eval_pass, prepare_training
 from methods.common.augment import NORMALIZATION, AugmentSpec, GPUAugment, resize_eval
 from methods.common.backbones import build_backbone
 from methods.common.kmeans import kmeans
 from methods.common.losses import isl_loss, update_memory
+from methods.engine import autocast, eval_pass, prepare_training
 
 
 class ISLNet(torch.nn.Module):

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar, Literal, TypeVar
 
 import torch
@@ -65,12 +65,28 @@ class EngineConfig(MethodConfig):
 @dataclasses.dataclass
 class Pass:
     """One sweep of an epoch: ``n`` samples in batches of ``batch_size`` (``drop_last`` as the official
-    loaders; a source smaller than a batch gives one batch of all), each fed to ``step``."""
+    loaders; a source smaller than a batch gives one batch of all), each fed to ``step``.
+
+    The batches come from a permutation of ``range(n)`` drawn from the ``data_order`` stream, or, with
+    ``order``, from the index tensor ``order()`` returns at the start of each epoch, in its order (a method's
+    own sampler, e.g. DeepCluster's uniform draw over pseudo-classes; ``n`` is then unused)."""
     name: str
     n: int
     step: Callable[[torch.Tensor], dict[str, torch.Tensor]]
     batch_size: int
     drop_last: bool = True
+    order: Callable[[], torch.Tensor] | None = None
+
+    def batches(self, gen: torch.Generator, device: torch.device) -> Iterator[torch.Tensor]:
+        if self.order is None:
+            yield from epoch_batches(self.n, self.batch_size, gen, device, self.drop_last)
+            return
+        order = self.order()
+        n = order.shape[0]
+        bs = min(self.batch_size, n)
+        n_batches = n // bs if self.drop_last else -(-n // bs)
+        for i in range(n_batches):
+            yield order[i * bs:(i + 1) * bs].to(device)
 
 
 class Engine:
@@ -100,8 +116,8 @@ class Engine:
 
     # -- building ----------------------------------------------------------------------------------
     def add_pass(self, name: str, n: int, step: Callable[[torch.Tensor], dict[str, torch.Tensor]],
-                 batch_size: int, drop_last: bool = True) -> None:
-        self.passes.append(Pass(name, n, step, batch_size, drop_last))
+                 batch_size: int, drop_last: bool = True, order: Callable[[], torch.Tensor] | None = None) -> None:
+        self.passes.append(Pass(name, n, step, batch_size, drop_last, order))
 
     def hook(self, kind: type[H]) -> H:
         """The (first) hook of this type."""
@@ -147,7 +163,7 @@ class Engine:
             keys: list[str] | None = None
             acc: torch.Tensor | None = None
             steps = 0
-            for idx in epoch_batches(p.n, p.batch_size, gen, self.device, p.drop_last):
+            for idx in p.batches(gen, self.device):
                 out = p.step(idx)
                 self.optimizer.zero_grad(set_to_none=True)
                 out["loss"].backward()
