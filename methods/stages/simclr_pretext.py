@@ -16,7 +16,7 @@ simclr.py, utils/common_config.py; claims.md sections 2 and 12), each value at i
   symmetric loss). Both views go through the network in one batch, so BatchNorm sees them together.
 
 Artifacts: the network's weights (backbone + head, CPU tensors), the architecture to rebuild it
-(:func:`load_pretext`), and the per-epoch training seconds. A build checkpoints every ``checkpoint_every``
+(:func:`load_pretext`), and the per-epoch training seconds. A build checkpoints every ``CHECKPOINT_EVERY``
 epochs into the stage's partial folder and a killed build resumes there (same key).
 
 Speed (issue 15 item 9): the data stays on the GPU as uint8, both views are made there with per-sample
@@ -147,8 +147,12 @@ def pretext_features(net: SimCLRNet, x: torch.Tensor, cfg: SimCLRPretext.Config,
     return F.normalize(z if which == "head" else h, dim=1)
 
 
+#: epochs between a build's checkpoints: a harness knob (not in the stage config, so not in its key)
+CHECKPOINT_EVERY = 10
+
+
 def train_simclr(cfg: SimCLRPretext.Config, data: ClusteringData, ctx: TrialContext,
-                 checkpoint_every: int = 10) -> tuple[SimCLRNet, list[float]]:
+                 checkpoint_every: int | None = None) -> tuple[SimCLRNet, list[float]]:
     """SCAN's SimCLR pretext training on the engine, resumable from the build's checkpoint; returns
     (net, seconds per epoch)."""
     dev = ctx.device
@@ -162,7 +166,8 @@ def train_simclr(cfg: SimCLRPretext.Config, data: ClusteringData, ctx: TrialCont
     augment = GPUAugment(spec, channels_last=dev.type == "cuda")  # grey images: hue/saturation skip
     g_aug = ctx.rng("augment")
     # the engine's harness knobs: not in the stage config (they would change its key)
-    knobs = EngineConfig(eval_every=0, checkpoint_every=min(checkpoint_every, cfg.epochs), precision=cfg.precision)
+    every = CHECKPOINT_EVERY if checkpoint_every is None else checkpoint_every
+    knobs = EngineConfig(eval_every=0, checkpoint_every=min(every, cfg.epochs), precision=cfg.precision)
     engine = Engine(ctx, knobs, modules={"net": net}, optimizer=opt, streams={"augment": g_aug},
                     # SCAN adjusts the lr at the start of each (0-based) epoch
                     hooks=[LrScheduleHook.cosine(cfg.lr, cfg.epochs, cfg.lr_final_factor)])
