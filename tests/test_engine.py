@@ -159,22 +159,26 @@ print("finished", flush=True)
 """
 
 
-def sigkill_after_checkpoint(child: str, ckpt_glob: str, root: Path, min_epoch: int = 2) -> None:
-    """Run ``child`` (Python source) in a real subprocess and SIGKILL it once a checkpoint matching
-    ``root/ckpt_glob`` holds epoch >= ``min_epoch``; asserts it was killed mid-run (never finished)."""
+def checkpointed_epoch(ckpt_glob: str, root: Path) -> int:
+    """The epoch of the checkpoint matching ``root/ckpt_glob`` (0: none yet)."""
+    for ckpt in root.glob(ckpt_glob):
+        try:
+            return torch.load(ckpt, weights_only=False)["engine"]["epoch"]
+        except Exception:  # noqa: BLE001 - read while being replaced: try again
+            return 0
+    return 0
+
+
+def sigkill_after_checkpoint(child: str, progress, min_epoch: int = 2) -> None:
+    """Run ``child`` (Python source) in a real subprocess and SIGKILL it once ``progress()`` (the epoch of its
+    last checkpoint) is >= ``min_epoch``; asserts it was killed mid-run (never finished)."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.Popen([sys.executable, "-c", child], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline and proc.poll() is None:
-            epoch = 0
-            for ckpt in root.glob(ckpt_glob):
-                try:
-                    epoch = torch.load(ckpt, weights_only=False)["engine"]["epoch"]
-                except Exception:  # noqa: BLE001 - read while being replaced: try again
-                    epoch = 0
-            if epoch >= min_epoch:
+            if progress() >= min_epoch:
                 break
             time.sleep(0.05)
         assert proc.poll() is None, f"the child ended before the kill: {proc.communicate()}"
@@ -191,8 +195,8 @@ def test_sigkilled_run_resumes_to_the_uncut_result(tmp_path):
     full, net_full, _, _ = toy_engine(tmp_path / "full", cfg)
     full.run(cfg.epochs)
     cut = tmp_path / "cut"
-    sigkill_after_checkpoint(KILLED_CHILD.format(tests=str(ROOT / "tests"), tmp=str(cut)), "artifact/checkpoint.pt",
-                             cut)
+    sigkill_after_checkpoint(KILLED_CHILD.format(tests=str(ROOT / "tests"), tmp=str(cut)),
+                             lambda: checkpointed_epoch("artifact/checkpoint.pt", cut))
     engine, net, ctx, _ = toy_engine(cut, cfg)
     engine.run(cfg.epochs)
     assert engine.resumed_from is not None and 2 <= engine.resumed_from < 8
@@ -200,17 +204,28 @@ def test_sigkilled_run_resumes_to_the_uncut_result(tmp_path):
     assert [r["epoch"] for r in ctx.curve] == list(range(1, 9))
 
 
-# the ported methods' children: every engine epoch ends 0.4 s later (after its checkpoint), so the kill lands mid-run
+# the ported methods' children: every engine epoch ends 0.5 s later (after its checkpoint), so the kill lands
+# mid-run; the epoch of the last checkpoint goes to a small file (polling a ResNet checkpoint is slow)
 SLOW_ENGINE = """
 import sys, time
+from pathlib import Path
 sys.path.insert(0, {tests!r})
 from methods.engine import CheckpointHook
 _save = CheckpointHook.after_epoch
 def _slow(self, engine):
     _save(self, engine)
-    time.sleep(0.4)
+    if self.saved_epochs:
+        Path({tmp!r}, "saved_epoch").write_text(str(self.saved_epochs[-1]))
+    time.sleep(0.5)
 CheckpointHook.after_epoch = _slow
 """
+
+
+def saved_epoch(root: Path) -> int:
+    try:
+        return int((root / "saved_epoch").read_text())
+    except (OSError, ValueError):
+        return 0
 
 PRETEXT_CHILD = SLOW_ENGINE + """
 from pathlib import Path
@@ -221,16 +236,16 @@ print("finished", flush=True)
 
 
 def pretext_build(tmp: Path, seed: int = 0):
-    """The ``simclr_pretext`` stage built through the stage store (as a trial asks for it): 5 epochs on 16 random
-    8x8 images, a checkpoint every epoch into the stage's partial folder. Returns (artifacts, the trial's ctx)."""
+    """The ``simclr_pretext`` stage built through the stage store (as a trial asks for it): 6 epochs on 8 random
+    8x8 images (one step each), a checkpoint every epoch into the stage's partial folder. -> (artifacts, ctx)."""
     import methods.stages.simclr_pretext as sp
     from bench.method import ClusteringData
     from bench.stages import StageRequest
 
     sp.CHECKPOINT_EVERY = 1  # a harness knob: not in the stage key
-    x = torch.randint(0, 256, (16, 3, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    x = torch.randint(0, 256, (8, 3, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     data = ClusteringData("synthetic", x, x, 3, "all", "all", "md5")
-    cfg = sp.SimCLRPretext.Config(image_size=8, epochs=5, batch_size=8, lr=0.01, precision="fp32")
+    cfg = sp.SimCLRPretext.Config(image_size=8, epochs=6, batch_size=8, lr=0.01, precision="fp32")
     ctx = make_ctx(tmp, seed).bind(data, {"pretext": StageRequest("simclr_pretext", cfg)})
     return ctx.stage("pretext"), ctx
 
@@ -240,15 +255,16 @@ def test_sigkilled_pretext_stage_build_resumes_to_the_uncut_weights(tmp_path, ca
     resumes from the partial folder's checkpoint and stores exactly the weights (and curve) of an uncut build."""
     full, _ = pretext_build(tmp_path / "full")
     cut = tmp_path / "cut"
-    sigkill_after_checkpoint(PRETEXT_CHILD.format(tests=str(ROOT / "tests"), tmp=str(cut)),
-                             "stages/simclr_pretext/.partial-*/checkpoint.pt", cut)
+    cut.mkdir()
+    sigkill_after_checkpoint(PRETEXT_CHILD.format(tests=str(ROOT / "tests"), tmp=str(cut)), lambda: saved_epoch(cut))
+    assert checkpointed_epoch("stages/simclr_pretext/.partial-*/checkpoint.pt", cut) >= 2
     with caplog.at_level("INFO", logger="bench.trial"):
         resumed, ctx = pretext_build(cut)
     assert any("resuming from the checkpoint after epoch" in r.getMessage() for r in caplog.records)
     assert ctx.stages_used[0]["reused"] is False  # built (resumed) now, not read from the store
     assert full["state_dict"].keys() == resumed["state_dict"].keys()
     assert all(torch.equal(full["state_dict"][k], resumed["state_dict"][k]) for k in full["state_dict"])
-    assert len(resumed["epoch_s"]) == 5
+    assert len(resumed["epoch_s"]) == 6
     assert not list(cut.glob("stages/simclr_pretext/.partial-*/checkpoint.pt"))
 
 
@@ -282,8 +298,9 @@ def test_sigkilled_deepcluster_resumes_to_the_uncut_labels(tmp_path):
     survives a SIGKILL: the re-run resumes and ends with the uncut run's labels, metrics and curve."""
     full, ctx_full = deepcluster_fit(tmp_path / "full")
     cut = tmp_path / "cut"
+    cut.mkdir()
     sigkill_after_checkpoint(DEEPCLUSTER_CHILD.format(tests=str(ROOT / "tests"), tmp=str(cut)),
-                             "artifact/checkpoint.pt", cut)
+                             lambda: saved_epoch(cut))
     out, ctx = deepcluster_fit(cut)
     assert out.info["resumed_from_epoch"] is not None and 2 <= out.info["resumed_from_epoch"] < 8
     np.testing.assert_array_equal(out.labels_numpy(), full.labels_numpy())
@@ -429,7 +446,7 @@ def test_same_seed_same_labels_twice_in_deterministic_mode(tmp_path, method, ove
     from bench.method import ClusteringData
     from bench.registry import get_method, resolve_config
 
-    x = torch.randint(0, 256, (16, 3, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    x = torch.randint(0, 256, (8, 3, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     data = ClusteringData("synthetic", x, x, 3, "all", "all", "md5")
     cfg = resolve_config(method, "default", None, {**TINY, **overrides})
     old = torch.are_deterministic_algorithms_enabled()
