@@ -60,18 +60,19 @@ from pydantic import Field
 
 from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, TrialContext
 from bench.registry import register_method
-from methods._contrastive import (
-    EpochLoop,
-    LoopConfig,
+from methods.common.augment import NORMALIZATION, AugmentSpec, GPUAugment, resize_eval
+from methods.common.backbones import Sobel, build_backbone
+from methods.common.kmeans import KMeansResult, kmeans
+from methods.common.pca import PCAWhitening, fit_pca_whitening
+from methods.engine import (
+    Engine,
+    EngineConfig,
+    TargetUpdateHook,
     autocast,
     conv_layout,
     eval_pass,
     prepare_training,
 )
-from methods.common.augment import NORMALIZATION, AugmentSpec, GPUAugment, resize_eval
-from methods.common.backbones import Sobel, build_backbone
-from methods.common.kmeans import KMeansResult, kmeans
-from methods.common.pca import PCAWhitening, fit_pca_whitening
 
 
 class DeepClusterNet(torch.nn.Module):
@@ -140,7 +141,7 @@ class DeepCluster(ClusteringMethod):
     gpu_share = 1.0
     variants = {"default": {}, "overcluster": {"overcluster": 10}}
 
-    class Config(LoopConfig):
+    class Config(EngineConfig):
         # Deviation: AlexNet/VGG-16 at 224 px in the paper; ResNet-18 with the CIFAR stem at 32 px here
         backbone: Literal["resnet18", "resnet34", "tiny_cnn"] = "resnet18"  # tiny_cnn: CPU tests only
         stem: Literal["imagenet", "cifar"] = "cifar"
@@ -177,56 +178,26 @@ class DeepCluster(ClusteringMethod):
         spec = AugmentSpec(size=cfg.image_size, crop_scale=(cfg.crop_scale_min, 1.0), flip_p=0.5, jitter_p=0.0,
                            grayscale_p=0.0, mean=mean, std=std)
         augment = GPUAugment(spec, channels_last=dev.type == "cuda")
-        g_batch, g_aug, g_kmeans = ctx.rng("data_order"), ctx.rng("augment"), ctx.rng("kmeans")
+        g_aug, g_kmeans = ctx.rng("augment"), ctx.rng("kmeans")
         g_init = ctx.rng("head_init", device="cpu")  # each epoch's new classifier
-        loop = EpochLoop(ctx, cfg, modules={"net": net}, optimizer=opt,
-                         generators={"batch": g_batch, "aug": g_aug, "kmeans": g_kmeans, "init": g_init})
-        n_samples = max(1, int(cfg.reassign * n))
-        prev: torch.Tensor | None = None
-        stats = {"kmeans_calls": 0, "empty_cluster_splits": 0, "head_inits": 0}
-        for epoch in loop.epochs(cfg.epochs):
-            # 1. cluster the un-augmented images' features
-            feats = self._features(net, x_train, mean, std, dev)
-            km, _ = self._cluster(feats, k_train, g_kmeans)
-            pseudo = km.labels
-            stats["kmeans_calls"] += 1
-            stats["empty_cluster_splits"] += km.n_split
-            # 2. a new classifier and its own momentum-free SGD
-            top = new_top_layer(net.out_dim, k_train, g_init, dev)
-            stats["head_inits"] += 1
-            opt_top = torch.optim.SGD(top.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-            # 3. indices drawn uniformly over the pseudo-classes
-            order = uniform_pseudolabel_indices(pseudo, k_train, n_samples, g_batch)
-            # 4. train on augmented images
-            net.train()
-            loss_sum = torch.zeros((), device=dev)
-            n_steps = 0
-            for s in range(0, order.shape[0], cfg.batch_size):  # official DataLoader: drop_last=False
-                idx = order[s:s + cfg.batch_size].to(dev)
-                v = conv_layout(augment(x_train.index_select(0, idx), generator=g_aug), dev)
-                with autocast(dev, cfg.precision):
-                    logits = top(net(v))
-                loss = F.cross_entropy(logits.float(), pseudo.index_select(0, idx))
-                opt.zero_grad(set_to_none=True)
-                opt_top.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                opt_top.step()
-                loss_sum += loss.detach()
-                n_steps += 1
-            train_s = loop.train_seconds()
-            scalars = {"loss": loss_sum / max(1, n_steps), "kmeans_inertia": km.inertia,
-                       "empty_cluster_splits": km.n_split,
-                       "pseudo_classes_nonempty": int(pseudo.bincount().gt(0).sum())}
-            if prev is not None:
-                scalars["nmi_prev"] = _nmi(prev, pseudo)
-            prev = pseudo
-            # the epoch's pseudo-labels are a clustering of the eval images only when both are the same set
-            show = pseudo if data.same_split and k_train == data.n_clusters else None
-            loop.end_epoch(epoch, cfg.epochs, train_s=train_s, eval_pred=show, **scalars)
+        recluster = Recluster(self, net, x_train, k_train, max(1, int(cfg.reassign * n)), g_kmeans, g_init,
+                              data.same_split and k_train == data.n_clusters)
+
+        def step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
+            """Cross-entropy of the network + this epoch's classifier on an augmented batch's pseudo-labels."""
+            recluster.opt_top.zero_grad(set_to_none=True)  # the classifier's SGD steps after the backbone's
+            v = conv_layout(augment(x_train.index_select(0, idx), generator=g_aug), dev)
+            with autocast(dev, cfg.precision):
+                logits = recluster.top(net(v))
+            return {"loss": F.cross_entropy(logits.float(), recluster.pseudo.index_select(0, idx))}
+
+        engine = Engine(ctx, cfg, modules={"net": net}, optimizer=opt,
+                        streams={"augment": g_aug, "kmeans": g_kmeans, "head_init": g_init}, hooks=[recluster])
+        # official DataLoader over the sampler's indices: drop_last=False
+        engine.add_pass("train", n, step, cfg.batch_size, drop_last=False, order=lambda: recluster.order)
+        engine.run(cfg.epochs)
         labels = self._final_labels(net, x_train, data, mean, std, dev, g_kmeans)
-        loop.finish()
-        return ClusterOutput(labels=labels, info={**loop.info(), **stats, "k_train": k_train,
+        return ClusterOutput(labels=labels, info={**engine.info(), **recluster.stats, "k_train": k_train,
                                                   "k_eval": data.n_clusters})
 
     # -- the clustering step -----------------------------------------------------------------------------
@@ -256,6 +227,58 @@ class DeepCluster(ClusteringMethod):
             return km.labels
         f_eval = pca.apply(self._features(net, data.x_eval.to(dev), mean, std, dev))
         return torch.cdist(f_eval, km.centers).argmin(1)
+
+
+class Recluster(TargetUpdateHook):
+    """Steps 1-3 before every epoch: cluster the un-augmented images' features (the pseudo-labels the step
+    reads), a new classifier with its own momentum-free SGD (stepped here after the backbone's optimizer, the
+    official order), the epoch's sample order (uniform over pseudo-classes, from the ``data_order`` stream).
+    Logs the k-means statistics and the NMI with the previous epoch's pseudo-labels."""
+
+    def __init__(self, method: DeepCluster, net: DeepClusterNet, x: torch.Tensor, k: int, n_samples: int,
+                 g_kmeans: torch.Generator, g_init: torch.Generator, show: bool):
+        super().__init__(every=1)
+        self.method, self.net, self.x, self.k, self.n_samples = method, net, x, k, n_samples
+        self.g_kmeans, self.g_init, self.show = g_kmeans, g_init, show
+        self.pseudo = self.order = self.prev = None
+        self.top: torch.nn.Linear | None = None
+        self.opt_top: torch.optim.SGD | None = None
+        self.stats = {"kmeans_calls": 0, "empty_cluster_splits": 0, "head_inits": 0}
+
+    def update(self, engine: Engine) -> None:
+        cfg, dev = self.method.config, engine.device
+        mean, std = NORMALIZATION[cfg.normalization]
+        # 1. cluster the un-augmented images' features
+        km, _ = self.method._cluster(self.method._features(self.net, self.x, mean, std, dev), self.k, self.g_kmeans)
+        self.pseudo = km.labels
+        self.stats["kmeans_calls"] += 1
+        self.stats["empty_cluster_splits"] += km.n_split
+        # 2. a new classifier and its own momentum-free SGD
+        self.top = new_top_layer(self.net.out_dim, self.k, self.g_init, dev)
+        self.stats["head_inits"] += 1
+        self.opt_top = torch.optim.SGD(self.top.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # 3. indices drawn uniformly over the pseudo-classes
+        self.order = uniform_pseudolabel_indices(self.pseudo, self.k, self.n_samples, engine.streams["data_order"])
+        engine.log.update({"kmeans_inertia": km.inertia, "empty_cluster_splits": km.n_split,
+                           "pseudo_classes_nonempty": int(self.pseudo.bincount().gt(0).sum())})
+        if self.prev is not None:
+            engine.log["nmi_prev"] = _nmi(self.prev, self.pseudo)
+        self.prev = self.pseudo
+        if self.show:  # the pseudo-labels are a clustering of the eval images only when both are the same set
+            engine.log["eval_pred"] = self.pseudo
+
+    def after_step(self, engine: Engine, idx: torch.Tensor, outputs: dict[str, torch.Tensor]) -> None:
+        self.opt_top.step()
+
+    def state_dict(self) -> dict:
+        # the classifier is re-made before every epoch: only the previous pseudo-labels and the counts carry over
+        return {**super().state_dict(), "prev": None if self.prev is None else self.prev.cpu(),
+                "stats": dict(self.stats)}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.prev = None if state["prev"] is None else state["prev"].to(self.g_kmeans.device)
+        self.stats = dict(state["stats"])
 
 
 def _nmi(a: torch.Tensor, b: torch.Tensor) -> float:

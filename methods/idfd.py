@@ -35,13 +35,13 @@ from bench.registry import register_method
 from methods.common.augment import GPUAugment, idfd_spec, resize_eval
 from methods.common.backbones import resnet
 from methods.common.kmeans import kmeans
-from methods.common.losses import feature_decorrelation, feature_orthogonality, instance_discrimination, update_memory
+from methods.common.losses import feature_decorrelation, feature_orthogonality, instance_discrimination
 from methods.engine import (
     Engine,
     EngineConfig,
     EvalHook,
-    Hook,
     LrScheduleHook,
+    MemoryBankHook,
     autocast,
     conv_layout,
     eval_mode,
@@ -58,23 +58,6 @@ class IDFDNet(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.fc(self.backbone(x)), dim=1)
-
-
-class MemoryBankHook(Hook):
-    """The non-parametric memory bank: after each step, the batch's rows move towards its features,
-    v_i <- normalise(m v_i + (1 - m) f_i) (official ``NonParametricClassifier``). Saved with the checkpoint."""
-
-    def __init__(self, memory: torch.Tensor, momentum: float):
-        self.memory, self.momentum = memory, momentum
-
-    def after_step(self, engine: Engine, idx: torch.Tensor, outputs: dict[str, torch.Tensor]) -> None:
-        update_memory(self.memory, outputs["features"], idx, self.momentum)
-
-    def state_dict(self) -> dict:
-        return {"memory": self.memory.detach().cpu()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.memory.copy_(state["memory"].to(self.memory.device))  # in place: the step holds this tensor
 
 
 @register_method

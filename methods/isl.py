@@ -35,8 +35,10 @@ commented at its default:
 * Train split only (50,000 images for CIFAR-10), as the official code; evaluated on the same images.
 * ResNet-18 with the CIFAR stem from methods/common/backbones.py (the official ``cifar_resnet18`` is the
   same layout), fc -> 128, L2-normalised.
-* No checkpoint/resume inside a trial yet (the three-stage rounds with data-dependent stops do not fit
-  :class:`methods._contrastive.EpochLoop`); ``max_minutes`` is not offered.
+* Every epoch of any stage is one epoch of :class:`methods.engine.Engine` (one curve row, numbered across
+  rounds and stages); :class:`Rounds` decides which stage's pass runs and when a stage ends, and saves the
+  round, the stage, the mined neighbours, the GAN's optimizers and the plateau rule with the checkpoint, so a
+  killed or time-budgeted (``max_minutes``) trial resumes after its last checkpointed epoch.
 * Not run on a GPU yet: no epoch time or extrapolation measured (the official README: ~4 days on one V100
   for ImageNet).
 """
@@ -49,13 +51,13 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, MethodConfig, TrialContext
+from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, TrialContext
 from bench.registry import register_method
-from methods._contrastive import autocast, eval_pass, prepare_training
 from methods.common.augment import NORMALIZATION, AugmentSpec, GPUAugment, resize_eval
 from methods.common.backbones import build_backbone
 from methods.common.kmeans import kmeans
-from methods.common.losses import isl_loss, update_memory
+from methods.common.losses import isl_loss
+from methods.engine import Engine, EngineConfig, Hook, MemoryBankHook, autocast, eval_pass, prepare_training
 
 
 class ISLNet(torch.nn.Module):
@@ -155,7 +157,7 @@ class ISL(ClusteringMethod):
     eval_split = "train"
     gpu_share = 1.0
 
-    class Config(MethodConfig):
+    class Config(EngineConfig):
         backbone: Literal["resnet18", "resnet34", "tiny_cnn"] = "resnet18"  # tiny_cnn: CPU tests only
         stem: Literal["imagenet", "cifar"] = "cifar"
         image_size: int = Field(32, ge=8)
@@ -183,8 +185,6 @@ class ISL(ClusteringMethod):
         plateau_patience: int = Field(1, ge=0)
         gan_lr: float = Field(1e-4, gt=0)
         kmeans_n_init: int = Field(20, ge=1)
-        precision: Literal["fp32", "bf16"] = "bf16"  # deviation (numerics only), as the contrastive methods
-        eval_batch_size: int = Field(1024, ge=1)
 
     def run(self, data: ClusteringData, ctx: TrialContext) -> ClusterOutput:
         cfg = self.config
@@ -201,99 +201,65 @@ class ISL(ClusteringMethod):
         augment = GPUAugment(AugmentSpec(size=cfg.image_size, crop_scale=(0.2, 1.0), flip_p=0.0,
                                          jitter=(0.4, 0.4, 0.4, 0.4), jitter_p=1.0, grayscale_p=0.2, mean=mean,
                                          std=std), channels_last=dev.type == "cuda")
-        g_batch, g_aug, g_neg = ctx.rng("data_order"), ctx.rng("augment"), ctx.rng("negatives")
+        g_aug, g_neg = ctx.rng("augment"), ctx.rng("negatives")
         opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.plateau_factor,
-                                                             patience=cfg.plateau_patience)
-        opt_g = torch.optim.Adam(gen_net.parameters(), lr=cfg.gan_lr)
-        opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.gan_lr)
-        aff = Affinity(n)
-        step = 0  # one curve row per epoch of any stage
-        info = {"backbone_epochs": 0, "gan_epochs": 0, "mining_epochs": 0}
+        rounds = Rounds(cfg, n, opt, torch.optim.Adam(gen_net.parameters(), lr=cfg.gan_lr),
+                        torch.optim.Adam(disc.parameters(), lr=cfg.gan_lr))
+        aff = rounds.affinity
 
-        def batches():
-            perm = torch.randperm(n, generator=g_batch, device=g_batch.device).to(dev)
-            for s in range(0, n, cfg.batch_size):  # official DataLoader: shuffle, drop_last=False
-                idx = perm[s:s + cfg.batch_size]
-                yield idx, augment(x_train.index_select(0, idx), generator=g_aug)
+        def view(idx: torch.Tensor) -> torch.Tensor:
+            return augment(x_train.index_select(0, idx), generator=g_aug)
 
-        for rnd in range(cfg.rounds):
-            # 1. backbone
-            window: list[float] = []
-            for _ in range(cfg.backbone_epochs):
-                net.train()
-                sums = torch.zeros(4, device=dev)
-                nb = 0
-                for idx, v in batches():
-                    with autocast(dev, cfg.precision):
-                        f = net(v)
-                    f = F.normalize(f.float(), dim=1)
-                    mask = aff.mask(idx, n)
-                    hp = hard_positives(memory, idx, mask)
-                    loss, parts = isl_loss(f, memory, idx, mask, hp, cfg.temperature, cfg.hard_positive_weight)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    update_memory(memory, f, idx, cfg.memory_momentum)
-                    sums += torch.stack([loss.detach(), *parts])
-                    nb += 1
-                mean_l = sums / max(1, nb)
-                ctx.check_finite(mean_l[0], f"ISL loss at round {rnd + 1}")
-                step += 1
-                info["backbone_epochs"] += 1
-                window.append(float(mean_l[0]))
-                if len(window) == cfg.plateau_every:
-                    plateau.step(sum(window) / len(window))
-                    window = []
-                ctx.log_epoch(step, stage="backbone", round=rnd + 1, loss=mean_l[0], loss_inst=mean_l[1],
-                              loss_aff=mean_l[2], loss_hp=mean_l[3], lr=opt.param_groups[0]["lr"])
-            # 2. GAN on frozen features
-            g_losses: list[float] = []
-            for _ in range(cfg.gan_epochs):
-                d_sum = g_sum = 0.0
-                nb = 0
-                net.eval()
-                for idx, v in batches():
-                    a, p, neg = self._triplet(net, v, idx, memory, aff, g_neg, dev)
-                    real = torch.cat([a, p, neg], 1)
-                    fake_p = gen_net(real)
-                    ones, zeros = torch.ones(idx.shape[0], device=dev), torch.zeros(idx.shape[0], device=dev)
-                    d_loss = (F.binary_cross_entropy(disc(real), ones)
-                              + 0.5 * F.binary_cross_entropy(disc(torch.cat([a, p, fake_p.detach()], 1)), zeros)
-                              + 0.5 * F.binary_cross_entropy(disc(torch.cat([a, fake_p.detach(), neg], 1)), zeros)
-                              ) / 2
-                    opt_d.zero_grad(set_to_none=True)
-                    d_loss.backward()
-                    opt_d.step()
-                    g_loss = (0.5 * F.binary_cross_entropy(disc(torch.cat([a, p, fake_p], 1)), ones)
-                              + 0.5 * F.binary_cross_entropy(disc(torch.cat([a, fake_p, neg], 1)), ones))
-                    opt_g.zero_grad(set_to_none=True)
-                    g_loss.backward()
-                    opt_g.step()
-                    d_sum += float(d_loss.detach())
-                    g_sum += float(g_loss.detach())
-                    nb += 1
-                g_losses.append(g_sum / max(1, nb))
-                step += 1
-                info["gan_epochs"] += 1
-                ctx.check_finite(g_losses[-1], f"ISL generator loss at round {rnd + 1}")
-                ctx.log_epoch(step, stage="gan", round=rnd + 1, loss_d=d_sum / max(1, nb), loss_g=g_losses[-1])
-                if stop_train_gan(g_losses, is_round0=rnd == 0):
-                    break
-            # 3. mining
-            for _ in range(cfg.mining_epochs):
-                net.eval()
-                for idx, v in batches():
-                    with torch.no_grad():
-                        a, p, neg = self._triplet(net, v, idx, memory, aff, g_neg, dev)
-                        fake_p = gen_net(torch.cat([a, p, neg], 1))
-                        score = disc(torch.cat([a, fake_p, neg], 1))
-                        self._mine(idx, fake_p, score, memory, aff)
-                step += 1
-                info["mining_epochs"] += 1
-                ctx.log_epoch(step, stage="mining", round=rnd + 1, pairs_per_image=aff.pairs() / n)
-                if aff.pairs() / n > (rnd + 1) * cfg.per_round_affinity:
-                    break
+        def backbone_step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
+            """1. Instance / affinity discrimination against the memory bank + the hard-positive KL term."""
+            v = view(idx)
+            with autocast(dev, cfg.precision):
+                f = net(v)
+            f = F.normalize(f.float(), dim=1)
+            mask = aff.mask(idx, n)
+            hp = hard_positives(memory, idx, mask)
+            loss, (l_inst, l_aff, l_hp) = isl_loss(f, memory, idx, mask, hp, cfg.temperature,
+                                                    cfg.hard_positive_weight)
+            return {"loss": loss, "loss_inst": l_inst, "loss_aff": l_aff, "loss_hp": l_hp, "features": f}
+
+        def gan_step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
+            """2. One discriminator step, then one generator step, on triplets of the frozen backbone."""
+            a, p, neg = self._triplet(net, view(idx), idx, memory, aff, g_neg, dev)
+            real = torch.cat([a, p, neg], 1)
+            fake_p = gen_net(real)
+            ones, zeros = torch.ones(idx.shape[0], device=dev), torch.zeros(idx.shape[0], device=dev)
+            d_loss = (F.binary_cross_entropy(disc(real), ones)
+                      + 0.5 * F.binary_cross_entropy(disc(torch.cat([a, p, fake_p.detach()], 1)), zeros)
+                      + 0.5 * F.binary_cross_entropy(disc(torch.cat([a, fake_p.detach(), neg], 1)), zeros)) / 2
+            rounds.opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            rounds.opt_d.step()
+            g_loss = (0.5 * F.binary_cross_entropy(disc(torch.cat([a, p, fake_p], 1)), ones)
+                      + 0.5 * F.binary_cross_entropy(disc(torch.cat([a, fake_p, neg], 1)), ones))
+            rounds.opt_g.zero_grad(set_to_none=True)
+            g_loss.backward()
+            rounds.opt_g.step()
+            return {"loss_d": d_loss.detach(), "loss_g": g_loss.detach()}
+
+        @torch.no_grad()
+        def mining_step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
+            """3. Confident proxy positives add their close memory entries as neighbours."""
+            a, p, neg = self._triplet(net, view(idx), idx, memory, aff, g_neg, dev)
+            fake_p = gen_net(torch.cat([a, p, neg], 1))
+            self._mine(idx, fake_p, disc(torch.cat([a, fake_p, neg], 1)), memory, aff)
+            return {}
+
+        engine = Engine(ctx, cfg, modules={"net": net, "generator": gen_net, "discriminator": disc}, optimizer=opt,
+                        streams={"augment": g_aug, "negatives": g_neg},
+                        hooks=[rounds, MemoryBankHook(memory, cfg.memory_momentum)])
+        # official DataLoader: shuffle, drop_last=False; one of the three passes per epoch, as Rounds says
+        engine.add_pass("backbone", n, backbone_step, cfg.batch_size, drop_last=False,
+                        active=lambda: rounds.stage == "backbone")
+        engine.add_pass("gan", n, gan_step, cfg.batch_size, drop_last=False, active=lambda: rounds.stage == "gan",
+                        train=False, optimize=False)
+        engine.add_pass("mining", n, mining_step, cfg.batch_size, drop_last=False,
+                        active=lambda: rounds.stage == "mining", train=False, optimize=False)
+        engine.run(cfg.rounds * (cfg.backbone_epochs + cfg.gan_epochs + cfg.mining_epochs))  # Rounds stops it
         km = kmeans(memory, data.n_clusters, n_init=cfg.kmeans_n_init, generator=ctx.rng("kmeans"))
         labels = km.labels
         if not data.same_split:
@@ -301,7 +267,8 @@ class ISL(ClusteringMethod):
             f = eval_pass(net, data.x_eval, lambda xb: resize_eval(xb, cfg.image_size, mean, std),
                           cfg.eval_batch_size, dev, cfg.precision)
             labels = torch.cdist(F.normalize(f, dim=1), km.centers).argmin(1)
-        return ClusterOutput(labels=labels, info={**info, "pairs_per_image": aff.pairs() / n})
+        return ClusterOutput(labels=labels, info={**engine.info(), **rounds.epochs,
+                                                  "pairs_per_image": aff.pairs() / n})
 
     @torch.no_grad()
     def _triplet(self, net, v, idx, memory, aff: Affinity, gen: torch.Generator, dev):
@@ -337,4 +304,70 @@ class ISL(ClusteringMethod):
         aff.add(anchors.tolist(), found)
 
 
-__all__ = ["ISL", "Affinity", "hard_positives", "stop_train_gan"]
+class Rounds(Hook):
+    """ISL's schedule on the engine: ``rounds`` x (backbone epochs, GAN epochs until ``stop_train_gan``, mining
+    epochs until enough pairs), one engine epoch each. ``stage`` says which pass runs; after each epoch it logs
+    the stage's row fields, steps the plateau rule (backbone), decides whether the stage ends, and stops the engine
+    after the last round's mining. Its state (and the mined neighbours, the GAN optimizers, the plateau rule)
+    goes into the checkpoint."""
+
+    def __init__(self, cfg: ISL.Config, n: int, opt: torch.optim.Optimizer, opt_g: torch.optim.Optimizer,
+                 opt_d: torch.optim.Optimizer):
+        self.cfg, self.n, self.opt, self.opt_g, self.opt_d = cfg, n, opt, opt_g, opt_d
+        # Deviation: the official plateau rule is stepped on kNN *test accuracy* (labels); here on the loss
+        self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.plateau_factor,
+                                                                  patience=cfg.plateau_patience)
+        self.affinity = Affinity(n)
+        self.round, self.stage, self.in_stage = 0, "backbone", 0
+        self.window: list[float] = []    # backbone losses since the last plateau check
+        self.g_losses: list[float] = []  # this round's generator losses per GAN epoch
+        self.epochs = {"backbone_epochs": 0, "gan_epochs": 0, "mining_epochs": 0}
+
+    def before_epoch(self, engine: Engine) -> None:
+        engine.log.update(stage=self.stage, round=self.round + 1)
+
+    def after_epoch(self, engine: Engine) -> None:
+        cfg, log = self.cfg, engine.log
+        self.in_stage += 1
+        self.epochs[f"{self.stage}_epochs"] += 1
+        done = False
+        if self.stage == "backbone":
+            self.window.append(float(log["loss"]))
+            if len(self.window) == cfg.plateau_every:
+                self.plateau.step(sum(self.window) / len(self.window))
+                self.window = []
+            log["lr"] = self.opt.param_groups[0]["lr"]
+            done = self.in_stage == cfg.backbone_epochs
+        elif self.stage == "gan":
+            self.g_losses.append(float(log["loss_g"]))
+            done = self.in_stage == cfg.gan_epochs or stop_train_gan(self.g_losses, is_round0=self.round == 0)
+        else:
+            pairs = self.affinity.pairs() / self.n
+            log["pairs_per_image"] = pairs
+            done = self.in_stage == cfg.mining_epochs or pairs > (self.round + 1) * cfg.per_round_affinity
+        if done:
+            self.in_stage = 0
+            if self.stage == "backbone":
+                self.stage, self.window, self.g_losses = "gan", [], []
+            elif self.stage == "gan":
+                self.stage = "mining"
+            else:
+                self.round, self.stage = self.round + 1, "backbone"
+                engine.stop = self.round == cfg.rounds
+
+    def state_dict(self) -> dict:
+        return {"round": self.round, "stage": self.stage, "in_stage": self.in_stage, "window": list(self.window),
+                "g_losses": list(self.g_losses), "epochs": dict(self.epochs), "plateau": self.plateau.state_dict(),
+                "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+                "affinity": [sorted(s) for s in self.affinity.sets]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.round, self.stage, self.in_stage = int(state["round"]), state["stage"], int(state["in_stage"])
+        self.window, self.g_losses, self.epochs = list(state["window"]), list(state["g_losses"]), dict(state["epochs"])
+        self.plateau.load_state_dict(state["plateau"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.affinity.sets = [set(s) for s in state["affinity"]]
+
+
+__all__ = ["ISL", "Affinity", "Rounds", "hard_positives", "stop_train_gan"]

@@ -60,21 +60,12 @@ from pydantic import Field, model_validator
 
 from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, TrialContext
 from bench.registry import register_method
-from methods._contrastive import (
-    EpochLoop,
-    LoopConfig,
-    autocast,
-    cosine_lr,
-    epoch_batches,
-    eval_pass,
-    multistep_lr,
-    set_lr,
-)
 from methods.common.augment import NORMALIZATION, AugmentSpec, GPUAugment, resize_eval
 from methods.common.backbones import build_backbone
 from methods.common.heads import mlp_head
 from methods.common.kmeans import kmeans
 from methods.common.losses import concentration, info_nce_queue, proto_nce
+from methods.engine import Engine, EngineConfig, Hook, LrScheduleHook, Priority, TargetUpdateHook, autocast, eval_pass
 
 
 class SplitBatchNorm(torch.nn.BatchNorm2d):
@@ -144,7 +135,7 @@ class PCL(ClusteringMethod):
     variants = {"default": {},
                 "v1": {"mlp": False, "augmentation": "mocov1", "lr_schedule": "step"}}
 
-    class Config(LoopConfig):
+    class Config(EngineConfig):
         # Deviation: ResNet-50 at 224 px in the official code; ResNet-18 with the CIFAR stem at 32 px here
         backbone: Literal["resnet18", "resnet34", "tiny_cnn"] = "resnet18"  # tiny_cnn: CPU tests only
         stem: Literal["imagenet", "cifar"] = "cifar"
@@ -217,66 +208,43 @@ class PCL(ClusteringMethod):
         torch.backends.cudnn.benchmark = dev.type == "cuda"
         query, key = query.to(dev), key.to(dev)
         x_train = data.x_train.to(dev, non_blocking=True).contiguous()
-        queue = queue.to(dev)
-        queue_ptr = torch.zeros(1, dtype=torch.long, device=dev)
         opt = torch.optim.SGD(query.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         augment = GPUAugment(self._spec(mean, std))
-        loop = EpochLoop(ctx, cfg, modules={"query": query, "key": key}, optimizer=opt,
-                         generators={"batch": g_batch, "aug": g_aug, "neg": g_neg},
-                         extra={"queue": queue, "queue_ptr": queue_ptr})
-        e_steps = 0
-        for epoch in loop.epochs(cfg.epochs):
-            clusters = None
-            if epoch > cfg.warmup_epochs:  # official: epoch >= warmup_epoch, 0-based
-                clusters = self._e_step(key, x_train, ks, mean, std, ctx)
-                e_steps += 1
-            if cfg.lr_schedule == "cos":
-                set_lr(opt, cosine_lr(cfg.lr, epoch - 1, cfg.epochs, 0.0))
-            else:
-                set_lr(opt, multistep_lr(cfg.lr, epoch - 1, cfg.lr_milestones, 0.1))
-            query.train()
-            key.train()
-            sums = torch.zeros(2, device=dev)
-            n_steps = 0
-            for idx in epoch_batches(n, cfg.batch_size, g_batch, dev):  # official: drop_last=True
-                xb = x_train.index_select(0, idx)
-                im_q, im_k = augment(xb, generator=g_aug), augment(xb, generator=g_aug)
-                momentum_update(key, query, cfg.moco_momentum)
-                with torch.no_grad():  # shuffle BN: the keys' BN groups differ from the queries'
-                    perm = torch.randperm(idx.shape[0], generator=g_batch, device=g_batch.device).to(dev)
-                    with autocast(dev, cfg.precision):
-                        k_shuf = key(im_k.index_select(0, perm))
-                    k = torch.empty_like(k_shuf, dtype=torch.float32).index_copy_(0, perm, k_shuf.float())
+        e_step = EStep(self, key, x_train, ks, ctx, show=data.same_split)
+        keys = KeyQueue(queue.to(dev))
+
+        def step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
+            """M-step on one batch: L = InfoNCE(q, k, queue) + mean over granularities of ProtoNCE."""
+            xb = x_train.index_select(0, idx)
+            im_q, im_k = augment(xb, generator=g_aug), augment(xb, generator=g_aug)
+            momentum_update(key, query, cfg.moco_momentum)
+            with torch.no_grad():  # shuffle BN: the keys' BN groups differ from the queries'
+                perm = torch.randperm(idx.shape[0], generator=g_batch, device=g_batch.device).to(dev)
                 with autocast(dev, cfg.precision):
-                    q = query(im_q)
-                q = F.normalize(q.float(), dim=1)
-                loss_inst = info_nce_queue(q, k, queue, cfg.temperature)
-                loss_proto = torch.zeros((), device=dev)
-                if clusters is not None:
-                    for c in clusters:
-                        pos = c["assign"].index_select(0, idx)
-                        loss_proto = loss_proto + proto_nce(q, c["prototypes"], c["phi"], pos,
-                                                            self._negatives(pos, c["k"], g_neg))
-                    loss_proto = loss_proto / len(clusters)
-                loss = loss_inst + loss_proto
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                self._enqueue(queue, queue_ptr, k)
-                sums += torch.stack([loss_inst.detach(), loss_proto.detach()])
-                n_steps += 1
-            train_s = loop.train_seconds()
-            mean_loss = sums / max(1, n_steps)
-            show = clusters[cfg.cluster_multiples.index(1)]["assign"] if clusters and data.same_split else None
-            scalars = {"loss": mean_loss.sum(), "loss_instance": mean_loss[0], "loss_proto": mean_loss[1],
-                       "lr": opt.param_groups[0]["lr"]}
-            if clusters is not None:
-                scalars["phi_min"] = min(float(c["phi"].min()) for c in clusters)
-                scalars["phi_max"] = max(float(c["phi"].max()) for c in clusters)
-            loop.end_epoch(epoch, cfg.epochs, train_s=train_s, eval_pred=show, **scalars)
+                    k_shuf = key(im_k.index_select(0, perm))
+                k = torch.empty_like(k_shuf, dtype=torch.float32).index_copy_(0, perm, k_shuf.float())
+            with autocast(dev, cfg.precision):
+                q = query(im_q)
+            q = F.normalize(q.float(), dim=1)
+            loss_inst = info_nce_queue(q, k, keys.queue, cfg.temperature)
+            loss_proto = torch.zeros((), device=dev)
+            if e_step.clusters is not None:
+                for c in e_step.clusters:
+                    pos = c["assign"].index_select(0, idx)
+                    loss_proto = loss_proto + proto_nce(q, c["prototypes"], c["phi"], pos,
+                                                        self._negatives(pos, c["k"], g_neg))
+                loss_proto = loss_proto / len(e_step.clusters)
+            return {"loss": loss_inst + loss_proto, "loss_instance": loss_inst, "loss_proto": loss_proto, "keys": k}
+
+        schedule = LrScheduleHook.cosine(cfg.lr, cfg.epochs, 0.0) if cfg.lr_schedule == "cos" else \
+            LrScheduleHook.multistep(cfg.lr, cfg.lr_milestones, 0.1)
+        engine = Engine(ctx, cfg, modules={"query": query, "key": key}, optimizer=opt,
+                        streams={"data_order": g_batch, "augment": g_aug, "negative_prototypes": g_neg},
+                        hooks=[schedule, e_step, keys])
+        engine.add_pass("train", n, step, cfg.batch_size)  # official: drop_last=True
+        engine.run(cfg.epochs)
         labels = self._final_labels(key, x_train, data, mean, std, ctx)
-        loop.finish()
-        return ClusterOutput(labels=labels, info={**loop.info(), "e_steps": e_steps, "granularities": ks})
+        return ClusterOutput(labels=labels, info={**engine.info(), "e_steps": e_step.updates, "granularities": ks})
 
     # -- parts ----------------------------------------------------------------------------------------------
     def _spec(self, mean, std) -> AugmentSpec:
@@ -327,14 +295,6 @@ class PCL(ClusteringMethod):
             neg = neg[torch.randperm(neg.numel(), generator=gen, device=gen.device)[:r].to(neg.device)]
         return neg
 
-    @staticmethod
-    @torch.no_grad()
-    def _enqueue(queue: torch.Tensor, ptr: torch.Tensor, keys: torch.Tensor) -> None:
-        b = keys.shape[0]
-        p = int(ptr)
-        queue[:, p:p + b] = keys.t()
-        ptr[0] = (p + b) % queue.shape[1]
-
     @torch.no_grad()
     def _final_labels(self, key, x_train, data: ClusteringData, mean, std, ctx: TrialContext) -> torch.Tensor:
         gi = self.config.cluster_multiples.index(1)
@@ -344,3 +304,55 @@ class PCL(ClusteringMethod):
             return c["assign"]
         f_eval = self._features(key, data.x_eval.to(ctx.device), mean, std, ctx.device)
         return torch.cdist(f_eval, c["centers"]).argmin(1)
+
+
+class EStep(TargetUpdateHook):
+    """The E-step before every epoch after ``warmup_epochs``: k-means at each granularity on the momentum
+    encoder's features -> ``clusters`` (assignment, prototypes, phi) that the step reads; None during warm-up.
+    Recomputed from the weights every epoch (fresh k-means streams), so a resumed run needs no state but the
+    count."""
+
+    def __init__(self, method: PCL, key: torch.nn.Module, x: torch.Tensor, ks: list[int], ctx: TrialContext,
+                 show: bool):
+        super().__init__(every=1)
+        self.method, self.key, self.x, self.ks, self.ctx, self.show = method, key, x, ks, ctx, show
+        self.clusters: list[dict] | None = None
+
+    def due(self, engine: Engine) -> bool:
+        return engine.epoch > self.method.config.warmup_epochs  # official: epoch >= warmup_epoch, 0-based
+
+    def before_epoch(self, engine: Engine) -> None:
+        self.clusters = None
+        super().before_epoch(engine)
+
+    def update(self, engine: Engine) -> None:
+        cfg = self.method.config
+        mean, std = NORMALIZATION[cfg.normalization]
+        self.clusters = self.method._e_step(self.key, self.x, self.ks, mean, std, self.ctx)
+        engine.log["phi_min"] = min(float(c["phi"].min()) for c in self.clusters)
+        engine.log["phi_max"] = max(float(c["phi"].max()) for c in self.clusters)
+        if self.show:  # the granularity k = number of classes, when the eval images are the training images
+            engine.log["eval_pred"] = self.clusters[cfg.cluster_multiples.index(1)]["assign"]
+
+
+class KeyQueue(Hook):
+    """MoCo's queue of past keys (the InfoNCE negatives): each step's keys replace the oldest after the
+    optimizer step (official ``_dequeue_and_enqueue``). Saved with the checkpoint."""
+    priority = Priority.HIGH
+
+    def __init__(self, queue: torch.Tensor):
+        self.queue = queue
+        self.ptr = 0
+
+    @torch.no_grad()
+    def after_step(self, engine: Engine, idx: torch.Tensor, outputs: dict[str, torch.Tensor]) -> None:
+        b = outputs["keys"].shape[0]
+        self.queue[:, self.ptr:self.ptr + b] = outputs["keys"].t()
+        self.ptr = (self.ptr + b) % self.queue.shape[1]
+
+    def state_dict(self) -> dict:
+        return {"queue": self.queue.detach().cpu(), "ptr": self.ptr}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.queue.copy_(state["queue"].to(self.queue.device))  # in place: the step holds this tensor
+        self.ptr = int(state["ptr"])

@@ -44,11 +44,11 @@ from bench.context import rng_state, set_rng_state
 from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, TrialContext
 from bench.registry import register_method
 from bench.stages import StageRequest
-from methods._contrastive import autocast, conv_layout, epoch_batches, eval_pass
 from methods.common.augment import NORMALIZATION, resize_eval
 from methods.common.heads import MultiHeadClassifier
 from methods.common.losses import confidence_ce, scan_loss, scan_selection_loss
 from methods.common.strong_augment import ScanAugment, ScanAugmentSpec
+from methods.engine import autocast, conv_layout, epoch_batches, eval_pass
 from methods.stages.neighbours import MineNeighbours
 from methods.stages.simclr_pretext import PretextFields, load_pretext
 

@@ -24,7 +24,6 @@ from bench.records import ResultRecord
 from bench.registry import get_method, resolve_config
 from bench.report import write_report
 from bench.suite import load_suite
-from methods._contrastive import EpochLoop
 from methods.engine import TimeBudgetExceeded, cosine_lr, epoch_batches, multistep_lr
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -345,12 +344,3 @@ def test_short_gpu_suites_state_their_schedule():
     assert all(c["max_minutes"] for c in by_variant.values())  # stops cleanly inside a 10-minute command
     simclr = load_suite(ROOT / "suites" / "simclr_cifar10_short.yaml")
     assert simclr.methods[0].name == "simclr_kmeans" and simclr.methods[0].config["epochs"] < 500
-
-
-def test_epoch_loop_starts_at_epoch_one_without_checkpoint(tmp_path):
-    net = torch.nn.Linear(2, 2)
-    ctx = make_ctx(tmp_path, np.zeros(2, dtype=int))
-    cfg = resolve_config("cc", overrides=TINY)
-    loop = EpochLoop(ctx, cfg, modules={"net": net}, optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
-                     generators={"g": torch.Generator().manual_seed(0)})
-    assert loop.start_epoch == 0 and list(loop.epochs(3)) == [1, 2, 3]

@@ -129,7 +129,7 @@ def test_bench_trial_on_digits_gives_an_ok_record(tmp_path, capsys):
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, digits):
     """Stopped after epoch 1 (time budget 0) and run again, the trial resumes at epoch 2 and ends with the labels
     of a run never interrupted (network, optimizer, k-means / sampler / augmentation / head streams restored)."""
-    from methods._contrastive import TimeBudgetExceeded
+    from methods.engine import TimeBudgetExceeded
 
     full, ctx_full, _ = run(tmp_path / "full", digits, epochs=2)
     with pytest.raises(TimeBudgetExceeded):

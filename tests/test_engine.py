@@ -159,6 +159,35 @@ print("finished", flush=True)
 """
 
 
+def checkpointed_epoch(ckpt_glob: str, root: Path) -> int:
+    """The epoch of the checkpoint matching ``root/ckpt_glob`` (0: none yet)."""
+    for ckpt in root.glob(ckpt_glob):
+        try:
+            return torch.load(ckpt, weights_only=False)["engine"]["epoch"]
+        except Exception:  # noqa: BLE001 - read while being replaced: try again
+            return 0
+    return 0
+
+
+def sigkill_after_checkpoint(child: str, progress, min_epoch: int = 2) -> None:
+    """Run ``child`` (Python source) in a real subprocess and SIGKILL it once ``progress()`` (the epoch of its
+    last checkpoint) is >= ``min_epoch``; asserts it was killed mid-run (never finished)."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.Popen([sys.executable, "-c", child], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if progress() >= min_epoch:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, f"the child ended before the kill: {proc.communicate()}"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL and "finished" not in out, err
+
+
 def test_sigkilled_run_resumes_to_the_uncut_result(tmp_path):
     """The real thing: a process training the toy model is SIGKILLed once its checkpoint holds epoch >= 2; the
     next run of the same trial resumes from that checkpoint and ends with the uncut run's weights."""
@@ -166,31 +195,122 @@ def test_sigkilled_run_resumes_to_the_uncut_result(tmp_path):
     full, net_full, _, _ = toy_engine(tmp_path / "full", cfg)
     full.run(cfg.epochs)
     cut = tmp_path / "cut"
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_CHILD.format(tests=str(ROOT / "tests"), tmp=str(cut))],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    ckpt = cut / "artifact" / "checkpoint.pt"
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if ckpt.exists():
-                try:
-                    epoch = torch.load(ckpt, weights_only=False)["engine"]["epoch"]
-                except Exception:  # noqa: BLE001 - read while being replaced: try again
-                    epoch = 0
-                if epoch >= 2:
-                    break
-            time.sleep(0.05)
-        assert proc.poll() is None, f"the child ended before the kill: {proc.communicate()}"
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        out, err = proc.communicate(timeout=60)
-    assert proc.returncode == -signal.SIGKILL and "finished" not in out
+    sigkill_after_checkpoint(KILLED_CHILD.format(tests=str(ROOT / "tests"), tmp=str(cut)),
+                             lambda: checkpointed_epoch("artifact/checkpoint.pt", cut))
     engine, net, ctx, _ = toy_engine(cut, cfg)
     engine.run(cfg.epochs)
     assert engine.resumed_from is not None and 2 <= engine.resumed_from < 8
     assert torch.equal(weights(net), weights(net_full))
     assert [r["epoch"] for r in ctx.curve] == list(range(1, 9))
+
+
+# the ported methods' children: every engine epoch ends 0.5 s later (after its checkpoint), so the kill lands
+# mid-run; the epoch of the last checkpoint goes to a small file (polling a ResNet checkpoint is slow)
+SLOW_ENGINE = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+from methods.engine import CheckpointHook
+_save = CheckpointHook.after_epoch
+def _slow(self, engine):
+    _save(self, engine)
+    if self.saved_epochs:
+        Path({tmp!r}, "saved_epoch").write_text(str(self.saved_epochs[-1]))
+    time.sleep(0.5)
+CheckpointHook.after_epoch = _slow
+"""
+
+
+def saved_epoch(root: Path) -> int:
+    try:
+        return int((root / "saved_epoch").read_text())
+    except (OSError, ValueError):
+        return 0
+
+PRETEXT_CHILD = SLOW_ENGINE + """
+from pathlib import Path
+from test_engine import pretext_build
+pretext_build(Path({tmp!r}))
+print("finished", flush=True)
+"""
+
+
+def pretext_build(tmp: Path, seed: int = 0):
+    """The ``simclr_pretext`` stage built through the stage store (as a trial asks for it): 6 epochs on 8 random
+    8x8 images (one step each), a checkpoint every epoch into the stage's partial folder. -> (artifacts, ctx)."""
+    import methods.stages.simclr_pretext as sp
+    from bench.method import ClusteringData
+    from bench.stages import StageRequest
+
+    sp.CHECKPOINT_EVERY = 1  # a harness knob: not in the stage key
+    x = torch.randint(0, 256, (8, 3, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    data = ClusteringData("synthetic", x, x, 3, "all", "all", "md5")
+    cfg = sp.SimCLRPretext.Config(image_size=8, epochs=6, batch_size=8, lr=0.01, precision="fp32")
+    ctx = make_ctx(tmp, seed).bind(data, {"pretext": StageRequest("simclr_pretext", cfg)})
+    return ctx.stage("pretext"), ctx
+
+
+def test_sigkilled_pretext_stage_build_resumes_to_the_uncut_weights(tmp_path, caplog):
+    """A process building the SimCLR pretext stage is SIGKILLed mid-build; the next build of the same stage key
+    resumes from the partial folder's checkpoint and stores exactly the weights (and curve) of an uncut build."""
+    full, _ = pretext_build(tmp_path / "full")
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    sigkill_after_checkpoint(PRETEXT_CHILD.format(tests=str(ROOT / "tests"), tmp=str(cut)), lambda: saved_epoch(cut))
+    assert checkpointed_epoch("stages/simclr_pretext/.partial-*/checkpoint.pt", cut) >= 2
+    with caplog.at_level("INFO", logger="bench.trial"):
+        resumed, ctx = pretext_build(cut)
+    assert any("resuming from the checkpoint after epoch" in r.getMessage() for r in caplog.records)
+    assert ctx.stages_used[0]["reused"] is False  # built (resumed) now, not read from the store
+    assert full["state_dict"].keys() == resumed["state_dict"].keys()
+    assert all(torch.equal(full["state_dict"][k], resumed["state_dict"][k]) for k in full["state_dict"])
+    assert len(resumed["epoch_s"]) == 6
+    assert not list(cut.glob("stages/simclr_pretext/.partial-*/checkpoint.pt"))
+
+
+DEEPCLUSTER_CHILD = SLOW_ENGINE + """
+from pathlib import Path
+from test_engine import deepcluster_fit
+deepcluster_fit(Path({tmp!r}))
+print("finished", flush=True)
+"""
+
+
+def deepcluster_fit(tmp: Path):
+    """DeepCluster (tiny CNN) for 8 epochs on 48 random 8x8 images, a checkpoint every epoch. -> (output, ctx)."""
+    from bench.method import ClusteringData
+    from bench.metrics import evaluate
+    from bench.registry import get_method, resolve_config
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (48, 3, 8, 8), generator=g, dtype=torch.uint8)
+    y = np.arange(48) % 3
+    data = ClusteringData("synthetic", x, x, 3, "all", "all", "md5")
+    cfg = resolve_config("deepcluster", "default", None, {"backbone": "tiny_cnn", "image_size": 8, "pca_dim": 8,
+                                                          "epochs": 8, "batch_size": 16, "checkpoint_every": 1})
+    ctx = TrialContext(seed=0, device="cpu", artifact_dir=tmp / "artifact", stage_dir=tmp / "stages",
+                       data_md5="md5", code_version="test", scorer=lambda p: evaluate(y, p))
+    return get_method("deepcluster")(cfg).fit(data, ctx), ctx
+
+
+def test_sigkilled_deepcluster_resumes_to_the_uncut_labels(tmp_path):
+    """DeepCluster's per-epoch state (previous pseudo-labels, counts; the k-means, head-init and sampler streams)
+    survives a SIGKILL: the re-run resumes and ends with the uncut run's labels, metrics and curve."""
+    full, ctx_full = deepcluster_fit(tmp_path / "full")
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    sigkill_after_checkpoint(DEEPCLUSTER_CHILD.format(tests=str(ROOT / "tests"), tmp=str(cut)),
+                             lambda: saved_epoch(cut))
+    out, ctx = deepcluster_fit(cut)
+    assert out.info["resumed_from_epoch"] is not None and 2 <= out.info["resumed_from_epoch"] < 8
+    np.testing.assert_array_equal(out.labels_numpy(), full.labels_numpy())
+    assert {k: v for k, v in out.info.items() if not k.endswith("_s") and k not in ("epoch_s_first",
+            "resumed_from_epoch")} == {k: v for k, v in full.info.items() if not k.endswith("_s") and
+                                       k not in ("epoch_s_first", "resumed_from_epoch")}
+    drop = {"elapsed_s", "epoch_s"}
+    assert [{k: v for k, v in r.items() if k not in drop} for r in ctx.curve] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in ctx_full.curve]
+    assert "nmi_prev" in ctx.curve[out.info["resumed_from_epoch"]]  # the previous pseudo-labels were restored
 
 
 def _labels_from_kmeans_stream(net, x, ctx):
@@ -326,7 +446,7 @@ def test_same_seed_same_labels_twice_in_deterministic_mode(tmp_path, method, ove
     from bench.method import ClusteringData
     from bench.registry import get_method, resolve_config
 
-    x = torch.randint(0, 256, (16, 3, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    x = torch.randint(0, 256, (8, 3, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     data = ClusteringData("synthetic", x, x, 3, "all", "all", "md5")
     cfg = resolve_config(method, "default", None, {**TINY, **overrides})
     old = torch.are_deterministic_algorithms_enabled()

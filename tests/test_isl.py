@@ -107,3 +107,40 @@ def test_bench_trial_on_digits_gives_an_ok_record(tmp_path, capsys):
     assert main(args) == 0
     rec = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rec["status"] == "ok" and rec["method"] == "isl"
+
+
+def test_resume_after_every_epoch_matches_the_uncut_run(tmp_path):
+    """max_minutes=0: each command stops after one epoch (backbone, GAN, mining; two rounds) with a checkpoint
+    and the next resumes it: the round/stage schedule, the mined neighbours, the memory bank, the GAN's and the
+    backbone's optimizers and the plateau rule carry over, so the labels and the curve equal an uncut run's."""
+    from methods.engine import TimeBudgetExceeded
+
+    x = torch.randint(0, 256, (32, 1, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    y = np.arange(32) % 3
+    data = ClusteringData("synthetic", x, x, 3, "train", "train", "md5")
+    cfg = resolve_config("isl", "default", None, {**TINY, "rounds": 2, "backbone_epochs": 1, "gan_epochs": 1,
+                                                  "mining_epochs": 1, "sample_negatives": 8, "batch_size": 16,
+                                                  "plateau_every": 1, "per_round_affinity": 0.01,
+                                                  # mine generously, so round 2 trains on mined neighbours
+                                                  "pos_score_threshold": 0.0, "affinity_radius": -1.0, "topk": 1})
+
+    def fit(where, cfg):
+        ctx = TrialContext(seed=0, device="cpu", artifact_dir=where / "a", stage_dir=where / "s", data_md5="md5",
+                           code_version="test", scorer=lambda p: evaluate(y, p))
+        return get_method("isl")(cfg).fit(data, ctx), ctx
+
+    full, ctx_full = fit(tmp_path / "full", cfg)
+    cuts = 0
+    while True:
+        try:
+            out, ctx = fit(tmp_path / "cut", cfg.model_copy(update={"max_minutes": 0.0}))
+            break
+        except TimeBudgetExceeded:
+            cuts += 1
+    stages = [r["stage"] for r in ctx_full.curve]
+    assert stages == ["backbone", "gan", "mining"] * 2 and cuts == len(stages) - 1
+    np.testing.assert_array_equal(out.labels_numpy(), full.labels_numpy())
+    drop = {"elapsed_s", "epoch_s"}
+    assert [{k: v for k, v in r.items() if k not in drop} for r in ctx.curve] == \
+        [{k: v for k, v in r.items() if k not in drop} for r in ctx_full.curve]
+    assert out.info["resumed_from_epoch"] == len(stages) - 1 and out.info["pairs_per_image"] > 0

@@ -85,7 +85,7 @@ def test_em_schedule_and_prototypes(tmp_path, digits, monkeypatch):
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, digits):
     """Stopped after epoch 1 (time budget 0) and run again, the trial resumes at epoch 2 (its first E-step) and
     ends with the labels of a run never interrupted (both encoders, queue and pointer, optimizer, streams)."""
-    from methods._contrastive import TimeBudgetExceeded
+    from methods.engine import TimeBudgetExceeded
 
     x, y = digits[0][:512], digits[1][:512]
     data = ClusteringData("digits", x, x, 10, "all", "all", "md5")
@@ -113,13 +113,15 @@ def test_momentum_update_and_queue():
     pcl.momentum_update(k, q, 0.9)
     for pk, pq, b in zip(k.parameters(), q.parameters(), before, strict=True):
         assert torch.allclose(pk, 0.9 * b + 0.1 * pq.detach(), atol=1e-6)
-    queue = torch.zeros(4, 6)
-    ptr = torch.zeros(1, dtype=torch.long)
+    hook = pcl.KeyQueue(torch.zeros(4, 6))
     keys = torch.randn(3, 4, generator=g)
-    pcl.PCL._enqueue(queue, ptr, keys)
-    assert torch.equal(queue[:, :3], keys.t()) and int(ptr) == 3
-    pcl.PCL._enqueue(queue, ptr, keys * 2)
-    assert torch.equal(queue[:, 3:], 2 * keys.t()) and int(ptr) == 0  # wraps around (queue % batch == 0)
+    hook.after_step(None, torch.arange(3), {"keys": keys})
+    assert torch.equal(hook.queue[:, :3], keys.t()) and hook.ptr == 3
+    hook.after_step(None, torch.arange(3), {"keys": keys * 2})
+    assert torch.equal(hook.queue[:, 3:], 2 * keys.t()) and hook.ptr == 0  # wraps around (queue % batch == 0)
+    restored = pcl.KeyQueue(torch.zeros(4, 6))
+    restored.load_state_dict(hook.state_dict())  # the checkpoint round trip keeps queue and pointer
+    assert torch.equal(restored.queue, hook.queue) and restored.ptr == 0
 
 
 def test_bench_trial_on_digits_gives_an_ok_record(tmp_path, capsys):

@@ -17,6 +17,7 @@ from methods.engine.hooks import (
     EvalHook,
     Hook,
     LrScheduleHook,
+    MemoryBankHook,
     Priority,
     TargetUpdateHook,
     TimeBudgetExceeded,
@@ -26,6 +27,6 @@ from methods.engine.hooks import (
 )
 
 __all__ = ["Engine", "EngineConfig", "Pass", "Hook", "Priority", "CheckpointHook", "CurveLogHook", "EarlyStopHook",
-           "EvalHook", "LrScheduleHook", "TargetUpdateHook", "TimeBudgetExceeded", "autocast", "conv_layout",
-           "epoch_batches", "eval_mode", "eval_pass", "prepare_training", "unlabeled_images", "cosine_lr",
-           "multistep_lr", "set_lr"]
+           "EvalHook", "LrScheduleHook", "MemoryBankHook", "TargetUpdateHook", "TimeBudgetExceeded", "autocast",
+           "conv_layout", "epoch_batches", "eval_mode", "eval_pass", "prepare_training", "unlabeled_images",
+           "cosine_lr", "multistep_lr", "set_lr"]

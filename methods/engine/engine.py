@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar, Literal, TypeVar
 
 import torch
@@ -65,12 +65,36 @@ class EngineConfig(MethodConfig):
 @dataclasses.dataclass
 class Pass:
     """One sweep of an epoch: ``n`` samples in batches of ``batch_size`` (``drop_last`` as the official
-    loaders; a source smaller than a batch gives one batch of all), each fed to ``step``."""
+    loaders; a source smaller than a batch gives one batch of all), each fed to ``step``.
+
+    The batches come from a permutation of ``range(n)`` drawn from the ``data_order`` stream, or, with
+    ``order``, from the index tensor ``order()`` returns at the start of each epoch, in its order (a method's
+    own sampler, e.g. DeepCluster's uniform draw over pseudo-classes; ``n`` is then unused).
+
+    For methods whose epochs differ (ISL's backbone / GAN / mining epochs): ``active()`` False skips the pass
+    this epoch; ``train`` False runs it with the modules in eval mode (a frozen backbone); ``optimize`` False
+    means the step does its own optimisation (a GAN's two optimizers) or none, and the engine only averages
+    its ``loss*`` outputs (no ``"loss"`` needed)."""
     name: str
     n: int
     step: Callable[[torch.Tensor], dict[str, torch.Tensor]]
     batch_size: int
     drop_last: bool = True
+    order: Callable[[], torch.Tensor] | None = None
+    active: Callable[[], bool] | None = None
+    train: bool = True
+    optimize: bool = True
+
+    def batches(self, gen: torch.Generator, device: torch.device) -> Iterator[torch.Tensor]:
+        if self.order is None:
+            yield from epoch_batches(self.n, self.batch_size, gen, device, self.drop_last)
+            return
+        order = self.order()
+        n = order.shape[0]
+        bs = min(self.batch_size, n)
+        n_batches = n // bs if self.drop_last else -(-n // bs)
+        for i in range(n_batches):
+            yield order[i * bs:(i + 1) * bs].to(device)
 
 
 class Engine:
@@ -100,8 +124,9 @@ class Engine:
 
     # -- building ----------------------------------------------------------------------------------
     def add_pass(self, name: str, n: int, step: Callable[[torch.Tensor], dict[str, torch.Tensor]],
-                 batch_size: int, drop_last: bool = True) -> None:
-        self.passes.append(Pass(name, n, step, batch_size, drop_last))
+                 batch_size: int, drop_last: bool = True, order: Callable[[], torch.Tensor] | None = None,
+                 active: Callable[[], bool] | None = None, train: bool = True, optimize: bool = True) -> None:
+        self.passes.append(Pass(name, n, step, batch_size, drop_last, order, active, train, optimize))
 
     def hook(self, kind: type[H]) -> H:
         """The (first) hook of this type."""
@@ -122,8 +147,6 @@ class Engine:
             self._sync()
             t0 = time.perf_counter()
             self._call("before_epoch")
-            for m in self.modules.values():
-                m.train()
             self.log.update(self._train_epoch())
             self._sync()
             self.epoch_times.append(time.perf_counter() - t0)
@@ -144,20 +167,26 @@ class Engine:
         per_pass: list[tuple[Pass, list[str], torch.Tensor, int]] = []
         gen = self.streams["data_order"]
         for p in self.passes:
+            if p.active is not None and not p.active():
+                continue
+            for m in self.modules.values():
+                m.train(p.train)
             keys: list[str] | None = None
             acc: torch.Tensor | None = None
             steps = 0
-            for idx in epoch_batches(p.n, p.batch_size, gen, self.device, p.drop_last):
+            for idx in p.batches(gen, self.device):
                 out = p.step(idx)
-                self.optimizer.zero_grad(set_to_none=True)
-                out["loss"].backward()
-                self.optimizer.step()
+                if p.optimize:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    out["loss"].backward()
+                    self.optimizer.step()
                 for h in self._step_hooks:
                     h.after_step(self, idx, out)
                 if keys is None:
                     keys = [k for k, v in out.items() if k.startswith("loss") and v.dim() == 0]
-                vals = torch.stack([out[k].detach() for k in keys])
-                acc = vals if acc is None else acc + vals
+                if keys:
+                    vals = torch.stack([out[k].detach() for k in keys])
+                    acc = vals if acc is None else acc + vals
                 steps += 1
                 self.global_step += 1
             if steps:

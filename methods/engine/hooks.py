@@ -6,9 +6,10 @@ OpenMMLab's pattern: a hook overrides any of ``before_run``, ``before_epoch``, `
 (a best loss, targets, a memory bank) goes through ``state_dict`` / ``load_state_dict`` into the checkpoint.
 
 Built in: :class:`LrScheduleHook` (per-epoch lr), :class:`TargetUpdateHook` (periodic re-clustering / target
-updates, subclassed by a method), :class:`EvalHook` (label-blind eval pass logged to the curve),
-:class:`CurveLogHook` (the curve row of each epoch), :class:`EarlyStopHook`, :class:`CheckpointHook`
-(checkpoint every N epochs, resume, wall-clock budget). The engine adds the log and checkpoint hooks itself.
+updates, subclassed by a method), :class:`MemoryBankHook` (IDFD's and ISL's memory bank), :class:`EvalHook`
+(label-blind eval pass logged to the curve), :class:`CurveLogHook` (the curve row of each epoch),
+:class:`EarlyStopHook`, :class:`CheckpointHook` (checkpoint every N epochs, resume, wall-clock budget). The engine
+adds the log and checkpoint hooks itself.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from bench.errors import BenchError
+from methods.common.losses import update_memory
 
 if TYPE_CHECKING:
     from methods.engine.engine import Engine
@@ -135,6 +137,25 @@ class TargetUpdateHook(Hook):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.updates = int(state["updates"])
+
+
+class MemoryBankHook(Hook):
+    """A non-parametric memory bank (IDFD, ISL): after each step that outputs ``features``, the batch's rows move
+    towards them, v_i <- normalise(m v_i + (1 - m) f_i) (IDFD's official ``NonParametricClassifier``, ISL's
+    ``LinearAverage``). Saved with the checkpoint."""
+
+    def __init__(self, memory: torch.Tensor, momentum: float):
+        self.memory, self.momentum = memory, momentum
+
+    def after_step(self, engine: Engine, idx: torch.Tensor, outputs: dict[str, torch.Tensor]) -> None:
+        if "features" in outputs:
+            update_memory(self.memory, outputs["features"], idx, self.momentum)
+
+    def state_dict(self) -> dict:
+        return {"memory": self.memory.detach().cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.memory.copy_(state["memory"].to(self.memory.device))  # in place: the step holds this tensor
 
 
 # -- evaluation and the curve ----------------------------------------------------------------------

@@ -16,7 +16,7 @@ simclr.py, utils/common_config.py; claims.md sections 2 and 12), each value at i
   symmetric loss). Both views go through the network in one batch, so BatchNorm sees them together.
 
 Artifacts: the network's weights (backbone + head, CPU tensors), the architecture to rebuild it
-(:func:`load_pretext`), and the per-epoch training seconds. A build checkpoints every ``checkpoint_every``
+(:func:`load_pretext`), and the per-epoch training seconds. A build checkpoints every ``CHECKPOINT_EVERY``
 epochs into the stage's partial folder and a killed build resumes there (same key).
 
 Speed (issue 15 item 9): the data stays on the GPU as uint8, both views are made there with per-sample
@@ -35,22 +35,20 @@ from pydantic import Field
 from bench.context import TrialContext
 from bench.method import ClusteringData, MethodConfig
 from bench.stages import Stage, StageConfig, StageRequest, register_stage
-from methods._contrastive import (
-    EpochLoop,
-    LoopConfig,
-    autocast,
-    conv_layout,
-    cosine_lr,
-    epoch_batches,
-    eval_pass,
-    prepare_training,
-    set_lr,
-    unlabeled_images,
-)
 from methods.common.augment import NORMALIZATION, GPUAugment, resize_eval, simclr_spec
 from methods.common.backbones import resnet
 from methods.common.heads import mlp_head
 from methods.common.losses import nt_xent
+from methods.engine import (
+    Engine,
+    EngineConfig,
+    LrScheduleHook,
+    autocast,
+    conv_layout,
+    eval_pass,
+    prepare_training,
+    unlabeled_images,
+)
 
 
 class SimCLRNet(torch.nn.Module):
@@ -149,9 +147,14 @@ def pretext_features(net: SimCLRNet, x: torch.Tensor, cfg: SimCLRPretext.Config,
     return F.normalize(z if which == "head" else h, dim=1)
 
 
+#: epochs between a build's checkpoints: a harness knob (not in the stage config, so not in its key)
+CHECKPOINT_EVERY = 10
+
+
 def train_simclr(cfg: SimCLRPretext.Config, data: ClusteringData, ctx: TrialContext,
-                 checkpoint_every: int = 10) -> tuple[SimCLRNet, list[float]]:
-    """SCAN's SimCLR pretext training, resumable from the build's checkpoint; returns (net, seconds per epoch)."""
+                 checkpoint_every: int | None = None) -> tuple[SimCLRNet, list[float]]:
+    """SCAN's SimCLR pretext training on the engine, resumable from the build's checkpoint; returns
+    (net, seconds per epoch)."""
     dev = ctx.device
     with ctx.init_rng("init"):
         net = SimCLRNet(cfg.backbone, cfg.stem, data.x_train.shape[1], cfg.head_hidden_dim, cfg.feature_dim)
@@ -161,36 +164,26 @@ def train_simclr(cfg: SimCLRPretext.Config, data: ClusteringData, ctx: TrialCont
                           nesterov=False)
     spec = simclr_spec(cfg.image_size, *NORMALIZATION[cfg.normalization])
     augment = GPUAugment(spec, channels_last=dev.type == "cuda")  # grey images: hue/saturation skip
-    g_batch, g_aug = ctx.rng("data_order"), ctx.rng("augment")
-    # the loop's harness knobs: not in the stage config (they would change its key)
-    knobs = LoopConfig(eval_every=0, checkpoint_every=min(checkpoint_every, cfg.epochs), precision=cfg.precision)
-    loop = EpochLoop(ctx, knobs, modules={"net": net}, optimizer=opt, generators={"batch": g_batch, "aug": g_aug})
-    n = x_train.shape[0]
-    for epoch in loop.epochs(cfg.epochs):
-        # SCAN adjusts the lr at the start of each (0-based) epoch
-        set_lr(opt, cosine_lr(cfg.lr, epoch - 1, cfg.epochs, cfg.lr_final_factor))
-        net.train()
-        loss_sum = torch.zeros((), device=dev)
-        n_steps = 0
-        for idx in epoch_batches(n, cfg.batch_size, g_batch, dev):
-            loss_sum += simclr_step(net, opt, augment, x_train.index_select(0, idx), g_aug, cfg)
-            n_steps += 1
-        train_s = loop.train_seconds()
-        loop.end_epoch(epoch, cfg.epochs, train_s=train_s, loss=loss_sum / max(1, n_steps),
-                       lr=opt.param_groups[0]["lr"])
-    return net, list(loop.epoch_times)
+    g_aug = ctx.rng("augment")
+    # the engine's harness knobs: not in the stage config (they would change its key)
+    every = CHECKPOINT_EVERY if checkpoint_every is None else checkpoint_every
+    knobs = EngineConfig(eval_every=0, checkpoint_every=min(every, cfg.epochs), precision=cfg.precision)
+    engine = Engine(ctx, knobs, modules={"net": net}, optimizer=opt, streams={"augment": g_aug},
+                    # SCAN adjusts the lr at the start of each (0-based) epoch
+                    hooks=[LrScheduleHook.cosine(cfg.lr, cfg.epochs, cfg.lr_final_factor)])
+    engine.add_pass("train", x_train.shape[0],
+                    lambda idx: {"loss": simclr_loss(net, augment, x_train.index_select(0, idx), g_aug, cfg)},
+                    cfg.batch_size)
+    engine.run(cfg.epochs)
+    return net, list(engine.epoch_times)
 
 
-def simclr_step(net: SimCLRNet, opt: torch.optim.Optimizer, augment: GPUAugment, xb: torch.Tensor,
-                g_aug: torch.Generator | None, cfg: SimCLRPretext.Config) -> torch.Tensor:
-    """One SGD step on a uint8 batch: two views, one forward over both, NT-Xent, step. Returns the loss (no sync)."""
+def simclr_loss(net: SimCLRNet, augment: GPUAugment, xb: torch.Tensor, g_aug: torch.Generator | None,
+                cfg: SimCLRPretext.Config) -> torch.Tensor:
+    """The loss of one uint8 batch (the engine's step): two views, one forward over both, NT-Xent. No sync."""
     dev = xb.device
     views = conv_layout(torch.cat([augment(xb, generator=g_aug), augment(xb, generator=g_aug)]), dev)
     with autocast(dev, cfg.precision):
         _, z = net(views)
     z1, z2 = z.float().chunk(2)
-    loss = nt_xent(z1, z2, cfg.temperature, anchors=cfg.anchors)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return loss.detach()
+    return nt_xent(z1, z2, cfg.temperature, anchors=cfg.anchors)
