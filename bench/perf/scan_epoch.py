@@ -90,8 +90,12 @@ def run_epochs(dev, n, epochs, precision, compile_aug, max_steps=None):
                 float(scan_selection_loss(probs, eval_nb).min())
             sums.tolist()
             _sync(dev)
+            sec = time.perf_counter() - t
+            # printed as it happens: a run cut by a timeout still shows what it measured
+            print(f"  {phase} epoch {epoch}: {sec:.3f} s" + (" (warm-up: compile, autotune)" if epoch == 0 else ""),
+                  flush=True)
             if epoch > 0:  # epoch 0 compiles and autotunes
-                times.append(time.perf_counter() - t)
+                times.append(sec)
         out[phase] = times
         if phase == "scan":  # self-labelling continues from one head, as the method does
             net.keep_head(0)
