@@ -31,7 +31,9 @@ bf16 autocast on a GPU (``precision: fp32`` for the official arithmetic). STL-10
 ``BENCH_CHECKPOINT_S``) and a killed trial run again resumes there; the pretext stage resumes from its own.
 A batch without any confident sample gives a zero self-labelling loss (the official raises).
 
-GPU figures (one H200), the shared-pretext run and the extrapolation to the paper schedule: bench/perf/NOTES_scan.md.
+GPU figures (one H200), the shared-pretext run and the extrapolation to the paper schedule: bench/perf/NOTES_scan.md;
+the SCAN epoch's profile, its fix (no host sync in a step, compiled strong augmentation, all heads' loss at once) and
+the plan for the paper schedule across device commands: reports/scan_spice_cifar10_short/NOTES.md.
 """
 
 from __future__ import annotations
