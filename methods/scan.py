@@ -31,7 +31,9 @@ bf16 autocast on a GPU (``precision: fp32`` for the official arithmetic). STL-10
 ``BENCH_CHECKPOINT_S``) and a killed trial run again resumes there; the pretext stage resumes from its own.
 A batch without any confident sample gives a zero self-labelling loss (the official raises).
 
-GPU figures (one H200), the shared-pretext run and the extrapolation to the paper schedule: bench/perf/NOTES_scan.md.
+GPU figures (one H200), the shared-pretext run and the extrapolation to the paper schedule: bench/perf/NOTES_scan.md;
+the SCAN epoch's profile, its fix (no host sync in a step, compiled strong augmentation, all heads' loss at once) and
+the plan for the paper schedule across device commands: reports/scan_spice_cifar10_short/NOTES.md.
 """
 
 from __future__ import annotations
@@ -168,19 +170,7 @@ class SCAN(ClusteringMethod):
             sums = torch.zeros(3, device=dev)
             steps = 0
             for idx in epoch_batches(n, cfg.scan_batch_size, g_batch, dev):
-                pick = torch.randint(neighbours.shape[1], (idx.numel(),), device=dev, generator=g_nb)
-                nb_idx = neighbours[idx, pick]
-                with autocast(dev, cfg.precision):
-                    la = net(view(x_train[idx]))
-                    ln = net(view(x_train[nb_idx]))
-                total = torch.zeros((), device=dev)
-                for h in range(cfg.num_heads):
-                    t, c, e = scan_loss(la[:, h].float(), ln[:, h].float(), cfg.entropy_weight)
-                    total = total + t
-                    sums += torch.stack([t.detach(), c.detach(), e.detach()]) / cfg.num_heads
-                opt.zero_grad(set_to_none=True)
-                total.backward()
-                opt.step()
+                sums += scan_step(net, opt, x_train, neighbours, idx, view, g_nb, cfg)
                 steps += 1
             probs = self._probs(net, data.x_eval, prep, cfg, dev)  # [H, N_eval, K]
             sel = scan_selection_loss(probs, eval_nb)
@@ -208,21 +198,11 @@ class SCAN(ClusteringMethod):
                 opt.load_state_dict(resume["opt"])
             for epoch in range(first_self, cfg.selflabel_epochs + 1):
                 net.train()
-                loss_sum, conf_sum, steps = torch.zeros((), device=dev), 0, 0
+                sums, steps = torch.zeros(2, device=dev), 0  # loss, confident samples
                 for idx in epoch_batches(n, cfg.selflabel_batch_size, g_batch, dev):
-                    xb = x_train[idx]
-                    with torch.no_grad(), autocast(dev, cfg.precision):  # official: train mode, no gradient
-                        weak = net(prep(xb))[:, 0]
-                    with autocast(dev, cfg.precision):
-                        strong_logits = net(view(xb))[:, 0]
-                    loss, n_conf = confidence_ce(weak.float(), strong_logits.float(), cfg.confidence_threshold,
-                                                 cfg.class_balancing)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    loss_sum += loss.detach()
-                    conf_sum += n_conf
+                    sums += selflabel_step(net, opt, x_train[idx], prep, view, cfg)
                     steps += 1
+                loss_sum, conf_sum = sums[0], sums[1]
                 ctx.check_finite(loss_sum, f"self-labelling loss at epoch {epoch}")
                 last = epoch == cfg.selflabel_epochs
                 pred = self._probs(net, data.x_eval, prep, cfg, dev)[0].argmax(1) if last or epoch % 10 == 0 else None
@@ -245,3 +225,43 @@ class SCAN(ClusteringMethod):
         finally:
             net.train(was)
         return F.softmax(logits, dim=2).permute(1, 0, 2).contiguous()
+
+
+# The two training steps, shared with bench/perf/scan_epoch.py. Neither waits for the GPU (no .item(), no boolean
+# indexing, no host-to-device copy): a step only queues kernels, so the host runs ahead of the device.
+
+def scan_step(net: MultiHeadClassifier, opt: torch.optim.Optimizer, x_train: torch.Tensor, neighbours: torch.Tensor,
+              idx: torch.Tensor, view, g_nb: torch.Generator, cfg: SCAN.Config) -> torch.Tensor:
+    """One SCAN step: each anchor with a neighbour drawn from its mined list, both strongly augmented, each
+    through the network in its own forward pass (official: BatchNorm sees the anchors and the neighbours
+    separately), the heads' SCAN losses summed, one Adam step. Returns [total, consistency, entropy], each the
+    mean over the heads (detached, on the device)."""
+    dev = x_train.device
+    pick = torch.randint(neighbours.shape[1], (idx.numel(),), device=dev, generator=g_nb)
+    nb_idx = neighbours[idx, pick]
+    with autocast(dev, cfg.precision):
+        la = net(view(x_train[idx]))
+        ln = net(view(x_train[nb_idx]))
+    # all heads at once ([B, H, K] -> per-head [H]); the official loops over the heads, same arithmetic
+    t, c, e = scan_loss(la.float(), ln.float(), cfg.entropy_weight)
+    opt.zero_grad(set_to_none=True)
+    t.sum().backward()
+    opt.step()
+    return torch.stack([t, c, e]).detach().mean(1)
+
+
+def selflabel_step(net: MultiHeadClassifier, opt: torch.optim.Optimizer, xb: torch.Tensor, prep, view,
+                   cfg: SCAN.Config) -> torch.Tensor:
+    """One self-labelling step on a uint8 batch: targets from the un-augmented images (train mode, no gradient,
+    as the official), confidence-masked class-balanced CE on a strong view, one Adam step.
+    Returns [loss, confident samples] (detached, on the device)."""
+    dev = xb.device
+    with torch.no_grad(), autocast(dev, cfg.precision):  # official: train mode, no gradient
+        weak = net(prep(xb))[:, 0]
+    with autocast(dev, cfg.precision):
+        strong_logits = net(view(xb))[:, 0]
+    loss, n_conf = confidence_ce(weak.float(), strong_logits.float(), cfg.confidence_threshold, cfg.class_balancing)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return torch.stack([loss.detach(), n_conf])

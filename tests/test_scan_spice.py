@@ -167,11 +167,11 @@ class _Cut(Exception):
     """Stands for a kill in the middle of a trial."""
 
 
-@pytest.mark.parametrize("cut_kind,cut_call", [("scan", 20), ("self", 3)])
+@pytest.mark.parametrize("cut_kind,cut_call", [("scan", 7), ("self", 3)])
 def test_scan_killed_and_run_again_ends_like_an_uncut_run(tmp_path, monkeypatch, cut_kind, cut_call):
-    """40 train images: a SCAN epoch is 5 steps x 3 heads = 15 SCAN-loss calls, a self-labelling epoch 2 steps.
-    Cut in SCAN epoch 2 (call 20) or in self-labelling epoch 2 (call 3), with a checkpoint at every epoch end;
-    the same trial run again resumes after the last finished epoch and ends exactly as an uncut run."""
+    """40 train images: a SCAN epoch is 5 steps (one SCAN-loss call each, all heads at once), a self-labelling
+    epoch 2 steps. Cut in SCAN epoch 2 (call 7) or in self-labelling epoch 2 (call 3), with a checkpoint at every
+    epoch end; the same trial run again resumes after the last finished epoch and ends exactly as an uncut run."""
     import methods.scan as scan_mod
 
     cfg = {**SCAN_TINY, "scan_epochs": 2, "selflabel_epochs": 2, "selflabel_batch_size": 20}
@@ -197,7 +197,7 @@ def test_scan_killed_and_run_again_ends_like_an_uncut_run(tmp_path, monkeypatch,
     cut["kind"] = None
     again, again_ctx = _fit("scan", "default", cfg, tmp_path / "cut")
     # resumed, not restarted: only what was left after the last finished epoch ran again
-    assert calls == ({"scan": 15, "self": 4} if cut_kind == "scan" else {"scan": 0, "self": 2})
+    assert calls == ({"scan": 5, "self": 4} if cut_kind == "scan" else {"scan": 0, "self": 2})
     assert np.array_equal(again.labels_numpy(), uncut.labels_numpy())
 
     def untimed(curve):

@@ -126,9 +126,10 @@ _SCAN_EPS = 1e-8  # losses.py: EPS = 1e-8, the clamp of the entropy's probabilit
 
 
 def _mean_entropy(p: Tensor) -> Tensor:
-    """H(mean_i p_i) = -sum_k q_k log q_k with q = the batch mean of the rows, clamped at 1e-8 (``entropy``)."""
+    """H(mean_i p_i) = -sum_k q_k log q_k with q = the batch mean of the rows, clamped at 1e-8 (``entropy``);
+    ``p`` [N, K] -> scalar, or [N, H, K] -> [H] (one per head)."""
     q = p.mean(0).clamp_min(_SCAN_EPS)
-    return -(q * q.log()).sum()
+    return -(q * q.log()).sum(-1)
 
 
 def scan_loss(anchor_logits: Tensor, neighbour_logits: Tensor,
@@ -139,10 +140,12 @@ def scan_loss(anchor_logits: Tensor, neighbour_logits: Tensor,
     consistency = -mean_i log <p_i, p'_i> (``nn.BCELoss`` of the dot product against 1, whose log is
     clamped at -100 as torch's BCE does), entropy = H(mean_i p_i) over the anchors only, and
     total = consistency - ``entropy_weight`` x entropy (SCAN's configs: 5.0 for CIFAR/STL).
+    Logits [N, H, K] of H heads give the three per head, each [H]: the official loop over the heads in one
+    set of kernels (the same per-head arithmetic; the caller sums the heads' totals as the official does).
     """
-    p, q = F.softmax(anchor_logits, dim=1), F.softmax(neighbour_logits, dim=1)
-    similarity = (p * q).sum(1)
-    consistency = F.binary_cross_entropy(similarity, torch.ones_like(similarity))
+    p, q = F.softmax(anchor_logits, dim=-1), F.softmax(neighbour_logits, dim=-1)
+    similarity = (p * q).sum(-1)
+    consistency = F.binary_cross_entropy(similarity, torch.ones_like(similarity), reduction="none").mean(0)
     entropy = _mean_entropy(p)
     return consistency - entropy_weight * entropy, consistency, entropy
 
@@ -169,29 +172,31 @@ def scan_selection_loss(probs: Tensor, neighbours: Tensor, entropy_weight: float
 
 
 def confidence_ce(weak_logits: Tensor, strong_logits: Tensor, threshold: float = 0.99,
-                  class_balancing: bool = True) -> tuple[Tensor, int]:
-    """SCAN's self-labelling loss (``ConfidenceBasedCE``): returns (loss, number of confident samples).
+                  class_balancing: bool = True) -> tuple[Tensor, Tensor]:
+    """SCAN's self-labelling loss (``ConfidenceBasedCE``): returns (loss, number of confident samples), both
+    0-d tensors on the logits' device (no host sync: nothing here waits for the GPU).
 
     Targets = argmax softmax(weak logits) where the max probability exceeds ``threshold`` (strictly, as
     the official ``max_prob > threshold``); loss = cross-entropy of the strong view's logits on those
     samples. With ``class_balancing`` each present class c gets weight n / n_c (n confident samples,
-    n_c of class c; absent classes weight 1) and torch's weighted mean divides by the sum of the
-    targets' weights, exactly as ``F.cross_entropy(weight=...)`` in the official code.
+    n_c of class c; absent classes weight 1) and the weighted mean divides by the sum of the targets'
+    weights, exactly as ``F.cross_entropy(weight=...)`` on the masked rows in the official code (here the
+    unconfident rows get weight 0 instead of being cut out, so the shapes stay fixed).
     Deviation: the official code raises ``ValueError`` when no sample is confident; this returns a zero
     loss (with a graph, so the step is a no-op for the weights) and 0, which the caller logs.
     """
     weak = F.softmax(weak_logits.detach(), dim=1)
     max_prob, target = weak.max(1)
-    mask = max_prob > threshold
-    n = int(mask.sum())
-    if n == 0:
-        return strong_logits.sum() * 0.0, 0
-    target = target[mask]
-    weight = None
+    mask = (max_prob > threshold).to(strong_logits.dtype)
+    n = mask.sum()
     if class_balancing:
-        counts = torch.bincount(target, minlength=weak.shape[1]).to(weak.dtype)
-        weight = torch.where(counts > 0, n / counts.clamp_min(1), torch.ones_like(counts))
-    return F.cross_entropy(strong_logits[mask], target, weight=weight), n
+        counts = torch.zeros(weak.shape[1], dtype=mask.dtype, device=mask.device).index_add_(0, target, mask)
+        class_w = torch.where(counts > 0, n / counts.clamp_min(1), torch.ones_like(counts))
+        w = mask * class_w[target]
+    else:
+        w = mask
+    ce = F.cross_entropy(strong_logits, target, reduction="none")
+    return (w * ce).sum() / w.sum().clamp_min(torch.finfo(w.dtype).tiny), n.detach()
 
 
 # -- SPICE (Niu, Shan & Wang, IEEE TIP 2022; niuchuangnn/SPICE spice/model/heads/sem_head*.py) -------------------

@@ -20,12 +20,20 @@ sample; geometric ops are one nearest-neighbour affine gather with black fill (P
 images are not rounded to uint8 between ops (Equalize, Posterize and Solarize quantise their input to 256
 levels, as they need integer levels); PIL's blur for Sharpness leaves the border pixels unfiltered, which is
 done here too; random numbers come from torch's generator, so draws differ from Python's ``random``.
+
+Speed (issue 15): drawing the parameters makes no host-to-device copy (the op tables are Python scalars compared
+on the device), so a training step never waits for the GPU here; on CUDA inputs the image work (every op of
+every slot is computed for the whole batch and selected per sample, ~250 small kernels eagerly) goes through
+``torch.compile`` once per process and shape, and becomes a few fused kernels. Same output as eager
+(bench/perf/scan_epoch.py checks it on the GPU).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -68,21 +76,30 @@ class ScanAugment:
     """``ScanAugment(spec)(x, generator)``: uint8 [B, C, H, W] (H = W = spec.size, or padded-cropped to it)
     -> float32 [B, C, size, size], normalised when the spec has mean/std."""
 
-    def __init__(self, spec: ScanAugmentSpec):
+    def __init__(self, spec: ScanAugmentSpec, compile: bool = True):
         self.spec = spec
+        self.compile = compile  # CUDA inputs only; CPU inputs always run eagerly
+        self._static = _Static(spec.size, spec.n_ops, spec.cutout, spec.crop_padding,
+                               None if spec.mean is None else tuple(spec.mean),
+                               None if spec.std is None else tuple(spec.std))
 
     def sample_params(self, n: int, height: int, width: int, device, generator=None) -> dict[str, Tensor]:
         sp = self.spec
         pad = sp.crop_padding
         op = torch.randint(len(OPS), (n, sp.n_ops), device=device, generator=generator)
-        lo = torch.tensor([o[1] for o in OPS], device=device, dtype=torch.float32)
-        hi = torch.tensor([o[2] for o in OPS], device=device, dtype=torch.float32)
         u = torch.rand((n, sp.n_ops), device=device, generator=generator)
-        mag = lo[op] + u * (hi[op] - lo[op])
+        # each op's range, picked per draw with Python scalars (a torch.tensor table would be a host-to-device
+        # copy, which waits for the GPU, on every call)
+        lo, hi = torch.zeros_like(u), torch.zeros_like(u)
+        for i, (_, a, b) in enumerate(OPS):
+            hit = op == i
+            lo, hi = torch.where(hit, float(a), lo), torch.where(hit, float(b), hi)
+        mag = lo + u * (hi - lo)
         mirror = torch.rand((n, sp.n_ops), device=device, generator=generator) < 0.5
-        mirrored = torch.zeros(len(OPS), dtype=torch.bool, device=device)
-        mirrored[[_IDX[m] for m in _MIRRORED]] = True
-        mag = torch.where(mirror & mirrored[op], -mag, mag)
+        mirrored = torch.zeros_like(mirror)
+        for m in _MIRRORED:
+            mirrored = mirrored | (op == _IDX[m])
+        mag = torch.where(mirror & mirrored, -mag, mag)
         return {
             "flip": torch.rand(n, device=device, generator=generator) < sp.flip_p,
             "crop": torch.randint(0, 2 * pad + height - sp.size + 1, (n, 2), device=device, generator=generator),
@@ -96,21 +113,53 @@ class ScanAugment:
         if x.dim() != 4:
             raise BenchError(f"ScanAugment expects a [B, C, H, W] batch, got shape {tuple(x.shape)}")
         p = self.sample_params(x.shape[0], x.shape[2], x.shape[3], x.device, generator)
+        if self.compile and x.is_cuda:
+            try:  # the first call compiles; if the compiler is unusable here, run eagerly (same output), loudly
+                return _compiled_apply()(x, p, self._static)
+            except Exception as e:  # noqa: BLE001 - any compiler failure means "run eagerly"
+                warnings.warn(f"ScanAugment: torch.compile failed ({type(e).__name__}: {str(e)[:200]}); running "
+                              "the augmentation eagerly (slower, same output)", stacklevel=2)
+                self.compile = False
         return self.apply(x, p)
 
     def apply(self, x: Tensor, p: dict[str, Tensor]) -> Tensor:
-        sp = self.spec
-        y = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-        y = torch.where(p["flip"].view(-1, 1, 1, 1), y.flip(3), y)
-        y = _random_crop(y, p["crop"], sp.size, sp.crop_padding)
-        for slot in range(sp.n_ops):
-            y = _apply_ops(y, p["op"][:, slot], p["mag"][:, slot])
-        if sp.mean is not None:
-            from methods.common.augment import _normalize
-            y = _normalize(y, sp.mean, sp.std)
-        if sp.cutout > 0:
-            y = y * _cutout_mask(p["cut_len"], p["cut_yx"], sp.size, y.device).unsqueeze(1)
-        return y
+        """The image work for drawn parameters ``p`` (eager; ``__call__`` uses the compiled twin on CUDA)."""
+        return _apply(x, p, self._static)
+
+
+class _Static(NamedTuple):
+    """What the image work reads from the spec, as constants (torch.compile guards on their values)."""
+    size: int
+    n_ops: int
+    cutout: int
+    crop_padding: int
+    mean: tuple | None
+    std: tuple | None
+
+
+def _apply(x: Tensor, p: dict[str, Tensor], sp: _Static) -> Tensor:
+    y = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    y = torch.where(p["flip"].view(-1, 1, 1, 1), y.flip(3), y)
+    y = _random_crop(y, p["crop"], sp.size, sp.crop_padding)
+    for slot in range(sp.n_ops):
+        y = _apply_ops(y, p["op"][:, slot], p["mag"][:, slot])
+    if sp.mean is not None:
+        from methods.common.augment import _normalize
+        y = _normalize(y, sp.mean, sp.std)
+    if sp.cutout > 0:
+        y = y * _cutout_mask(p["cut_len"], p["cut_yx"], sp.size, y.device).unsqueeze(1)
+    return y
+
+
+_COMPILED = None
+
+
+def _compiled_apply():
+    """``torch.compile(_apply)``, made once per process (specialised per shape and spec)."""
+    global _COMPILED
+    if _COMPILED is None:
+        _COMPILED = torch.compile(_apply, dynamic=False)
+    return _COMPILED
 
 
 def _random_crop(y: Tensor, offset: Tensor, size: int, pad: int) -> Tensor:
@@ -186,7 +235,8 @@ def _equalize(yi: Tensor) -> Tensor:
 
 def _smooth(y: Tensor) -> Tensor:
     """PIL ``ImageFilter.SMOOTH`` (3x3 [[1,1,1],[1,5,1],[1,1,1]] / 13), border pixels left as they are."""
-    k = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]], device=y.device, dtype=y.dtype) / 13.0
+    k = torch.full((3, 3), 1.0 / 13.0, device=y.device, dtype=y.dtype)  # filled on the device: no copy
+    k[1, 1] = 5.0 / 13.0
     ch = y.shape[1]
     out = F.conv2d(y, k.expand(ch, 1, 3, 3), padding=1, groups=ch)
     border = torch.ones_like(y[:1, :1], dtype=torch.bool)
