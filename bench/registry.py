@@ -82,7 +82,7 @@ def _discover_methods() -> None:
 
     for mod in pkgutil.iter_modules(methods.__path__):
         if mod.ispkg or mod.name.startswith("_"):
-            continue  # methods/common, methods/engine, methods/stages hold shared parts, not methods
+            continue  # the packages (engine, stages, nn, losses, augment, cluster) hold shared parts, not methods
         importlib.import_module(f"methods.{mod.name}")
     for ep in entry_points(group="clusterbench.methods"):
         importlib.import_module(ep.value)

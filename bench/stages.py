@@ -477,7 +477,7 @@ def materialize(ctxs: list[TrialContext], request: StageRequest) -> list[dict[st
                     "run_id": ctxs[i].run_id, "owner": ctxs[i].key, "build_s": round(build_s, 3),
                     "seeds_built_together": len(missing),
                     # a batchable stage's dropout draws from one generator for the whole batch: the bytes depend on
-                    # which seeds trained together (statistically equivalent; see methods/common/autoencoder.py)
+                    # which seeds trained together (statistically equivalent; see methods/nn/autoencoder.py)
                     "built_with_seeds": [ctxs[j].seed for j in missing], "code_version": ctxs[i].code_version,
                     "curve": b.curve})
                 results[i] = out

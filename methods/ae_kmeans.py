@@ -12,9 +12,9 @@ from pydantic import Field
 
 from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, TrialContext
 from bench.registry import register_method
-from methods.common.autoencoder import AutoencoderConfig, pretrained_autoencoders, scaled_input, with_ae_defaults
-from methods.common.kmeans import kmeans
-from methods.common.train import matmul_tf32
+from methods.cluster.kmeans import kmeans
+from methods.engine.steps import matmul_tf32
+from methods.nn.autoencoder import AutoencoderConfig, pretrained_autoencoders, scaled_input, with_ae_defaults
 
 
 @register_method

@@ -42,11 +42,8 @@ from pydantic import Field
 
 from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, TrialContext
 from bench.registry import register_method
-from methods.common.augment import GPUAugment, cc_spec, resize_eval
-from methods.common.backbones import resnet
-from methods.common.heads import cluster_head, mlp_head
-from methods.common.kmeans import kmeans
-from methods.common.losses import cluster_contrastive, nt_xent
+from methods.augment.gpu import GPUAugment, cc_spec, resize_eval
+from methods.cluster.kmeans import kmeans
 from methods.engine import (
     Engine,
     EngineConfig,
@@ -58,6 +55,9 @@ from methods.engine import (
     prepare_training,
     unlabeled_images,
 )
+from methods.losses import cluster_contrastive, nt_xent
+from methods.nn.backbones import resnet
+from methods.nn.heads import cluster_head, mlp_head
 
 
 class CCNet(torch.nn.Module):

@@ -1,7 +1,7 @@
 """DEC: Deep Embedded Clustering (Xie, Girshick & Farhadi, ICML 2016).
 
 Recipe from the official Caffe code (piiswrong/dec): stacked denoising autoencoder
-d-500-500-2000-10 (methods.common.autoencoder), k-means (20 restarts) on the embedding for the
+d-500-500-2000-10 (methods.nn.autoencoder), k-means (20 restarts) on the embedding for the
 initial centres, Student's t soft assignment (alpha = 1), target distribution p = q^2/f
 (normalised), KL(P||Q) self-training of encoder and centres with SGD, the target recomputed on
 the whole dataset every ``update_interval`` iterations, stop when fewer than ``tol`` of the
@@ -28,7 +28,9 @@ from bench.context import rng_state, set_rng_state
 from bench.errors import NonFiniteLossError
 from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, TrialContext
 from bench.registry import register_method
-from methods.common.autoencoder import (
+from methods.cluster.kmeans import KMeansResult, kmeans
+from methods.engine.steps import GraphedStep, index_streams, lr_groups, matmul_tf32, sgd
+from methods.nn.autoencoder import (
     AutoencoderConfig,
     BatchedMLPAutoencoder,
     _gather,
@@ -38,8 +40,6 @@ from methods.common.autoencoder import (
     scaled_input,
     with_ae_defaults,
 )
-from methods.common.kmeans import KMeansResult, kmeans
-from methods.common.train import GraphedStep, index_streams, lr_groups, matmul_tf32, sgd
 
 
 def student_t(z: torch.Tensor, mu: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
@@ -79,7 +79,7 @@ class DEC(ClusteringMethod):
     supports_seed_batch = True
     # official code: target update every 160 iterations on MNIST, 40 on STL, 20 on Reuters; USPS (no
     # official DEC setting): 30, IDEC's DEC re-run (XifengGuo/IDEC README, `DEC.py usps --update_interval 30`).
-    # Input scaling per dataset: methods.common.autoencoder.AE_DATASET_DEFAULTS.
+    # Input scaling per dataset: methods.nn.autoencoder.AE_DATASET_DEFAULTS.
     dataset_defaults = with_ae_defaults({"mnist": {"update_interval": 160}, "stl10": {"update_interval": 40},
                                          "usps": {"update_interval": 30}})
 

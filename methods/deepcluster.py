@@ -6,10 +6,10 @@ The algorithm, one epoch (official facebookresearch/deepcluster ``main.py``; fac
 1. **Cluster.** Features of every *un-augmented* training image (official: Resize 256 + CenterCrop 224;
    here the image at ``image_size``) from the network without its classifier, in eval mode; PCA to 256
    dimensions, whitened (``eigen_power=-0.5``) and L2-normalised (``clustering.preprocess_features``,
-   :mod:`methods.common.pca`); k-means (faiss ``Clustering``: k distinct random points as seeds, 20
+   :mod:`methods.cluster.pca`); k-means (faiss ``Clustering``: k distinct random points as seeds, 20
    iterations, a new seed each epoch, every point used). An empty cluster takes a perturbed copy of a big
    cluster's centroid (faiss's ``split_clusters``, the rule of the paper's Sec. 3.3;
-   :func:`methods.common.kmeans.split_empty_clusters`).
+   :func:`methods.cluster.kmeans.split_empty_clusters`).
 2. **Re-initialise the classifier.** A new ``top_layer`` Linear(d, k), weights N(0, 0.01), bias 0, with a
    fresh SGD of its own (lr, weight decay, *no momentum*, as ``train()`` builds it every epoch).
 3. **Sample uniformly over pseudo-classes** (``util.UnifLabelSampler``, paper Sec. 3.3 "trivial
@@ -35,7 +35,7 @@ Deviations for CIFAR-10, each commented at its default:
   clustered features are its 512-d pooled output (AlexNet's were the 4096-d fc7 after ReLU; the ResNet
   has no fc MLP, so no dropout either). The Sobel input layer (``--sobel`` in the official ``main.sh``)
   is kept.
-* k-means runs in torch on the GPU (:mod:`methods.common.kmeans`) with faiss's init, iteration count and
+* k-means runs in torch on the GPU (:mod:`methods.cluster.kmeans`) with faiss's init, iteration count and
   empty-cluster rule; the random draws differ from faiss's.
 * The official sampler's indices are original image ids while its ``ReassignedDataset`` is indexed by
   position in the cluster-grouped list, so each drawn image keeps its own pseudo-label but the draw is not
@@ -60,10 +60,9 @@ from pydantic import Field
 
 from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, TrialContext
 from bench.registry import register_method
-from methods.common.augment import NORMALIZATION, AugmentSpec, GPUAugment, resize_eval
-from methods.common.backbones import Sobel, build_backbone
-from methods.common.kmeans import KMeansResult, kmeans
-from methods.common.pca import PCAWhitening, fit_pca_whitening
+from methods.augment.gpu import NORMALIZATION, AugmentSpec, GPUAugment, resize_eval
+from methods.cluster.kmeans import KMeansResult, kmeans
+from methods.cluster.pca import PCAWhitening, fit_pca_whitening
 from methods.engine import (
     Engine,
     EngineConfig,
@@ -73,6 +72,7 @@ from methods.engine import (
     eval_pass,
     prepare_training,
 )
+from methods.nn.backbones import Sobel, build_backbone
 
 
 class DeepClusterNet(torch.nn.Module):

@@ -16,7 +16,7 @@ Recipe from the official code (herandy/DEPICT, DEPICT.py + functions.py, Theano/
   layer-wise term and the clustering cross-entropy see differently corrupted inputs.
 * Initial labels, per dataset as the official ``functions.clustering``: k-means (k-means++, 40
   restarts) on the clean embedding for MNIST-full (and FRGC, YTF, CMU-PIE), AC-PIC
-  (methods.common.acpic) for every other dataset, USPS among them. The softmax head is initialised
+  (methods.cluster.acpic) for every other dataset, USPS among them. The softmax head is initialised
   with the L2-normalised centroids (k-means centres, or the AC-PIC clusters' means; bias 0) and
   pre-fitted with cross-entropy to those labels plus reconstruction (fresh Adam 1e-4, <= 1,000
   epochs, stop after 5 epochs without a better NMI between the held-out predictions and their
@@ -45,9 +45,9 @@ from bench.errors import BenchError
 from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, MethodConfig, TrialContext
 from bench.registry import register_method
 from bench.stages import StageRequest
-from methods.common.acpic import acpic
-from methods.common.kmeans import kmeans
-from methods.common.train import GraphedStep, adam, matmul_tf32
+from methods.cluster.acpic import acpic
+from methods.cluster.kmeans import kmeans
+from methods.engine.steps import GraphedStep, adam, matmul_tf32
 
 
 def _deconv_output_padding(n_out: int, n_in: int, k: int, s: int, p: int) -> int:

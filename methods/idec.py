@@ -10,7 +10,7 @@ training stops when fewer than ``tol`` of the labels changed since the previous 
 momentum 0.99, interval 30. Batch 256, tol 0.001, max 20,000 iterations.
 
 The official code loads DEC's Caffe-pretrained stacked autoencoder; here it is the shared cached
-stage (methods.common.autoencoder), the same recipe and, for the same seed, the same weights DEC
+stage (methods.nn.autoencoder), the same recipe and, for the same seed, the same weights DEC
 and AE + k-means use. The self-training loop is DEC's (``DEC.cluster``), seeds batched likewise.
 """
 
@@ -23,9 +23,9 @@ from pydantic import Field
 
 from bench.method import ClusteringData, ClusterOutput, TrialContext
 from bench.registry import register_method
-from methods.common.autoencoder import pretrained_autoencoders, scaled_input, with_ae_defaults
-from methods.common.train import adam, sgd
 from methods.dec import DEC
+from methods.engine.steps import adam, sgd
+from methods.nn.autoencoder import pretrained_autoencoders, scaled_input, with_ae_defaults
 
 
 @register_method
@@ -42,7 +42,7 @@ class IDEC(DEC):
     supports_seed_batch = True
     # official README commands: MNIST Adam + interval 140; USPS SGD(0.1, 0.99) + interval 30;
     # REUTERSIDF10K SGD(0.1, 0.99) + interval 3
-    # (input scaling per dataset: methods.common.autoencoder.AE_DATASET_DEFAULTS; USPS x 2/255 = the
+    # (input scaling per dataset: methods.nn.autoencoder.AE_DATASET_DEFAULTS; USPS x 2/255 = the
     # official raw .jf values, which SGD(0.1, 0.99) was tuned on)
     dataset_defaults = with_ae_defaults({
         "mnist": {"optimizer": "adam", "lr": 0.001, "update_interval": 140},

@@ -32,10 +32,8 @@ from pydantic import Field
 
 from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, TrialContext
 from bench.registry import register_method
-from methods.common.augment import GPUAugment, idfd_spec, resize_eval
-from methods.common.backbones import resnet
-from methods.common.kmeans import kmeans
-from methods.common.losses import feature_decorrelation, feature_orthogonality, instance_discrimination
+from methods.augment.gpu import GPUAugment, idfd_spec, resize_eval
+from methods.cluster.kmeans import kmeans
 from methods.engine import (
     Engine,
     EngineConfig,
@@ -48,6 +46,8 @@ from methods.engine import (
     eval_pass,
     prepare_training,
 )
+from methods.losses import feature_decorrelation, feature_orthogonality, instance_discrimination
+from methods.nn.backbones import resnet
 
 
 class IDFDNet(torch.nn.Module):

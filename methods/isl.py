@@ -9,7 +9,7 @@ CIFAR (facts, not code; claims.md §11): ``rounds`` = 4 rounds, each of three st
    towards its whole neighbourhood: L = -log sum_{j in A(i)} p_ij with A(i) = {i} + neighbours
    (L_inst when A(i) = {i}, L_aff otherwise), plus hp_loss_weight = 0.5 x KL(p_i || p_hp), p_hp the
    softmax over the memory of the *hard positive* (the neighbour most similar to i in the memory);
-   summed over the batch and divided by the batch size (:func:`methods.common.losses.isl_loss`).
+   summed over the batch and divided by the batch size (:func:`methods.losses.isl_loss`).
 2. **GAN** (at most ``gan_epochs`` = 200, stopped by the official ``stop_train_GAN`` rule on the generator
    loss): with the backbone frozen (eval mode), a triplet (a, p, n) = (feature of the augmented image, its
    memory entry, the most similar of 4,096 sampled non-neighbours). The generator G (MLP 384-256-128-128,
@@ -33,7 +33,7 @@ commented at its default:
   weighted-kNN *test accuracy* every 5 backbone epochs, i.e. on labels. Here it is stepped on the mean
   backbone loss of those 5 epochs (mode "min"), label-free.
 * Train split only (50,000 images for CIFAR-10), as the official code; evaluated on the same images.
-* ResNet-18 with the CIFAR stem from methods/common/backbones.py (the official ``cifar_resnet18`` is the
+* ResNet-18 with the CIFAR stem from methods/nn/backbones.py (the official ``cifar_resnet18`` is the
   same layout), fc -> 128, L2-normalised.
 * Every epoch of any stage is one epoch of :class:`methods.engine.Engine` (one curve row, numbered across
   rounds and stages); :class:`Rounds` decides which stage's pass runs and when a stage ends, and saves the
@@ -53,11 +53,11 @@ from pydantic import Field
 
 from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, TrialContext
 from bench.registry import register_method
-from methods.common.augment import NORMALIZATION, AugmentSpec, GPUAugment, resize_eval
-from methods.common.backbones import build_backbone
-from methods.common.kmeans import kmeans
-from methods.common.losses import isl_loss
+from methods.augment.gpu import NORMALIZATION, AugmentSpec, GPUAugment, resize_eval
+from methods.cluster.kmeans import kmeans
 from methods.engine import Engine, EngineConfig, Hook, MemoryBankHook, autocast, eval_pass, prepare_training
+from methods.losses import isl_loss
+from methods.nn.backbones import build_backbone
 
 
 class ISLNet(torch.nn.Module):

@@ -12,7 +12,7 @@ from pydantic import Field, field_validator
 from bench.errors import BenchError
 from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, MethodConfig, TrialContext
 from bench.registry import register_method
-from methods.common.kmeans import kmeans
+from methods.cluster.kmeans import kmeans
 
 
 @register_method

@@ -13,10 +13,10 @@ not code):
   L2-normalised centroids (prototypes) and a concentration phi per prototype:
   phi = mean ||v - c|| / log(Z + alpha), alpha = 10, a cluster of <= 1 point gets the largest phi, phi
   clipped to its 10th/90th percentiles and scaled to mean = temperature
-  (:func:`methods.common.losses.concentration`).
+  (:func:`methods.losses.concentration`).
 * **M-step** (every step): L = InfoNCE(q, k, queue) + (1/M) sum_m ProtoNCE_m, where ProtoNCE_m contrasts
   q with the positive prototypes of the batch and r sampled negative prototypes, each scaled by its phi
-  (:func:`methods.common.losses.proto_nce`, official quirks kept and described there).
+  (:func:`methods.losses.proto_nce`, official quirks kept and described there).
 * **Optimiser.** SGD lr 0.03, momentum 0.9, weight decay 1e-4, batch 256, 200 epochs; PCL v2 (the
   default here, the official README's ``--mlp --aug-plus --cos``): cosine lr, MoCo v2 augmentation
   (RandomResizedCrop scale 0.2-1, ColorJitter(0.4, 0.4, 0.4, 0.1) p 0.8, grayscale 0.2, Gaussian blur
@@ -60,12 +60,12 @@ from pydantic import Field, model_validator
 
 from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, TrialContext
 from bench.registry import register_method
-from methods.common.augment import NORMALIZATION, AugmentSpec, GPUAugment, resize_eval
-from methods.common.backbones import build_backbone
-from methods.common.heads import mlp_head
-from methods.common.kmeans import kmeans
-from methods.common.losses import concentration, info_nce_queue, proto_nce
+from methods.augment.gpu import NORMALIZATION, AugmentSpec, GPUAugment, resize_eval
+from methods.cluster.kmeans import kmeans
 from methods.engine import Engine, EngineConfig, Hook, LrScheduleHook, Priority, TargetUpdateHook, autocast, eval_pass
+from methods.losses import concentration, info_nce_queue, proto_nce
+from methods.nn.backbones import build_backbone
+from methods.nn.heads import mlp_head
 
 
 class SplitBatchNorm(torch.nn.BatchNorm2d):

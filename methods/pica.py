@@ -38,9 +38,7 @@ from pydantic import Field
 
 from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, TrialContext
 from bench.registry import register_method
-from methods.common.augment import NORMALIZATION, GPUAugment, channel_mean_std, pica_spec, resize_eval
-from methods.common.backbones import Sobel, resnet
-from methods.common.losses import pica_pui
+from methods.augment.gpu import NORMALIZATION, GPUAugment, channel_mean_std, pica_spec, resize_eval
 from methods.engine import (
     Engine,
     EngineConfig,
@@ -52,6 +50,8 @@ from methods.engine import (
     prepare_training,
     unlabeled_images,
 )
+from methods.losses import pica_pui
+from methods.nn.backbones import Sobel, resnet
 
 
 class PICANet(torch.nn.Module):

@@ -8,7 +8,7 @@ selflabel.py, configs/{pretext,scan,selflabel}/*_cifar10.yml, losses/losses.py; 
    L2-normalised 128-d pretext features, the image itself included (``topk + 1``); top-5 on the eval split.
 3. **SCAN step**: the pretext backbone + linear cluster heads; every anchor is paired with a neighbour drawn
    uniformly from its 21 (itself included), both strongly augmented (flip, crop, 4 random RandAugment ops,
-   Cutout: :mod:`methods.common.strong_augment`), each through the network in its own forward pass; loss per
+   Cutout: :mod:`methods.augment.strong`), each through the network in its own forward pass; loss per
    head = -mean log <p(anchor), p(neighbour)> - 5 x H(mean p(anchor)) (:func:`scan_loss`), summed over the heads;
    the whole network is updated (``update_cluster_head_only: False``); Adam lr 1e-4, wd 1e-4, constant,
    50 epochs (CIFAR-10; 100 for CIFAR-100-20 and STL-10), batch 128 (CIFAR-100-20: 512), drop_last.
@@ -46,11 +46,11 @@ from bench.context import rng_state, set_rng_state
 from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, TrialContext
 from bench.registry import register_method
 from bench.stages import StageRequest
-from methods.common.augment import NORMALIZATION, resize_eval
-from methods.common.heads import MultiHeadClassifier
-from methods.common.losses import confidence_ce, scan_loss, scan_selection_loss
-from methods.common.strong_augment import ScanAugment, ScanAugmentSpec
+from methods.augment.gpu import NORMALIZATION, resize_eval
+from methods.augment.strong import ScanAugment, ScanAugmentSpec
 from methods.engine import autocast, conv_layout, epoch_batches, eval_pass
+from methods.losses import confidence_ce, scan_loss, scan_selection_loss
+from methods.nn.heads import MultiHeadClassifier
 from methods.stages.neighbours import MineNeighbours
 from methods.stages.simclr_pretext import PretextFields, load_pretext
 

@@ -38,7 +38,7 @@ from pydantic import Field
 from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, MethodConfig, TrialContext
 from bench.registry import register_method
 from bench.stages import StageRequest
-from methods.common.kmeans import kmeans
+from methods.cluster.kmeans import kmeans
 from methods.engine import unlabeled_images
 from methods.stages.simclr_pretext import SimCLRPretext, load_pretext, pretext_features
 

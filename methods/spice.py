@@ -53,12 +53,12 @@ from bench.errors import BenchError
 from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, TrialContext
 from bench.registry import register_method
 from bench.stages import StageRequest
-from methods.common.augment import NORMALIZATION, resize_eval
-from methods.common.backbones import resnet
-from methods.common.heads import MultiHeadClassifier, mlp_head
-from methods.common.losses import fixmatch_loss, spice_prototype_labels, spice_reliable_labels
-from methods.common.strong_augment import ScanAugment, ScanAugmentSpec
+from methods.augment.gpu import NORMALIZATION, resize_eval
+from methods.augment.strong import ScanAugment, ScanAugmentSpec
 from methods.engine import autocast, conv_layout, eval_pass
+from methods.losses import fixmatch_loss, spice_prototype_labels, spice_reliable_labels
+from methods.nn.backbones import resnet
+from methods.nn.heads import MultiHeadClassifier, mlp_head
 from methods.stages.neighbours import MineNeighbours
 from methods.stages.simclr_pretext import PretextFields, load_pretext
 

@@ -1,4 +1,4 @@
-"""AC-PIC (methods.common.acpic, DEPICT's official initial clustering on USPS) equals a literal
+"""AC-PIC (methods.cluster.acpic, DEPICT's official initial clustering on USPS) equals a literal
 implementation of the algorithm: dense N x N graph, every pair of clusters, explicit inverses of
 (I - z P) as the official gactoolbox port computes them."""
 
@@ -10,7 +10,7 @@ import torch
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
-from methods.common.acpic import acpic, knn_graph
+from methods.cluster.acpic import acpic, knn_graph
 
 
 def dense_reference(x: np.ndarray, n_clusters: int, k: int = 20, a: float = 1.0, z: float = 0.01) -> np.ndarray:

@@ -13,15 +13,15 @@ from bench.method import ClusteringData
 from bench.metrics import evaluate
 from bench.registry import get_method, resolve_config
 from bench.stages import StageRequest, StageStore
-from methods.common.autoencoder import (
+from methods.dec import student_t, target_distribution
+from methods.depict import DepictAutoencoder, frequency_normalised
+from methods.engine.steps import IndexStream, SeedIndexStreams
+from methods.nn.autoencoder import (
     BatchedMLPAutoencoder,
     MLPAutoencoder,
     pretrain_stacked_batched,
     pretrained_autoencoders,
 )
-from methods.common.train import IndexStream, SeedIndexStreams
-from methods.dec import student_t, target_distribution
-from methods.depict import DepictAutoencoder, frequency_normalised
 from methods.stages.sdae import StackedDenoisingAutoencoder as SDAE
 
 # Tiny blobs with 40-iteration stages: the Caffe solver details (Euclidean loss x 1/2, burn-in, file order,
@@ -92,8 +92,8 @@ def _ops_per_step(n_seeds: int, layer: int | None) -> list[str]:
     batch: a greedy denoising layer (``layer``) or the end-to-end fine-tuning (None), solver as the recipe."""
     from torch.profiler import ProfilerActivity, profile
 
-    from methods.common.autoencoder import denoising_layer_loss, reconstruction_loss
-    from methods.common.train import GraphedStep, SequentialIndexStreams, lr_groups, sgd
+    from methods.engine.steps import GraphedStep, SequentialIndexStreams, lr_groups, sgd
+    from methods.nn.autoencoder import denoising_layer_loss, reconstruction_loss
 
     cpu = torch.device("cpu")
     x = torch.rand(300, 24)
@@ -278,7 +278,7 @@ def _caffe_sgd(w0: torch.Tensor, grads: list[torch.Tensor], lr: float, momentum:
 
 @pytest.mark.parametrize("burnin", [0, 5, 50])
 def test_graphed_step_momentum_burnin_bias_lr_and_reset_follow_caffes_solver(burnin):
-    from methods.common.train import GraphedStep, burnin_momentum, lr_groups, sgd
+    from methods.engine.steps import GraphedStep, burnin_momentum, lr_groups, sgd
 
     g = torch.Generator().manual_seed(burnin)
     grads_w = [torch.randn(3, 4, generator=g) for _ in range(30)]
@@ -313,7 +313,7 @@ def test_graphed_step_momentum_burnin_bias_lr_and_reset_follow_caffes_solver(bur
 
 
 def test_sequential_streams_walk_the_data_in_order_and_wrap():
-    from methods.common.train import SequentialIndexStreams
+    from methods.engine.steps import SequentialIndexStreams
 
     s = SequentialIndexStreams(10, 4, n_seeds=2, device=torch.device("cpu"))
     rows = [s.next() for _ in range(3)]
@@ -322,7 +322,7 @@ def test_sequential_streams_walk_the_data_in_order_and_wrap():
 
 
 def test_pretraining_loss_is_caffes_half_mse(tmp_path):
-    from methods.common.autoencoder import reconstruction_loss
+    from methods.nn.autoencoder import reconstruction_loss
 
     model = BatchedMLPAutoencoder.initial([6, 5, 2], 0.1, [0])
     x, idx = torch.rand(20, 6), torch.arange(8)[None]
@@ -335,7 +335,7 @@ def test_pretraining_loss_is_caffes_half_mse(tmp_path):
 def test_per_seed_mse_and_batched_backward_give_the_textbook_values_bit_for_bit():
     """The launch-saving forms (one mse_loss kernel, back-propagating a ones vector) change no bit: the loss and
     the gradient equal those of ``(a - b).pow(2).mean()`` per seed, back-propagated through ``loss.sum()``."""
-    from methods.common.autoencoder import per_seed_mse
+    from methods.nn.autoencoder import per_seed_mse
 
     g = torch.Generator().manual_seed(0)
     a0, b = torch.randn(3, 64, 50, generator=g), torch.randn(3, 64, 50, generator=g)

@@ -13,9 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from methods.common.kmeans import FAISS_SPLIT_EPS, kmeans, split_empty_clusters
-from methods.common.losses import concentration, info_nce_queue, proto_nce
-from methods.common.pca import fit_pca_whitening
+from methods.cluster.kmeans import FAISS_SPLIT_EPS, kmeans, split_empty_clusters
+from methods.cluster.pca import fit_pca_whitening
+from methods.losses import concentration, info_nce_queue, proto_nce
 
 EPS = FAISS_SPLIT_EPS
 

@@ -143,7 +143,7 @@ def test_pica_heads_and_sobel(tmp_path):
 
 def test_pica_normalises_each_dataset_with_its_own_mean_std(tmp_path):
     """Official configs set tfm_means/tfm_stds per dataset; other datasets use their training images' own."""
-    from methods.common.augment import NORMALIZATION, channel_mean_std
+    from methods.augment.gpu import NORMALIZATION, channel_mean_std
 
     assert resolve_config("pica", dataset="cifar100-20").normalization == "cifar100_pica"
     assert resolve_config("pica", dataset="stl10").normalization == "imagenet"

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
 from bench.errors import BenchError
-from methods.common import losses as L
-from methods.common.augment import (
+from methods import losses as L
+from methods.augment.gpu import (
     NORMALIZATION,
     AugmentSpec,
     GPUAugment,
@@ -26,8 +26,8 @@ from methods.common.augment import (
     sample_crop_boxes,
     simclr_spec,
 )
-from methods.common.backbones import resnet
-from methods.common.heads import cluster_head, mlp_head
+from methods.nn.backbones import resnet
+from methods.nn.heads import cluster_head, mlp_head
 
 
 def _images(n=6, c=3, h=32, w=32, seed=0):

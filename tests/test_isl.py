@@ -18,7 +18,7 @@ from bench.data import load_dataset
 from bench.method import ClusteringData
 from bench.metrics import evaluate
 from bench.registry import get_method, resolve_config
-from methods.common.losses import isl_loss
+from methods.losses import isl_loss
 
 TINY = {"backbone": "tiny_cnn", "image_size": 8, "rounds": 1, "backbone_epochs": 2, "gan_epochs": 3,
         "mining_epochs": 2, "sample_negatives": 64, "batch_size": 128, "kmeans_n_init": 2}

@@ -5,7 +5,7 @@ from sklearn.cluster import KMeans as SKKMeans
 from sklearn.datasets import load_digits, make_blobs
 
 from bench.metrics import cluster_acc
-from methods.common.kmeans import kmeans
+from methods.cluster.kmeans import kmeans
 
 
 def test_recovers_separated_blobs():

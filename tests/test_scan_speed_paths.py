@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from methods.common import losses as L
+from methods import losses as L
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -65,9 +65,9 @@ def test_sync_free_confidence_ce_equals_the_official_masked_ce(seed, threshold, 
 def test_scan_and_selflabel_steps_never_read_the_device(monkeypatch):
     """On a GPU a host read (.item(), bool(), a Python list turned into a device tensor) waits for every queued
     kernel; the steps must not make one. On this CPU run every such read raises."""
-    from methods.common.backbones import tiny_cnn
-    from methods.common.heads import MultiHeadClassifier
-    from methods.common.strong_augment import ScanAugment, ScanAugmentSpec
+    from methods.augment.strong import ScanAugment, ScanAugmentSpec
+    from methods.nn.backbones import tiny_cnn
+    from methods.nn.heads import MultiHeadClassifier
     from methods.scan import SCAN, scan_step, selflabel_step
 
     cfg = SCAN.Config(num_heads=3, precision="fp32", confidence_threshold=0.2)

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from methods.common import losses as L
-from methods.common.neighbours import mine_neighbours
+from methods import losses as L
+from methods.cluster.neighbours import mine_neighbours
 
 
 def _logits(probs):

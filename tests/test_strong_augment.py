@@ -10,7 +10,7 @@ import PIL.ImageOps
 import pytest
 import torch
 
-from methods.common.strong_augment import _IDX, OPS, ScanAugment, ScanAugmentSpec
+from methods.augment.strong import _IDX, OPS, ScanAugment, ScanAugmentSpec
 
 # SCAN's data/augment.py ops written with PIL, the sign already drawn (random_mirror)
 _PIL = {

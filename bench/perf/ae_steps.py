@@ -4,7 +4,7 @@
 
 For S = 1 and S = 10 seeds batched into one model, it times one CUDA-graph-replayed step of each stage of
 DEC's autoencoder recipe (layer-wise pretraining of layers 1-4, end-to-end fine-tuning) exactly as
-``methods.common.autoencoder`` trains it (fused SGD with Caffe's bias lr x 2, loss x 0.5, dropout 0.2,
+``methods.nn.autoencoder`` trains it (fused SGD with Caffe's bias lr x 2, loss x 0.5, dropout 0.2,
 data in order, TF32 on), on random data of MNIST's shape, and splits it into parts, each timed alone as
 its own CUDA graph of the same shapes:
 
@@ -28,8 +28,8 @@ import time
 
 import torch
 
-from methods.common.autoencoder import BatchedMLPAutoencoder, denoising_layer_loss, reconstruction_loss
-from methods.common.train import GraphedStep, SequentialIndexStreams, lr_groups, sgd
+from methods.engine.steps import GraphedStep, SequentialIndexStreams, lr_groups, sgd
+from methods.nn.autoencoder import BatchedMLPAutoencoder, denoising_layer_loss, reconstruction_loss
 
 DIMS = [784, 500, 500, 2000, 10]
 BATCH = 256

@@ -30,7 +30,7 @@ real data needed: every step costs the same for any pixel values). Timed, on one
 ``img/s`` counts input samples once: B per full step (each yields two views), 2B per bare(2B) step
 and B per bare(B) step, so ``full img/s x 2`` is the backbone's image rate inside the full step.
 Each variant runs eagerly and, unless ``--no-graph``, as a CUDA graph replayed per step
-(methods.common.train.GraphedStep, the path the methods use). Times are CUDA-event medians over
+(methods.engine.steps.GraphedStep, the path the methods use). Times are CUDA-event medians over
 ``--repeats`` runs of ``--steps`` steps after warm-up; peak memory is torch's max allocated per variant.
 """
 
@@ -45,11 +45,11 @@ import time
 
 import torch
 
-from methods.common.augment import GPUAugment, _augment_images, _compiled_augment, cc_spec
-from methods.common.backbones import resnet
-from methods.common.heads import cluster_head, mlp_head
-from methods.common.losses import cluster_contrastive, nt_xent
-from methods.common.train import GraphedStep, IndexStream
+from methods.augment.gpu import GPUAugment, _augment_images, _compiled_augment, cc_spec
+from methods.engine.steps import GraphedStep, IndexStream
+from methods.losses import cluster_contrastive, nt_xent
+from methods.nn.backbones import resnet
+from methods.nn.heads import cluster_head, mlp_head
 
 
 def _time(step, steps: int, repeats: int, warmup: int) -> float:

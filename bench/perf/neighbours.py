@@ -6,11 +6,11 @@
 Data: random Gaussian features (the cost does not depend on the values), float32 on the device.
 Timed (CUDA-synchronised wall clock, median of ``--repeats`` after one warm-up):
 
-* ``mine``: :func:`methods.common.neighbours.mine_neighbours` (cosine on L2-normalised rows, top-(k+1) with
+* ``mine``: :func:`methods.cluster.neighbours.mine_neighbours` (cosine on L2-normalised rows, top-(k+1) with
   the sample itself, as SCAN's faiss ``IndexFlatIP`` search), at the default chunk and at ``--chunks``.
 * ``check``: 512 random query rows against a float64 brute force over all N: the same neighbour sets
   (exact search; ties aside) and similarities within 1e-5.
-* ``kmeans``: :func:`methods.common.kmeans.kmeans` with one k-means++ init and at most ``--iters`` Lloyd
+* ``kmeans``: :func:`methods.cluster.kmeans.kmeans` with one k-means++ init and at most ``--iters`` Lloyd
   iterations (tol 0, so every run does all of them): time per init, per Lloyd iteration and for the
   k-means++ seeding alone, for each K in ``--clusters``.
 """
@@ -26,8 +26,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from methods.common.kmeans import kmeans, kmeans_plusplus
-from methods.common.neighbours import mine_neighbours
+from methods.cluster.kmeans import kmeans, kmeans_plusplus
+from methods.cluster.neighbours import mine_neighbours
 
 
 def _timed(fn, repeats: int) -> tuple[float, object]:

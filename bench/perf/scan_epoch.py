@@ -29,11 +29,11 @@ import torch
 
 
 def _setup(dev: torch.device, n: int, precision: str, compile_aug: bool):
-    from methods.common.augment import NORMALIZATION, resize_eval
-    from methods.common.backbones import resnet
-    from methods.common.heads import MultiHeadClassifier
-    from methods.common.strong_augment import ScanAugment, ScanAugmentSpec
+    from methods.augment.gpu import NORMALIZATION, resize_eval
+    from methods.augment.strong import ScanAugment, ScanAugmentSpec
     from methods.engine import conv_layout, prepare_training
+    from methods.nn.backbones import resnet
+    from methods.nn.heads import MultiHeadClassifier
     from methods.scan import SCAN
 
     cfg = SCAN.Config(precision=precision)
@@ -62,8 +62,8 @@ def _sync(dev):
 
 
 def run_epochs(dev, n, epochs, precision, compile_aug, max_steps=None):
-    from methods.common.losses import scan_selection_loss
     from methods.engine import epoch_batches
+    from methods.losses import scan_selection_loss
     from methods.scan import SCAN, scan_step, selflabel_step
 
     cfg, g, x, nbrs, net, strong, view, prep = _setup(dev, n, precision, compile_aug)
@@ -105,9 +105,9 @@ def run_epochs(dev, n, epochs, precision, compile_aug, max_steps=None):
 
 
 def check_no_sync_and_compiled_equal(state) -> list[str]:
-    from methods.common.backbones import resnet
-    from methods.common.heads import MultiHeadClassifier
     from methods.engine import epoch_batches
+    from methods.nn.backbones import resnet
+    from methods.nn.heads import MultiHeadClassifier
     from methods.scan import scan_step
 
     cfg, g, x, nbrs, net, strong, view, prep, _ = state
@@ -115,7 +115,7 @@ def check_no_sync_and_compiled_equal(state) -> list[str]:
     lines = []
     p = strong.sample_params(128, 32, 32, dev, g)
     xb = x[:128]
-    from methods.common.strong_augment import _compiled_apply
+    from methods.augment.strong import _compiled_apply
     eager, comp = strong.apply(xb, p), _compiled_apply()(xb, p, strong._static)
     diff = (eager - comp).abs()
     lines.append(f"compiled vs eager augmentation (same draws, 128 images): max|diff| {diff.max().item():.2e}, "

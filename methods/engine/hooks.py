@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from bench.errors import BenchError
-from methods.common.losses import update_memory
+from methods.losses import update_memory
 
 if TYPE_CHECKING:
     from methods.engine.engine import Engine

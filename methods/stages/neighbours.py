@@ -4,7 +4,7 @@ SCAN (simclr.py, end of pretext training): features of the un-augmented train im
 model's L2-normalised 128-d projection, exact inner-product search (faiss ``IndexFlatIP``) for the top
 ``k + 1`` with the sample itself included; the same on the val split with k = 5, used only for the
 label-free head/epoch selection. SPICE's local consistency takes 100 neighbours in its 512-d backbone
-embedding (``features: backbone``). The search is :func:`methods.common.neighbours.mine_neighbours`
+embedding (``features: backbone``). The search is :func:`methods.cluster.neighbours.mine_neighbours`
 (exact, chunked, on the trial's device).
 
 Artifacts: ``train`` [N_train, k + 1] and, when ``eval_k > 0`` and the eval split differs, ``eval``
@@ -20,7 +20,7 @@ from pydantic import Field
 from bench.context import TrialContext
 from bench.method import ClusteringData
 from bench.stages import Stage, StageConfig, register_stage
-from methods.common.neighbours import mine_neighbours
+from methods.cluster.neighbours import mine_neighbours
 
 
 @register_stage

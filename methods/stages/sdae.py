@@ -1,8 +1,8 @@
 """The stacked denoising autoencoder of DEC/IDEC (d-500-500-2000-10), pretrained once per seed and data and
 shared by AE + k-means, DEC and IDEC (ClustPy's fairness device: the three start from the same weights).
 
-Recipe: DEC's official Caffe scripts (piiswrong/dec, dec/pretrain.py), see methods/common/autoencoder.py for the
-training code and each Caffe detail at its default in :class:`methods.common.autoencoder.AutoencoderConfig`.
+Recipe: DEC's official Caffe scripts (piiswrong/dec, dec/pretrain.py), see methods/nn/autoencoder.py for the
+training code and each Caffe detail at its default in :class:`methods.nn.autoencoder.AutoencoderConfig`.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class StackedDenoisingAutoencoder(Stage):
                     ctxs: list[TrialContext]) -> list[dict[str, Any] | BaseException]:
         """Greedy layer-wise denoising pretraining then end-to-end fine-tuning of every seed at once. A seed masked
         out by ``ctx.fail`` (non-finite loss) gets its failure, never its garbage weights."""
-        from methods.common.autoencoder import pretrain_stacked_batched, scaled_input
+        from methods.nn.autoencoder import pretrain_stacked_batched, scaled_input
 
         x = scaled_input(data.x_train, self.config.input_scale, ctxs[0].device)
         ckpt = TrialContext.batch_checkpointer(ctxs, "sdae")  # progress, resumed by the next build of these keys

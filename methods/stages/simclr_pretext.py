@@ -35,10 +35,7 @@ from pydantic import Field
 from bench.context import TrialContext
 from bench.method import ClusteringData, MethodConfig
 from bench.stages import Stage, StageConfig, StageRequest, register_stage
-from methods.common.augment import NORMALIZATION, GPUAugment, resize_eval, simclr_spec
-from methods.common.backbones import resnet
-from methods.common.heads import mlp_head
-from methods.common.losses import nt_xent
+from methods.augment.gpu import NORMALIZATION, GPUAugment, resize_eval, simclr_spec
 from methods.engine import (
     Engine,
     EngineConfig,
@@ -49,6 +46,9 @@ from methods.engine import (
     prepare_training,
     unlabeled_images,
 )
+from methods.losses import nt_xent
+from methods.nn.backbones import resnet
+from methods.nn.heads import mlp_head
 
 
 class SimCLRNet(torch.nn.Module):

@@ -13,7 +13,7 @@ The loss closure must read every tensor it uses through stable storage (update t
 with ``copy_``), because a graph replays fixed addresses.
 
 Seed batching: a closure may train S independent models at once (weights stacked on a leading seed
-axis, see ``methods.common.autoencoder.BatchedMLPAutoencoder``). It then returns the S per-seed
+axis, see ``methods.nn.autoencoder.BatchedMLPAutoencoder``). It then returns the S per-seed
 losses as a vector; the step back-propagates their sum, which gives every seed exactly the gradient
 of its own loss (parameters are disjoint), and the running loss is kept per seed.
 :class:`SeedIndexStreams` draws the ``[S, batch]`` indices, each seed from its own generator.

@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from methods.stages.sdae import StackedDenoisingAutoencoder
 
     SDAEConfig = StackedDenoisingAutoencoder.Config
-from methods.common.train import (
+from methods.engine.steps import (
     GraphedStep,
     SeedIndexStreams,
     SequentialIndexStreams,

@@ -144,7 +144,7 @@ def _apply(x: Tensor, p: dict[str, Tensor], sp: _Static) -> Tensor:
     for slot in range(sp.n_ops):
         y = _apply_ops(y, p["op"][:, slot], p["mag"][:, slot])
     if sp.mean is not None:
-        from methods.common.augment import _normalize
+        from methods.augment.gpu import _normalize
         y = _normalize(y, sp.mean, sp.std)
     if sp.cutout > 0:
         y = y * _cutout_mask(p["cut_len"], p["cut_yx"], sp.size, y.device).unsqueeze(1)

@@ -1,0 +1,1 @@
+"""Augmentations on the GPU: SimCLR/CC-style views (gpu) and RandAugment + Cutout (strong)."""

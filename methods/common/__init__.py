@@ -1,1 +1,0 @@
-"""Pieces shared by several methods. Each lives here once; methods import them."""

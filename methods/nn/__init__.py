@@ -1,0 +1,1 @@
+"""Network parts shared by methods: backbones, heads, the autoencoders."""
