@@ -104,12 +104,13 @@ def plan_suite(suite: SuiteSpec, store: ResultStore, data_root: Path, *, force: 
 
     code = code or code_version()
     run_id = run_id or f"{suite.name}-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
-    md5s = {}
-    for ds in suite.datasets:
-        md5s[ds] = dataset_md5(ds, data_root)  # raises on unknown name, missing file, md5 mismatch
+    grid = suite_grid(suite, only, datasets)
+    # only the datasets a planned trial reads: `--datasets mnist` must not need USPS's files
+    md5s = {ds: dataset_md5(ds, data_root)  # raises on unknown name, missing file, md5 mismatch
+            for ds in dict.fromkeys(cell.dataset for cell in grid)}
     plan = Plan(run_id=run_id, units=[])
     stage_nodes: dict[str, dict[str, Any]] = {}  # stage key -> the first trial that needs it
-    for cell in suite_grid(suite, only, datasets):
+    for cell in grid:
         entry, variant, ds, config, protocol = cell.entry, cell.variant, cell.dataset, cell.config, cell.protocol
         cls = get_method(entry.name)
         gpus = entry.gpus_per_trial if entry.gpus_per_trial is not None else suite.resources.gpus_per_trial

@@ -144,7 +144,8 @@ def test_run_only_some_datasets(tmp_path, capsys):
 
     s = tmp_path / "s.yaml"  # MNIST is never loaded: only digits is asked for (no data needed beyond it)
     s.write_text("name: part\nseeds: 2\ndatasets: [digits, mnist]\nmethods: [test_first_pixel]\n")
-    args = ["--inline", "--store", str(tmp_path / "st"), "--no-report"]
+    (tmp_path / "no-data").mkdir()  # MNIST's files are absent: the run must not even hash them
+    args = ["--inline", "--store", str(tmp_path / "st"), "--no-report", "--data", str(tmp_path / "no-data")]
     assert main(["run", str(s), "--datasets", "digits", *args]) == 0
     assert "2 ok, 0 reused" in capsys.readouterr().out
     store = ResultStore(tmp_path / "st")
