@@ -187,12 +187,18 @@ def test_idec_dataset_recipes_follow_the_official_readme():
 
 
 def test_dec_target_distribution_sharpens_and_batches():
-    q = torch.softmax(torch.randn(2, 50, 4), -1)  # two seeds
+    g = torch.Generator().manual_seed(0)
+    q = torch.softmax(torch.randn(2, 50, 4, generator=g), -1)  # two seeds
     p = target_distribution(q)
     torch.testing.assert_close(p.sum(-1), torch.ones(2, 50))
     torch.testing.assert_close(p[1], target_distribution(q[1]))  # the seed axis is independent
-    assert (p.max(-1).values >= q.max(-1).values - 1e-6).all()  # squaring sharpens the assignment
-    z, mu = torch.randn(2, 7, 3), torch.randn(2, 4, 3)
+    w = q**2 / q.sum(1, keepdim=True)  # DEC Eq. 3: p_ij = (q_ij^2 / f_j) / sum_j' (q_ij'^2 / f_j')
+    torch.testing.assert_close(p, w / w.sum(-1, keepdim=True))
+    # squaring sharpens each row when the clusters are equally frequent (f_j divides the rest back out):
+    # the 4 cyclic column shifts of any q make every column sum equal
+    balanced = torch.cat([q[0].roll(k, dims=1) for k in range(4)])
+    assert (target_distribution(balanced).max(-1).values >= balanced.max(-1).values - 1e-6).all()
+    z, mu = torch.randn(2, 7, 3, generator=g), torch.randn(2, 4, 3, generator=g)
     torch.testing.assert_close(student_t(z, mu)[0], student_t(z[0], mu[0]))
 
 
