@@ -39,7 +39,6 @@ the plan for the paper schedule across device commands: reports/scan_spice_cifar
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from bench.context import rng_state, set_rng_state
@@ -47,12 +46,19 @@ from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, TrialC
 from bench.registry import register_method
 from bench.stages import StageRequest
 from methods.augment.gpu import NORMALIZATION, resize_eval
-from methods.augment.strong import ScanAugment, ScanAugmentSpec
-from methods.engine import autocast, conv_layout, epoch_batches, eval_pass
-from methods.losses import confidence_ce, scan_loss, scan_selection_loss
+from methods.engine import autocast, conv_layout, epoch_batches
+from methods.losses import confidence_ce
 from methods.nn.heads import MultiHeadClassifier
 from methods.stages.neighbours import MineNeighbours
-from methods.stages.simclr_pretext import PretextFields, load_pretext
+from methods.stages.scan_clustering import (  # noqa: F401 - scan_step: re-exported for bench/perf and tests
+    ScanClustering,
+    continue_streams,
+    head_probs,
+    load_clustering,
+    scan_step,
+    strong_view,
+)
+from methods.stages.simclr_pretext import PretextFields
 
 
 @register_method
@@ -104,99 +110,49 @@ class SCAN(ClusteringMethod):
         pretext = cfg.pretext_request()
         nbrs = StageRequest("neighbours", MineNeighbours.Config(k=cfg.n_neighbors, eval_k=cfg.eval_neighbors),
                             upstream={"pretext": pretext})
-        return {"pretext": pretext, "neighbours": nbrs}
+        step = StageRequest("scan_clustering", ScanClustering.Config(
+            image_size=cfg.image_size, normalization=cfg.normalization, precision=cfg.precision,
+            eval_batch_size=cfg.eval_batch_size, eval_neighbors=cfg.eval_neighbors, num_heads=cfg.num_heads,
+            entropy_weight=cfg.entropy_weight, epochs=cfg.scan_epochs, batch_size=cfg.scan_batch_size,
+            lr=cfg.scan_lr, weight_decay=cfg.scan_weight_decay, update_cluster_head_only=cfg.update_cluster_head_only,
+            strong_ops=cfg.strong_ops, cutout=cfg.cutout), upstream={"pretext": pretext, "neighbours": nbrs})
+        return {"pretext": pretext, "neighbours": nbrs, "clustering": step}
 
     def run(self, data: ClusteringData, ctx: TrialContext) -> ClusterOutput:
         cfg = self.config
         dev = ctx.device
-        pre, nb = ctx.stage("pretext"), ctx.stage("neighbours")
+        # the SCAN step is the shared stage scan_clustering: built once per seed for scan_only and default
+        art = ctx.stage("clustering")
+        net = load_clustering(art, dev)
         mean, std = NORMALIZATION[cfg.normalization]
-        with ctx.init_rng("init"):
-            net = MultiHeadClassifier(load_pretext(pre).backbone, cfg.num_heads, data.n_clusters).to(dev)
-        if dev.type == "cuda":
-            net = net.to(memory_format=torch.channels_last)
-            torch.backends.cudnn.benchmark = True
-        x_train = data.x_train.to(dev)
-        strong = ScanAugment(ScanAugmentSpec(cfg.image_size, n_ops=cfg.strong_ops, cutout=cfg.cutout,
-                                             mean=mean, std=std))
-        g_batch, g_aug, g_nb = ctx.rng("data_order", dev), ctx.rng("augment", dev), ctx.rng("neighbour_pick", dev)
 
         def prep(xb: torch.Tensor) -> torch.Tensor:
             return conv_layout(resize_eval(xb, cfg.image_size, mean, std), dev)
 
-        def view(xb: torch.Tensor) -> torch.Tensor:
-            if xb.shape[-1] != cfg.image_size:  # the augmentation works at the network's size
-                xb = resize_eval(xb, cfg.image_size)
-            return conv_layout(strong(xb, generator=g_aug), dev)
-
-        # -- SCAN step -------------------------------------------------------------------------------------------
-        neighbours = nb["train"].to(dev)
-        eval_nb = nb["eval"].to(dev) if "eval" in nb else neighbours[:, :cfg.eval_neighbors + 1]
-        if cfg.update_cluster_head_only:
-            params = list(net.heads.parameters())
-            net.backbone.requires_grad_(False)
-        else:
-            params = list(net.parameters())
-        opt = torch.optim.Adam(params, lr=cfg.scan_lr, weight_decay=cfg.scan_weight_decay)
-        best = {"loss": float("inf"), "head": 0, "epoch": 0, "state": None}
-        n = x_train.shape[0]
-        # progress checkpoints at epoch ends (at most every BENCH_CHECKPOINT_S): a killed trial run again resumes
-        ckpt, gens = ctx.checkpointer("scan"), [g_batch, g_aug, g_nb]
-        fingerprint = cfg.model_dump(mode="json")
-        resume = ckpt.load()
-        if resume is not None and resume.get("config") != fingerprint:
-            resume = None
-        first_scan, first_self = 1, 1
-        if resume is not None:
-            ctx.logger.info("SCAN: resuming after %s epoch %d", resume["phase"], resume["epoch"])
-            ctx.curve[:] = resume["curve"]
-            set_rng_state(resume["rng"], gens)
-            best = resume["best"]
-            if resume["phase"] == "scan":
-                net.load_state_dict(resume["net"])
-                opt.load_state_dict(resume["opt"])
-                first_scan = resume["epoch"] + 1
-            else:
-                first_scan, first_self = cfg.scan_epochs + 1, resume["epoch"] + 1
-
-        def save(phase: str, epoch: int, last: bool) -> None:
-            if not last and ckpt.due():
-                ckpt.save({"config": fingerprint, "phase": phase, "epoch": epoch, "net": net.state_dict(),
-                           "opt": opt.state_dict(), "best": best, "rng": rng_state(gens), "curve": list(ctx.curve)})
-
-        for epoch in range(first_scan, cfg.scan_epochs + 1):
-            # the head-only variant keeps BatchNorm's statistics (official: model.eval() there)
-            net.train(not cfg.update_cluster_head_only)
-            sums = torch.zeros(3, device=dev)
-            steps = 0
-            for idx in epoch_batches(n, cfg.scan_batch_size, g_batch, dev):
-                sums += scan_step(net, opt, x_train, neighbours, idx, view, g_nb, cfg)
-                steps += 1
-            probs = self._probs(net, data.x_eval, prep, cfg, dev)  # [H, N_eval, K]
-            sel = scan_selection_loss(probs, eval_nb)
-            h = int(sel.argmin())
-            if float(sel[h]) < best["loss"]:
-                best = {"loss": float(sel[h]), "head": h, "epoch": epoch,
-                        "state": {k: v.detach().clone() for k, v in net.state_dict().items()}}
-            mean_losses = (sums / max(1, steps)).tolist()
-            ctx.check_finite(mean_losses[0], f"SCAN loss at epoch {epoch}")
-            ctx.log_epoch(epoch, phase="scan", loss=mean_losses[0], consistency=mean_losses[1],
-                          entropy=mean_losses[2], select_loss=float(sel[h]), select_head=h,
-                          eval_pred=probs[h].argmax(1))
-            save("scan", epoch, last=epoch == cfg.scan_epochs and not cfg.selflabel)
-        net.load_state_dict(best["state"])
-        net.keep_head(best["head"])
-        info = {"scan_best_epoch": best["epoch"], "scan_best_head": best["head"], "scan_select_loss": best["loss"],
-                "neighbours_k": int(nb["k"])}
+        info = {"scan_best_epoch": art["best_epoch"], "scan_best_head": art["best_head"],
+                "scan_select_loss": art["select_loss"], "neighbours_k": art["neighbours_k"]}
 
         # -- self-labelling --------------------------------------------------------------------------------------
         if cfg.selflabel:
-            net.requires_grad_(True)
+            # the SCAN step's streams go on where it left them (as one process running both steps)
+            g_batch, g_aug, _ = gens = continue_streams(art, ctx, dev)
+            view = strong_view(cfg, g_aug, dev)
+            x_train = data.x_train.to(dev)
+            n = x_train.shape[0]
             opt = torch.optim.Adam(net.parameters(), lr=cfg.selflabel_lr, weight_decay=cfg.selflabel_weight_decay)
-            if resume is not None and resume["phase"] == "selflabel":
+            # progress checkpoints at epoch ends (at most every BENCH_CHECKPOINT_S): a killed trial run again resumes
+            ckpt = ctx.checkpointer("selflabel")
+            fingerprint = cfg.model_dump(mode="json")
+            first = 1
+            resume = ckpt.load()
+            if resume is not None and resume.get("config") == fingerprint:
+                ctx.logger.info("SCAN: resuming self-labelling after epoch %d", resume["epoch"])
+                ctx.curve[:] = resume["curve"]
+                set_rng_state(resume["rng"], gens)
                 net.load_state_dict(resume["net"])
                 opt.load_state_dict(resume["opt"])
-            for epoch in range(first_self, cfg.selflabel_epochs + 1):
+                first = resume["epoch"] + 1
+            for epoch in range(first, cfg.selflabel_epochs + 1):
                 net.train()
                 sums, steps = torch.zeros(2, device=dev), 0  # loss, confident samples
                 for idx in epoch_batches(n, cfg.selflabel_batch_size, g_batch, dev):
@@ -208,47 +164,22 @@ class SCAN(ClusteringMethod):
                 pred = self._probs(net, data.x_eval, prep, cfg, dev)[0].argmax(1) if last or epoch % 10 == 0 else None
                 ctx.log_epoch(cfg.scan_epochs + epoch, phase="selflabel", loss=loss_sum / max(1, steps),
                               confident_frac=conf_sum / max(1, steps * cfg.selflabel_batch_size), eval_pred=pred)
-                save("selflabel", epoch, last)
+                if not last and ckpt.due():
+                    ckpt.save({"config": fingerprint, "epoch": epoch, "net": net.state_dict(),
+                               "opt": opt.state_dict(), "rng": rng_state(gens), "curve": list(ctx.curve)})
         labels = self._probs(net, data.x_eval, prep, cfg, dev)[0].argmax(1)
         if not cfg.selflabel:
             ctx.log_epoch(cfg.scan_epochs, phase="selected", eval_pred=labels)
-        info.update(selflabel_epochs=cfg.selflabel_epochs * cfg.selflabel, pretext_epochs_run=len(pre["epoch_s"]))
+        info.update(selflabel_epochs=cfg.selflabel_epochs * cfg.selflabel, pretext_epochs_run=art["pretext_epochs_run"])
         return ClusterOutput(labels=labels, info=info)
 
     @staticmethod
-    @torch.no_grad()
     def _probs(net: MultiHeadClassifier, x: torch.Tensor, prep, cfg, dev) -> torch.Tensor:
-        was = net.training
-        net.eval()
-        try:
-            logits = eval_pass(net, x, prep, cfg.eval_batch_size, dev, cfg.precision)
-        finally:
-            net.train(was)
-        return F.softmax(logits, dim=2).permute(1, 0, 2).contiguous()
+        return head_probs(net, x, prep, cfg, dev)
 
 
-# The two training steps, shared with bench/perf/scan_epoch.py. Neither waits for the GPU (no .item(), no boolean
-# indexing, no host-to-device copy): a step only queues kernels, so the host runs ahead of the device.
-
-def scan_step(net: MultiHeadClassifier, opt: torch.optim.Optimizer, x_train: torch.Tensor, neighbours: torch.Tensor,
-              idx: torch.Tensor, view, g_nb: torch.Generator, cfg: SCAN.Config) -> torch.Tensor:
-    """One SCAN step: each anchor with a neighbour drawn from its mined list, both strongly augmented, each
-    through the network in its own forward pass (official: BatchNorm sees the anchors and the neighbours
-    separately), the heads' SCAN losses summed, one Adam step. Returns [total, consistency, entropy], each the
-    mean over the heads (detached, on the device)."""
-    dev = x_train.device
-    pick = torch.randint(neighbours.shape[1], (idx.numel(),), device=dev, generator=g_nb)
-    nb_idx = neighbours[idx, pick]
-    with autocast(dev, cfg.precision):
-        la = net(view(x_train[idx]))
-        ln = net(view(x_train[nb_idx]))
-    # all heads at once ([B, H, K] -> per-head [H]); the official loops over the heads, same arithmetic
-    t, c, e = scan_loss(la.float(), ln.float(), cfg.entropy_weight)
-    opt.zero_grad(set_to_none=True)
-    t.sum().backward()
-    opt.step()
-    return torch.stack([t, c, e]).detach().mean(1)
-
+# The self-labelling step, shared with bench/perf/scan_epoch.py (as scan_step, re-exported here). It waits for
+# nothing on the GPU (no .item(), no boolean indexing, no host-to-device copy).
 
 def selflabel_step(net: MultiHeadClassifier, opt: torch.optim.Optimizer, xb: torch.Tensor, prep, view,
                    cfg: SCAN.Config) -> torch.Tensor:
