@@ -123,6 +123,8 @@ class SCAN(ClusteringMethod):
         dev = ctx.device
         # the SCAN step is the shared stage scan_clustering: built once per seed for scan_only and default
         art = ctx.stage("clustering")
+        # read (sha256-checked) so that every record names the whole chain its labels come from
+        pre, nb = ctx.stage("pretext"), ctx.stage("neighbours")
         net = load_clustering(art, dev)
         mean, std = NORMALIZATION[cfg.normalization]
 
@@ -130,7 +132,7 @@ class SCAN(ClusteringMethod):
             return conv_layout(resize_eval(xb, cfg.image_size, mean, std), dev)
 
         info = {"scan_best_epoch": art["best_epoch"], "scan_best_head": art["best_head"],
-                "scan_select_loss": art["select_loss"], "neighbours_k": art["neighbours_k"]}
+                "scan_select_loss": art["select_loss"], "neighbours_k": int(nb["k"])}
 
         # -- self-labelling --------------------------------------------------------------------------------------
         if cfg.selflabel:
@@ -170,7 +172,7 @@ class SCAN(ClusteringMethod):
         labels = self._probs(net, data.x_eval, prep, cfg, dev)[0].argmax(1)
         if not cfg.selflabel:
             ctx.log_epoch(cfg.scan_epochs, phase="selected", eval_pred=labels)
-        info.update(selflabel_epochs=cfg.selflabel_epochs * cfg.selflabel, pretext_epochs_run=art["pretext_epochs_run"])
+        info.update(selflabel_epochs=cfg.selflabel_epochs * cfg.selflabel, pretext_epochs_run=len(pre["epoch_s"]))
         return ClusterOutput(labels=labels, info=info)
 
     @staticmethod

@@ -77,14 +77,16 @@ def test_scan_selects_the_lowest_loss_head_and_self_labels(tmp_path):
     assert out.info["scan_select_loss"] == pytest.approx(best["select_loss"])
     assert (out.info["scan_best_epoch"], out.info["scan_best_head"]) == (best["epoch"], best["select_head"])
     assert all(math.isfinite(r["loss"]) and 0.0 <= r["confident_frac"] <= 1.0 for r in self_rows)
-    assert [u["name"] for u in ctx.stages_used] == ["simclr_pretext", "neighbours"]
+    assert [u["name"] for u in ctx.stages_used] == ["simclr_pretext", "neighbours", "scan_clustering"]
     assert get_method("scan").train_split == "train" and get_method("scan").eval_split == "test"
 
 
 def test_scan_only_variant_stops_after_the_scan_step(tmp_path):
     out, ctx = _fit("scan", "scan_only", SCAN_TINY, tmp_path)
     assert out.info["selflabel_epochs"] == 0
-    assert {r.get("phase") for r in ctx.curve if "stage" not in r} == {"scan", "selected"}
+    # the SCAN step's epochs are the scan_clustering stage's curve; the trial itself only reports
+    assert {r.get("phase") for r in ctx.curve if r.get("stage") == "scan_clustering"} == {"scan"}
+    assert {r.get("phase") for r in ctx.curve if "stage" not in r} == {"selected"}
 
 
 def test_scan_recipe_defaults():
@@ -163,8 +165,8 @@ def test_suite_builds_the_shared_pretext_once(store, digits01_dataset):
     assert len(nb) == 2  # SCAN's top-20 (here 3) on the projection; SPICE's 100 (here 3) on the backbone
 
 
-class _Cut(Exception):
-    """Stands for a kill in the middle of a trial."""
+class _Cut(BaseException):
+    """Stands for a kill in the middle of a trial (not an Exception: nothing records it as a failure)."""
 
 
 @pytest.mark.parametrize("cut_kind,cut_call", [("scan", 7), ("self", 3)])
@@ -173,6 +175,7 @@ def test_scan_killed_and_run_again_ends_like_an_uncut_run(tmp_path, monkeypatch,
     epoch 2 steps. Cut in SCAN epoch 2 (call 7) or in self-labelling epoch 2 (call 3), with a checkpoint at every
     epoch end; the same trial run again resumes after the last finished epoch and ends exactly as an uncut run."""
     import methods.scan as scan_mod
+    import methods.stages.scan_clustering as step_mod
 
     cfg = {**SCAN_TINY, "scan_epochs": 2, "selflabel_epochs": 2, "selflabel_batch_size": 20}
     uncut, uncut_ctx = _fit("scan", "default", cfg, tmp_path / "uncut")
@@ -188,11 +191,14 @@ def test_scan_killed_and_run_again_ends_like_an_uncut_run(tmp_path, monkeypatch,
             return real(*a, **k)
         return f
 
-    monkeypatch.setattr(scan_mod, "scan_loss", counting(scan_mod.scan_loss, "scan"))
+    monkeypatch.setattr(step_mod, "scan_loss", counting(step_mod.scan_loss, "scan"))
     monkeypatch.setattr(scan_mod, "confidence_ce", counting(scan_mod.confidence_ce, "self"))
     with pytest.raises(_Cut):
         _fit("scan", "default", cfg, tmp_path / "cut")
-    assert list((tmp_path / "cut" / "scan").glob("scan-*.ckpt.pt")), "the cut run left no checkpoint"
+    # the SCAN step checkpoints in its stage's partial folder, self-labelling in the trial's artifact folder
+    left = (list((tmp_path / "cut" / "stages").rglob("scan-*.ckpt.pt")) if cut_kind == "scan" else
+            list((tmp_path / "cut" / "scan").glob("selflabel-*.ckpt.pt")))
+    assert left, "the cut run left no checkpoint"
     calls.update(scan=0, self=0)
     cut["kind"] = None
     again, again_ctx = _fit("scan", "default", cfg, tmp_path / "cut")
@@ -205,3 +211,33 @@ def test_scan_killed_and_run_again_ends_like_an_uncut_run(tmp_path, monkeypatch,
 
     assert untimed(again_ctx.curve) == untimed(uncut_ctx.curve)
     assert again.info == uncut.info
+
+
+def test_suite_builds_the_scan_step_once_per_seed_for_both_variants(store, digits01_dataset):
+    """SCAN-only and SCAN + self-label on two seeds: one `scan_clustering` node per seed, planned and built once,
+    named by both variants' records (built for one, reused by the other), both reporting the same (epoch, head)
+    selection."""
+    from bench.plan import plan_suite
+
+    spec = parse_suite({
+        "name": "scan_step", "seeds": [0, 1], "datasets": [digits01_dataset], "device": "cpu",
+        "methods": [{"name": "scan", "variants": ["default", "scan_only"], "config": SCAN_TINY}]})
+    plan = plan_suite(spec, store, store.root, code={"code_version": "c1"})
+    assert sorted((u.name, tuple(u.seeds)) for u in plan.stage_units if u.name == "scan_clustering") == \
+        [("scan_clustering", (0,)), ("scan_clustering", (1,))]
+    man = run_suite(spec, store=store, data_root=store.root, inline=True, code={"code_version": "c1"})
+    recs = store.run_records(man)
+    assert len(recs) == 4 and all(r.ok for r in recs), [(r.method, r.variant, r.error) for r in recs]
+    stored = [e for e in StageStore(store.stage_dir).entries() if e["name"] == "scan_clustering"]
+    assert len(stored) == 2  # one per seed, not one per variant
+    for seed in (0, 1):
+        uses = [[u for u in r.stages if u["name"] == "scan_clustering"] for r in recs if r.seed == seed]
+        assert all(len(u) == 1 for u in uses) and len({u[0]["key"] for u in uses}) == 1
+        assert sorted(u[0]["reused"] for u in uses) == [False, True]
+        # both variants also name the pretext and neighbours the step was trained from
+        assert all({"simclr_pretext", "neighbours"} <= {u["name"] for u in r.stages} for r in recs if r.seed == seed)
+        by_variant = {r.variant: r for r in recs if r.seed == seed}
+        assert by_variant["default"].info["scan_best_head"] == by_variant["scan_only"].info["scan_best_head"]
+        assert by_variant["default"].info["scan_select_loss"] == by_variant["scan_only"].info["scan_select_loss"]
+        assert (by_variant["default"].info["selflabel_epochs"], by_variant["scan_only"].info["selflabel_epochs"]) == \
+            (2, 0)

@@ -174,8 +174,7 @@ def train_scan_step(cfg: ScanClustering.Config, data: ClusteringData, pre: dict[
     net.keep_head(best["head"])
     return {"state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}, "arch": dict(pre["arch"]),
             "n_clusters": int(data.n_clusters), "best_epoch": best["epoch"], "best_head": best["head"],
-            "select_loss": best["loss"], "neighbours_k": int(nb["k"]), "pretext_epochs_run": len(pre["epoch_s"]),
-            "streams": {s: g.get_state().cpu() for s, g in zip(STREAMS, gens)}}
+            "select_loss": best["loss"], "streams": {s: g.get_state().cpu() for s, g in zip(STREAMS, gens)}}
 
 
 def continue_streams(art: dict[str, Any], ctx: TrialContext, device: torch.device) -> list[torch.Generator]:
