@@ -6,7 +6,8 @@ selflabel.py, configs/{pretext,scan,selflabel}/*_cifar10.yml, losses/losses.py; 
 1. **Pretext** (stage ``simclr_pretext``, shared with SimCLR + k-means and SPICE): SimCLR, 500 epochs.
 2. **Mine neighbours** (stage ``neighbours``): top-20 of every train image by cosine similarity of the
    L2-normalised 128-d pretext features, the image itself included (``topk + 1``); top-5 on the eval split.
-3. **SCAN step**: the pretext backbone + linear cluster heads; every anchor is paired with a neighbour drawn
+3. **SCAN step** (stage ``scan_clustering``, built once per seed for both variants): the pretext backbone +
+   linear cluster heads; every anchor is paired with a neighbour drawn
    uniformly from its 21 (itself included), both strongly augmented (flip, crop, 4 random RandAugment ops,
    Cutout: :mod:`methods.augment.strong`), each through the network in its own forward pass; loss per
    head = -mean log <p(anchor), p(neighbour)> - 5 x H(mean p(anchor)) (:func:`scan_loss`), summed over the heads;
@@ -27,8 +28,9 @@ Deviations (each also at its default): ``num_heads`` 10 with the lowest-loss hea
 and SCAN's ImageNet configs; SCAN's CIFAR/STL configs train one head (``num_heads: 1`` restores that). Strong
 augmentation in float without uint8 rounding between ops (op-by-op equal to PIL within one grey level, tests).
 bf16 autocast on a GPU (``precision: fp32`` for the official arithmetic). STL-10 uses the CIFAR stem (SCAN's
-``resnet_stl`` adds a max-pool). The SCAN and self-labelling steps checkpoint at epoch ends (at most every
-``BENCH_CHECKPOINT_S``) and a killed trial run again resumes there; the pretext stage resumes from its own.
+``resnet_stl`` adds a max-pool). The SCAN step (in its stage's partial folder) and self-labelling checkpoint at
+epoch ends (at most every ``BENCH_CHECKPOINT_S``) and a killed trial run again resumes there; the pretext stage
+resumes from its own.
 A batch without any confident sample gives a zero self-labelling loss (the official raises).
 
 GPU figures (one H200), the shared-pretext run and the extrapolation to the paper schedule: bench/perf/NOTES_scan.md;
@@ -60,6 +62,8 @@ from methods.stages.scan_clustering import (  # noqa: F401 - scan_step: re-expor
 )
 from methods.stages.simclr_pretext import PretextFields
 
+_STEP = ScanClustering.Config()  # the paper defaults of the SCAN step
+
 
 @register_method
 class SCAN(ClusteringMethod):
@@ -81,16 +85,17 @@ class SCAN(ClusteringMethod):
 
     class Config(PretextFields):
         n_neighbors: int = Field(20, ge=1, description="SCAN: num_neighbors 20 (+ the image itself)")
-        eval_neighbors: int = Field(5, ge=1, description="top-5 eval neighbours for the selection score")
-        num_heads: int = Field(10, ge=1, description="issue recipe / ImageNet configs: 10; CIFAR/STL configs: 1")
-        entropy_weight: float = Field(5.0, ge=0)
-        scan_epochs: int = Field(50, ge=1)
-        scan_batch_size: int = Field(128, ge=2)
-        scan_lr: float = Field(1e-4, gt=0)
-        scan_weight_decay: float = Field(1e-4, ge=0)
-        update_cluster_head_only: bool = False
-        strong_ops: int = Field(4, ge=0, description="num_strong_augs")
-        cutout: int = Field(16, ge=0, description="Cutout length (STL-10: 32)")
+        # the SCAN step (stage scan_clustering): its defaults, sources and deviations live in the stage's Config
+        eval_neighbors: int = Field(_STEP.eval_neighbors, ge=1)
+        num_heads: int = Field(_STEP.num_heads, ge=1)
+        entropy_weight: float = Field(_STEP.entropy_weight, ge=0)
+        scan_epochs: int = Field(_STEP.epochs, ge=1)
+        scan_batch_size: int = Field(_STEP.batch_size, ge=2)
+        scan_lr: float = Field(_STEP.lr, gt=0)
+        scan_weight_decay: float = Field(_STEP.weight_decay, ge=0)
+        update_cluster_head_only: bool = _STEP.update_cluster_head_only
+        strong_ops: int = Field(_STEP.strong_ops, ge=0)
+        cutout: int = Field(_STEP.cutout, ge=0)
         selflabel: bool = Field(True, description="run the self-labelling step (variant scan_only: False)")
         selflabel_epochs: int = Field(200, ge=1)
         selflabel_batch_size: int = Field(1000, ge=2)
