@@ -11,7 +11,8 @@ tools/train_semi.py, spice/model/heads/sem_head*.py, configs/cifar10/*.py; claim
    view (RandomCrop 32 pad 4 + flip), and :func:`spice_prototype_labels` turns the scores into pseudo-labels: the
    top ``center_ratio`` x N/K images of each cluster's score give a prototype (their mean embedding), the N/K
    images nearest to it get that cluster. Each head then trains on its pseudo-labelled images' strongly augmented
-   views (SCAN's augmentation) for ``num_repeat`` 8 passes in sub-batches of 128 (mean of the heads' CE), Adam
+   views (SCAN's augmentation) for ``num_repeat`` 8 passes in sub-batches of 128 (mean of the heads' CE; the heads
+   are stacked, :class:`~methods.nn.heads.StackedMLPHeads`, one batched product and one loss call for all), Adam
    lr 0.005, wd 0; 30 epochs (CIFAR-10; 100 for the other datasets). After each epoch every head's CE against
    the prototype pseudo-labels of the whole train split (un-augmented) is its label-free loss; the (epoch, head)
    with the lowest is kept (``checkpoint_select``).
@@ -58,7 +59,7 @@ from methods.augment.strong import ScanAugment, ScanAugmentSpec
 from methods.engine import autocast, conv_layout, eval_pass
 from methods.losses import fixmatch_loss, spice_prototype_labels, spice_reliable_labels
 from methods.nn.backbones import resnet
-from methods.nn.heads import MultiHeadClassifier, mlp_head
+from methods.nn.heads import MultiHeadClassifier, StackedMLPHeads, mlp_head
 from methods.stages.neighbours import MineNeighbours
 from methods.stages.simclr_pretext import PretextFields, load_pretext
 
@@ -146,7 +147,7 @@ class SPICE(ClusteringMethod):
         f_train = feats(x_train)  # head input (un-augmented)
         emb_train = F.normalize(f_train, dim=1)  # SPICE's embedding for prototypes
         heads, best = self._spice_self(x_train, f_train, emb_train, feats, ctx)
-        head = heads[best["head"]].eval()
+        head = heads.head(best["head"]).eval()
         with torch.no_grad():
             scores_train = F.softmax(head(f_train), dim=1)
             self_labels = F.softmax(head(feats(data.x_eval.to(dev))), dim=1).argmax(1)
@@ -174,7 +175,9 @@ class SPICE(ClusteringMethod):
         k = ctx.data.n_clusters
         mean, std = NORMALIZATION[cfg.normalization]
         with ctx.init_rng("init"):
-            heads = torch.nn.ModuleList(
+            # initialised head by head (as the official's list of heads), trained stacked: one batched product per
+            # layer and one loss call for all heads (a Python loop over 10 heads dominated the epoch)
+            heads = StackedMLPHeads.from_heads(
                 [mlp_head(f_train.shape[1], cfg.head_hidden_dim, k) for _ in range(cfg.num_heads)]).to(dev)
         opt = torch.optim.Adam(heads.parameters(), lr=cfg.self_lr, weight_decay=cfg.self_weight_decay)
         weak = ScanAugment(ScanAugmentSpec(cfg.image_size, n_ops=0, cutout=0, crop_padding=cfg.weak_padding,
@@ -202,17 +205,20 @@ class SPICE(ClusteringMethod):
                 with torch.no_grad():
                     f_weak = feats(x_train[idx], aug(weak))
                     f_strong = feats(x_train[idx], aug(strong))
-                    picks = [spice_prototype_labels(emb_train[idx], F.softmax(h(f_weak), 1), cfg.center_ratio)
-                             for h in heads]
+                    scores = F.softmax(heads(f_weak), 2)  # [H, bs, K]
+                    picks = [spice_prototype_labels(emb_train[idx], scores[h], cfg.center_ratio)
+                             for h in range(len(heads))]
+                    pick_idx = torch.stack([p for p, _ in picks])  # [H, n_sel]
+                    pick_lab = torch.stack([lab for _, lab in picks])
                 heads.train()
-                n_sel = picks[0][0].numel()
+                n_sel = pick_idx.shape[1]
                 sub = min(cfg.train_sub_batch_size, n_sel)
                 for _ in range(cfg.num_repeat):
                     order = torch.randperm(n_sel, device=dev, generator=g_order)
                     for i in range(n_sel // sub):
                         s = order[i * sub:(i + 1) * sub]
-                        loss = sum(ce(h(f_strong[p_idx[s]]), p_lab[s]) for h, (p_idx, p_lab) in zip(heads, picks))
-                        loss = loss / cfg.num_heads
+                        loss = spice_self_loss(heads(f_strong[pick_idx[:, s]]), pick_lab[:, s],
+                                               cfg.ce_on_probabilities)
                         opt.zero_grad(set_to_none=True)
                         loss.backward()
                         opt.step()
@@ -222,8 +228,7 @@ class SPICE(ClusteringMethod):
             heads.eval()
             with torch.no_grad():
                 sel = []
-                for h in heads:
-                    logits = h(f_train)
+                for logits in heads(f_train):
                     p_idx, p_lab = spice_prototype_labels(emb_train, F.softmax(logits, 1), cfg.center_ratio)
                     sel.append(float(ce(logits[p_idx], p_lab)))
             h_best = min(range(len(sel)), key=sel.__getitem__)
@@ -233,7 +238,7 @@ class SPICE(ClusteringMethod):
             ctx.check_finite(loss_sum, f"SPICE-Self loss at epoch {epoch}")
             with torch.no_grad():
                 f_eval = feats(ctx.data.x_eval.to(dev))
-                pred = heads[h_best](f_eval).argmax(1)
+                pred = heads(f_eval)[h_best].argmax(1)
             ctx.log_epoch(epoch, phase="self", loss=loss_sum / max(1, steps), select_loss=sel[h_best],
                           select_head=h_best, eval_pred=pred)
         heads.load_state_dict(best["state"])
@@ -313,3 +318,13 @@ class SPICE(ClusteringMethod):
         net.eval()
         logits = eval_pass(net, x, prep, self.config.eval_batch_size, dev, self.config.precision)
         return logits[:, 0].argmax(1)
+
+
+def spice_self_loss(logits: torch.Tensor, targets: torch.Tensor, on_probabilities: bool) -> torch.Tensor:
+    """SPICE-Self's loss of all heads at once: logits [H, B, K], targets [H, B] (each head its own pseudo-labelled
+    rows) -> the mean over the heads of each head's mean CE (official: the heads' losses summed, / num_heads).
+    With ``on_probabilities`` the CE takes the softmax outputs (the official's double softmax)."""
+    n_heads, b, k = logits.shape
+    inp = F.softmax(logits, 2) if on_probabilities else logits
+    per_row = F.cross_entropy(inp.reshape(n_heads * b, k), targets.reshape(-1), reduction="none")
+    return per_row.view(n_heads, b).mean(1).sum() / n_heads

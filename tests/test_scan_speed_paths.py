@@ -101,3 +101,40 @@ def test_scan_and_selflabel_steps_never_read_the_device(monkeypatch):
     assert out2.shape == (2,)
     monkeypatch.undo()
     assert torch.isfinite(out).all() and 0 <= out2[1].item() <= 12
+
+
+@pytest.mark.parametrize("on_probabilities", [True, False])
+def test_spice_self_stacked_heads_equal_the_per_head_loop(on_probabilities):
+    """SPICE-Self trains its heads stacked (one batched product per layer, one loss call): the logits, the loss and
+    every head's gradients equal the official per-head loop's (list of heads, losses summed / num_heads), each head
+    on its own rows. Equal to float rounding: a batched product sums in another order than one matrix product."""
+    from methods.nn.heads import StackedMLPHeads, mlp_head
+    from methods.spice import spice_self_loss
+
+    torch.manual_seed(0)
+    n_heads, b, d, hidden, k = 5, 12, 16, 24, 4
+    heads = [mlp_head(d, hidden, k) for _ in range(n_heads)]
+    stacked = StackedMLPHeads.from_heads(heads)
+    x = torch.randn(n_heads, b, d)
+    t = torch.randint(k, (n_heads, b))
+
+    def ce(logits, target):
+        return F.cross_entropy(F.softmax(logits, 1) if on_probabilities else logits, target)
+
+    loop = sum(ce(h(x[i]), t[i]) for i, h in enumerate(heads)) / n_heads
+    logits = stacked(x)
+    for i, h in enumerate(heads):
+        torch.testing.assert_close(logits[i], h(x[i]), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(stacked(x[0])[i], h(x[0]), rtol=1e-6, atol=1e-6)  # shared rows
+    batched = spice_self_loss(logits, t, on_probabilities)
+    torch.testing.assert_close(batched, loop, rtol=1e-6, atol=1e-7)
+    loop.backward()
+    batched.backward()
+    for i, h in enumerate(heads):
+        for stacked_grad, p in zip((stacked.w1.grad, stacked.b1.grad, stacked.w2.grad, stacked.b2.grad),
+                                   (h[0].weight, h[0].bias, h[2].weight, h[2].bias)):
+            assert p.grad.abs().sum() > 0  # a real gradient, not two zeros compared
+            torch.testing.assert_close(stacked_grad[i], p.grad, rtol=1e-5, atol=1e-8)
+    # a head taken out is the same function
+    one = stacked.head(2)
+    torch.testing.assert_close(one(x[2]), heads[2](x[2]), rtol=1e-6, atol=1e-6)

@@ -19,6 +19,50 @@ def cluster_head(in_dim: int, hidden_dim: int, n_clusters: int) -> nn.Sequential
     return mlp_head(in_dim, hidden_dim, n_clusters)
 
 
+class StackedMLPHeads(nn.Module):
+    """``n`` independent :func:`mlp_head` s as one module: each layer's weights stacked along a head dimension
+    (kept in ``nn.Linear``'s [out, in] layout), one batched matrix product per layer for all heads.
+    ``forward(x)``: x [B, D] (every head sees the same rows) or [H, B, D] (head h sees x[h]) -> logits [H, B, K].
+    Built from existing heads (``from_heads``) so that the init is exactly theirs."""
+
+    def __init__(self, w1, b1, w2, b2):
+        super().__init__()
+        self.w1, self.b1 = nn.Parameter(w1), nn.Parameter(b1)  # [H, hidden, D], [H, hidden]
+        self.w2, self.b2 = nn.Parameter(w2), nn.Parameter(b2)  # [H, K, hidden], [H, K]
+
+    @classmethod
+    def from_heads(cls, heads) -> StackedMLPHeads:
+        import torch
+
+        with torch.no_grad():
+            return cls(*(torch.stack([getattr(h[i], a).detach().clone() for h in heads])
+                         for i, a in ((0, "weight"), (0, "bias"), (2, "weight"), (2, "bias"))))
+
+    def __len__(self) -> int:
+        return self.w1.shape[0]
+
+    def forward(self, x):
+        if x.dim() == 2:
+            x = x.expand(len(self), -1, -1)
+        import torch
+
+        n, b = x.shape[0], x.shape[1]  # bias fused into the product, as nn.Linear's addmm
+        h = torch.baddbmm(self.b1[:, None].expand(n, b, -1), x, self.w1.transpose(1, 2)).relu()
+        return torch.baddbmm(self.b2[:, None].expand(n, b, -1), h, self.w2.transpose(1, 2))
+
+    def head(self, i: int) -> nn.Sequential:
+        """Head ``i`` as a plain :func:`mlp_head` (a copy)."""
+        import torch
+
+        out = mlp_head(self.w1.shape[2], self.w1.shape[1], self.w2.shape[1]).to(self.w1.device)
+        with torch.no_grad():
+            out[0].weight.copy_(self.w1[i])
+            out[0].bias.copy_(self.b1[i])
+            out[2].weight.copy_(self.w2[i])
+            out[2].bias.copy_(self.b2[i])
+        return out
+
+
 class MultiHeadClassifier(nn.Module):
     """Backbone + ``n_heads`` linear cluster heads (SCAN's ``ClusteringModel``: ``nn.ModuleList`` of
     ``Linear(512, K)``), stored as one ``Linear(512, n_heads * K)``: the same per-head maps and init
