@@ -174,12 +174,17 @@ def train_scan_step(cfg: ScanClustering.Config, data: ClusteringData, pre: dict[
     net.keep_head(best["head"])
     return {"state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}, "arch": dict(pre["arch"]),
             "n_clusters": int(data.n_clusters), "best_epoch": best["epoch"], "best_head": best["head"],
-            "select_loss": best["loss"], "streams": {s: g.get_state().cpu() for s, g in zip(STREAMS, gens)}}
+            "select_loss": best["loss"], "streams": {s: g.get_state().cpu() for s, g in zip(STREAMS, gens)},
+            "streams_device": dev.type}
 
 
 def continue_streams(art: dict[str, Any], ctx: TrialContext, device: torch.device) -> list[torch.Generator]:
     """The SCAN step's streams (``STREAMS`` order) where its build left them: self-labelling draws on from there."""
     gens = [ctx.rng(s, device) for s in STREAMS]
+    if art.get("streams_device") != torch.device(device).type:  # a CPU generator's state does not fit a CUDA one
+        ctx.logger.warning("SCAN step built on %s, self-labelling on %s: its random streams start afresh",
+                           art.get("streams_device"), torch.device(device).type)
+        return gens
     for s, g in zip(STREAMS, gens):
         g.set_state(art["streams"][s])
     return gens
