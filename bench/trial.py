@@ -89,14 +89,30 @@ def stage_log_path(unit: StageUnit | dict[str, Any]) -> Path:
     return Path(u["store_root"]) / "logs" / str(u["run_id"]) / name
 
 
+@contextlib.contextmanager
+def cpu_threads(cpus: float):
+    """The unit's CPU share as torch's intra-op thread count, restored afterwards: an inline run must not leave
+    its driver (or a test process) at one thread, since float results depend on the thread count."""
+    old = torch.get_num_threads()
+    if cpus >= 1:
+        torch.set_num_threads(max(1, int(cpus)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def execute_stage_unit(unit: StageUnit | dict[str, Any]) -> list[str | None]:
     """Build (or find) the unit's stage for each seed; returns per seed None (stored) or the error line. Never
     raises for a build error: the trials that need the stage then try once more themselves and fail with it."""
+    unit = unit if isinstance(unit, StageUnit) else StageUnit.model_validate(unit)
+    with cpu_threads(unit.cpus):
+        return _execute_stage_unit(unit)
+
+
+def _execute_stage_unit(unit: StageUnit) -> list[str | None]:
     from bench.stages import StageRequest
 
-    unit = unit if isinstance(unit, StageUnit) else StageUnit.model_validate(unit)
-    if unit.cpus >= 1:
-        torch.set_num_threads(max(1, int(unit.cpus)))
     store = ResultStore(unit.store_root)
     try:
         device = pick_device(unit.device)
@@ -210,8 +226,11 @@ def _reusable(store: ResultStore, unit: TrialUnit, key: str, stored_run_id: str 
 
 
 def _execute_locked(unit: TrialUnit, store: ResultStore) -> list[ResultRecord]:
-    if unit.cpus >= 1:
-        torch.set_num_threads(max(1, int(unit.cpus)))
+    with cpu_threads(unit.cpus):
+        return _execute_locked_threads(unit, store)
+
+
+def _execute_locked_threads(unit: TrialUnit, store: ResultStore) -> list[ResultRecord]:
     device = pick_device(unit.device)
     cls = get_method(unit.method)
     t_load = time.perf_counter()

@@ -173,6 +173,8 @@ def sigkill_after_checkpoint(child: str, progress, min_epoch: int = 2) -> None:
     """Run ``child`` (Python source) in a real subprocess and SIGKILL it once ``progress()`` (the epoch of its
     last checkpoint) is >= ``min_epoch``; asserts it was killed mid-run (never finished)."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    # the child computes with this process's thread count: float sums (and so the weights) depend on it
+    child = f"import torch; torch.set_num_threads({torch.get_num_threads()})\n" + child
     proc = subprocess.Popen([sys.executable, "-c", child], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     deadline = time.monotonic() + 120

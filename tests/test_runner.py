@@ -155,3 +155,20 @@ def test_run_only_some_datasets(tmp_path, capsys):
     assert "--datasets digitz: not a dataset of suite 'part' (it has digits, mnist)" in capsys.readouterr().err
     assert main(["run", str(s), "--resume", "--datasets", "digits", *args]) == 2
     assert "drop --datasets" in capsys.readouterr().err
+
+
+def test_an_inline_run_leaves_the_process_thread_count_alone(tmp_path):
+    """A unit computes with its CPU share of threads (cpus_per_trial: 1) and restores the driver's count after:
+    a test process left at one thread made in-process results differ from a subprocess's."""
+    import torch
+
+    s = tmp_path / "s.yaml"
+    s.write_text("name: threads\nseeds: 1\ndatasets: [digits]\nmethods: [test_first_pixel]\n"
+                 "resources: {cpus_per_trial: 1}\n")
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert main(["run", str(s), "--inline", "--store", str(tmp_path / "st"), "--no-report"]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(old)
