@@ -27,7 +27,6 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, TrialContext
@@ -47,17 +46,7 @@ from methods.engine import (
     prepare_training,
 )
 from methods.losses import feature_decorrelation, feature_orthogonality, instance_discrimination
-from methods.nn.backbones import resnet
-
-
-class IDFDNet(torch.nn.Module):
-    def __init__(self, backbone: str, stem: str, in_channels: int, feature_dim: int):
-        super().__init__()
-        self.backbone = resnet(backbone, stem=stem, in_channels=in_channels)
-        self.fc = torch.nn.Linear(self.backbone.out_dim, feature_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.fc(self.backbone(x)), dim=1)
+from methods.nn.heads import NormalizedEmbeddingNet
 
 
 @register_method
@@ -95,7 +84,7 @@ class IDFD(ClusteringMethod):
         cfg = self.config
         dev = ctx.device
         with ctx.init_rng("init"):
-            net = IDFDNet(cfg.backbone, cfg.stem, data.x_train.shape[1], cfg.feature_dim)
+            net = NormalizedEmbeddingNet(cfg.backbone, cfg.stem, data.x_train.shape[1], cfg.feature_dim)
         x_train, net = prepare_training(data.x_train, net, dev)
         n = x_train.shape[0]
         opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)

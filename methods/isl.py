@@ -57,17 +57,7 @@ from methods.augment.gpu import NORMALIZATION, AugmentSpec, GPUAugment, resize_e
 from methods.cluster.kmeans import kmeans
 from methods.engine import Engine, EngineConfig, Hook, MemoryBankHook, autocast, eval_pass, prepare_training
 from methods.losses import isl_loss
-from methods.nn.backbones import build_backbone
-
-
-class ISLNet(torch.nn.Module):
-    def __init__(self, backbone: str, stem: str, in_channels: int, feature_dim: int):
-        super().__init__()
-        self.backbone = build_backbone(backbone, stem=stem, in_channels=in_channels)
-        self.fc = torch.nn.Linear(self.backbone.out_dim, feature_dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.fc(self.backbone(x)), dim=1)
+from methods.nn.heads import NormalizedEmbeddingNet
 
 
 class Generator(torch.nn.Module):
@@ -190,7 +180,7 @@ class ISL(ClusteringMethod):
         cfg = self.config
         dev = ctx.device
         with ctx.init_rng("init"):
-            net = ISLNet(cfg.backbone, cfg.stem, data.x_train.shape[1], cfg.feature_dim)
+            net = NormalizedEmbeddingNet(cfg.backbone, cfg.stem, data.x_train.shape[1], cfg.feature_dim)
             gen_net, disc = Generator(cfg.feature_dim), Discriminator(cfg.feature_dim)
             stdv = 1.0 / (cfg.feature_dim / 3.0) ** 0.5  # official LinearAverage init, U(-stdv, stdv)
             memory = torch.rand(data.x_train.shape[0], cfg.feature_dim) * (2 * stdv) - stdv

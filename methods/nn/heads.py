@@ -2,11 +2,16 @@
 
 CC: instance head Linear(512,512)-ReLU-Linear(512,128) (L2-normalised by the loss) and cluster head
 Linear(512,512)-ReLU-Linear(512,K) followed by a softmax, which the caller applies to these logits.
+:class:`NormalizedEmbeddingNet`: backbone -> Linear -> L2 normalisation (IDFD's and ISL's networks).
 """
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import nn
+
+from methods.nn.backbones import build_backbone
 
 
 def mlp_head(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:
@@ -87,3 +92,16 @@ class MultiHeadClassifier(nn.Module):
             new.weight.copy_(self.heads.weight[h * k:(h + 1) * k])
             new.bias.copy_(self.heads.bias[h * k:(h + 1) * k])
         self.heads, self.n_heads = new, 1
+
+
+class NormalizedEmbeddingNet(nn.Module):
+    """Backbone -> Linear(out_dim, feature_dim) -> L2 normalisation: the instance-discrimination embedding of
+    IDFD's and ISL's official codes (a memory bank of unit vectors)."""
+
+    def __init__(self, backbone: str, stem: str, in_channels: int, feature_dim: int):
+        super().__init__()
+        self.backbone = build_backbone(backbone, stem=stem, in_channels=in_channels)
+        self.fc = nn.Linear(self.backbone.out_dim, feature_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.fc(self.backbone(x)), dim=1)
