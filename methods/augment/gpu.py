@@ -31,6 +31,7 @@ With ``compile=True`` the deterministic part (everything after drawing the param
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -321,15 +322,10 @@ def _jitter(y: Tensor, p: dict[str, Tensor], sp: _Static) -> Tensor:
     return y
 
 
-_COMPILED = None
-
-
+@functools.cache
 def _compiled_augment():
     """``torch.compile(_augment_images)``, made once per process (shape- and constant-specialised)."""
-    global _COMPILED
-    if _COMPILED is None:
-        _COMPILED = torch.compile(_augment_images, dynamic=False)
-    return _COMPILED
+    return torch.compile(_augment_images, dynamic=False)
 
 
 class GPUAugment(nn.Module):

@@ -30,6 +30,7 @@ every slot is computed for the whole batch and selected per sample, ~250 small k
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -151,15 +152,10 @@ def _apply(x: Tensor, p: dict[str, Tensor], sp: _Static) -> Tensor:
     return y
 
 
-_COMPILED = None
-
-
+@functools.cache
 def _compiled_apply():
     """``torch.compile(_apply)``, made once per process (specialised per shape and spec)."""
-    global _COMPILED
-    if _COMPILED is None:
-        _COMPILED = torch.compile(_apply, dynamic=False)
-    return _COMPILED
+    return torch.compile(_apply, dynamic=False)
 
 
 def _random_crop(y: Tensor, offset: Tensor, size: int, pad: int) -> Tensor:
