@@ -13,6 +13,28 @@ os.environ["BENCH_STORE"] = tempfile.mkdtemp(prefix="bench-test-store-")
 
 
 @pytest.fixture
+def two_threads():
+    """torch at 2 intra-op threads for the test (the CPU equality tests' arithmetic), restored afterwards."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The bundled digits, all images: (uint8 images, labels as a NumPy array)."""
+    import numpy as np
+
+    from bench.data import load_dataset
+
+    x, y = load_dataset("digits").split("all")
+    return x, np.asarray(y)
+
+
+@pytest.fixture
 def store(tmp_path):
     from bench.store import ResultStore
 

@@ -32,12 +32,7 @@ TINY = {"backbone": "resnet18", "stem": "cifar", "image_size": 8, "epochs": 1, "
         "eval_batch_size": 16}
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("two_threads")
 
 
 def tiny_data(same_split: bool = True) -> tuple[ClusteringData, np.ndarray]:

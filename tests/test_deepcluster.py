@@ -17,7 +17,6 @@ import torch
 import methods.deepcluster as dc
 from bench.cli import main
 from bench.context import TrialContext
-from bench.data import load_dataset
 from bench.method import ClusteringData
 from bench.metrics import evaluate
 from bench.registry import get_method, resolve_config
@@ -25,18 +24,7 @@ from bench.registry import get_method, resolve_config
 TINY = {"backbone": "tiny_cnn", "image_size": 8, "pca_dim": 32, "epochs": 3, "batch_size": 128, "reassign": 0.25}
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    x, y = load_dataset("digits").split("all")
-    return x, np.asarray(y)
+pytestmark = pytest.mark.usefixtures("two_threads")
 
 
 def run(tmp_path, digits, variant="default", **over):

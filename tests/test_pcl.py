@@ -19,7 +19,6 @@ import torch
 import methods.pcl as pcl
 from bench.cli import main
 from bench.context import TrialContext
-from bench.data import load_dataset
 from bench.method import ClusteringData
 from bench.metrics import evaluate
 from bench.registry import get_method, resolve_config
@@ -28,18 +27,7 @@ TINY = {"backbone": "tiny_cnn", "image_size": 8, "epochs": 3, "warmup_epochs": 1
         "queue_size": 256, "kmeans_restarts": 2}
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    x, y = load_dataset("digits").split("all")
-    return x, np.asarray(y)
+pytestmark = pytest.mark.usefixtures("two_threads")
 
 
 def test_em_schedule_and_prototypes(tmp_path, digits, monkeypatch):
