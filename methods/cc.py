@@ -55,6 +55,7 @@ from methods.engine import (
     prepare_training,
     unlabeled_images,
 )
+from methods.engine.steps import adam
 from methods.losses import cluster_contrastive, nt_xent
 from methods.nn.backbones import resnet
 from methods.nn.heads import cluster_head, mlp_head
@@ -144,7 +145,8 @@ class CC(ClusteringMethod):
         x_eval = x_train if data.same_split else data.x_eval
         extra = unlabeled_images(data, cfg.unlabeled) if cfg.heads != "cch" else None
         x_extra = None if extra is None else extra.to(dev, non_blocking=True).contiguous()
-        opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # fused Adam (same update rule), capturable so the step replays as a CUDA graph on a GPU
+        opt = adam(net.parameters(), cfg.lr, dev, capturable=dev.type == "cuda", weight_decay=cfg.weight_decay)
         spec = cc_spec(cfg.image_size, cfg.jitter_strength, blur=cfg.blur)
         augment = GPUAugment(spec, channels_last=dev.type == "cuda")  # grey images: hue/saturation skip
         g_aug = ctx.rng("augment")
@@ -177,8 +179,8 @@ class CC(ClusteringMethod):
                                         cfg.eval_every)])
         if x_extra is not None:  # official STL-10: the unlabeled images train the ICH (and trunk) first
             engine.add_pass("unlabeled", x_extra.shape[0],
-                            lambda idx: step(x_extra, idx, instance_only=True), cfg.batch_size)
-        engine.add_pass("train", x_train.shape[0], lambda idx: step(x_train, idx), cfg.batch_size)
+                            lambda idx: step(x_extra, idx, instance_only=True), cfg.batch_size, graph=True)
+        engine.add_pass("train", x_train.shape[0], lambda idx: step(x_train, idx), cfg.batch_size, graph=True)
         engine.run(cfg.epochs)
         return ClusterOutput(labels=engine.hook(EvalHook).pred,
                              info={**engine.info(), "heads": cfg.heads, "aug_pair": cfg.aug_pair,

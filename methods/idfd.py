@@ -124,6 +124,6 @@ class IDFD(ClusteringMethod):
             LrScheduleHook.multistep(cfg.lr, cfg.lr_milestones, cfg.lr_gamma),
             MemoryBankHook(memory, cfg.memory_momentum),
             EvalHook(cluster, cfg.eval_every)])
-        engine.add_pass("train", n, step, cfg.batch_size, drop_last=False)
+        engine.add_pass("train", n, step, cfg.batch_size, drop_last=False, graph=True)
         engine.run(cfg.epochs)
         return ClusterOutput(labels=engine.hook(EvalHook).pred, info={**engine.info(), "loss": cfg.loss})

@@ -50,6 +50,7 @@ from methods.engine import (
     prepare_training,
     unlabeled_images,
 )
+from methods.engine.steps import adam
 from methods.losses import pica_pui
 from methods.nn.backbones import Sobel, resnet
 
@@ -132,7 +133,8 @@ class PICA(ClusteringMethod):
         # the K head on train + test
         extra = unlabeled_images(data, cfg.unlabeled) if cfg.overclustering else None
         x_over = x_train if extra is None else torch.cat([x_train, extra.to(dev, non_blocking=True)])
-        opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # fused Adam (same update rule), capturable so the step replays as a CUDA graph on a GPU
+        opt = adam(net.parameters(), cfg.lr, dev, capturable=dev.type == "cuda", weight_decay=cfg.weight_decay)
         mean, std = channel_mean_std(x_train) if cfg.normalization == "dataset" else NORMALIZATION[cfg.normalization]
         spec = pica_spec(cfg.image_size, mean, std)
         augment = GPUAugment(spec, channels_last=dev.type == "cuda")  # grey images: hue/saturation skip
@@ -161,7 +163,7 @@ class PICA(ClusteringMethod):
         for h, k in enumerate(heads):  # each epoch trains the heads one after the other, a full pass each
             x_h = x_over if cfg.overclustering and h == 0 else x_train
             engine.add_pass(f"head{k}", x_h.shape[0], functools.partial(step, x_h, h), cfg.batch_size,
-                            drop_last=False)
+                            drop_last=False, graph=True)
         engine.run(cfg.epochs)
         return ClusterOutput(labels=engine.hook(EvalHook).pred, info={**engine.info(), "heads": heads,
             "unlabeled_images": 0 if extra is None else extra.shape[0], "normalization": {

@@ -268,12 +268,16 @@ def method_epochs(args) -> list[dict]:
             torch.cuda.synchronize()
 
     rows = []
-    for item in args.methods.split(","):
+    graphs = [g == "1" for g in args.method_graph.split(",")]
+    items = [(item, g) for item in args.methods.split(",") for g in graphs]
+    for item, graph in items:
         name, _, variant = item.partition(":")
         cls = get_method(name)
         overrides = {"epochs": args.method_epochs, "eval_every": 0}
         if "kmeans_n_init" in cls.Config.model_fields:  # the end-of-run k-means is not what is timed
             overrides["kmeans_n_init"] = 1
+        if "cuda_graph" in cls.Config.model_fields:
+            overrides["cuda_graph"] = graph
         cfg = resolve_config(name, variant or "default", None, overrides)
         try:
             with tempfile.TemporaryDirectory() as tmp:
@@ -287,18 +291,21 @@ def method_epochs(args) -> list[dict]:
                 wall = time.perf_counter() - t0
         except Exception as e:  # keep going: one failed method must not lose the others' figures
             print(f"  method {item}: FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
-            rows.append({"variant": f"method:{item}", "error": str(e)[:300]})
+            rows.append({"variant": f"method:{item}", "graph": graph, "error": str(e)[:300]})
             continue
         times = [r["epoch_s"] for r in ctx.curve]
+        losses = [r.get("loss") for r in ctx.curve]
         med = statistics.median(times[1:] or times)
-        row = {"variant": f"method:{item}", "images": n, "epochs": len(times), "epoch_s": times,
+        row = {"variant": f"method:{item}", "graph": graph, "losses": losses, "images": n, "epochs": len(times),
+               "epoch_s": times,
                "median_epoch_s": med, "img_per_s": n / med, "wall_s": wall,
                "batch_size": cfg.batch_size, "backbone": getattr(cfg, "backbone", None),
                "image_size": getattr(cfg, "image_size", None), "precision": cfg.precision}
         rows.append(row)
-        print(f"  method {item:<12} {row['backbone']} {row['image_size']}px batch {cfg.batch_size} {cfg.precision}: "
-              f"epoch s {', '.join(f'{t:.3f}' for t in times)}; median after the first {med * 1e3:8.1f} ms "
-              f"-> {n / med:8.0f} img/s (wall {wall:.1f} s)", flush=True)
+        print(f"  method {item:<12} graph={int(graph)} {row['backbone']} {row['image_size']}px batch {cfg.batch_size} "
+              f"{cfg.precision}: epoch s {', '.join(f'{t:.3f}' for t in times)}; median after the first "
+              f"{med * 1e3:8.1f} ms -> {n / med:8.0f} img/s (wall {wall:.1f} s); loss "
+              f"{', '.join(f'{v:.4f}' for v in losses if v is not None)}", flush=True)
     return rows
 
 
@@ -339,6 +346,8 @@ def main(argv=None) -> int:
     p.add_argument("--methods-only", action="store_true", help="only the --methods timings")
     p.add_argument("--method-images", type=int, default=8192)
     p.add_argument("--method-epochs", type=int, default=3)
+    p.add_argument("--method-graph", default="1", help="comma list of 1,0: each method with CUDA-graphed steps "
+                                                        "(1, the default) and/or eager (0)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("error: this benchmark needs a CUDA GPU", file=sys.stderr)

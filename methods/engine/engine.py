@@ -35,6 +35,7 @@ from bench.context import TrialContext
 from bench.method import MethodConfig
 from methods.engine.gpu import epoch_batches
 from methods.engine.hooks import CheckpointHook, CurveLogHook, Hook
+from methods.engine.steps import GraphedStep
 
 H = TypeVar("H", bound=Hook)
 
@@ -45,7 +46,7 @@ class EngineConfig(MethodConfig):
 
     #: fields that may differ between a checkpoint and the run resuming it (not in the fingerprint)
     HARNESS_FIELDS: ClassVar[frozenset[str]] = frozenset(
-        {"max_minutes", "eval_every", "checkpoint_every", "eval_batch_size"})
+        {"max_minutes", "eval_every", "checkpoint_every", "eval_batch_size", "cuda_graph"})
 
     eval_every: int = Field(10, ge=0, description="epochs between label-blind eval passes logged to the curve "
                                                   "(0: only at the end); the curve never picks the result")
@@ -56,6 +57,8 @@ class EngineConfig(MethodConfig):
     # "fp32" restores the original arithmetic. CPUs always run fp32.
     precision: Literal["fp32", "bf16"] = "bf16"
     eval_batch_size: int = Field(1024, ge=1)
+    cuda_graph: bool = Field(True, description="on a GPU, replay the steps of passes that allow it as one CUDA "
+                                               "graph each (same arithmetic, no per-kernel launch cost)")
 
     def fingerprint(self) -> dict[str, Any]:
         """The fields that change the result: a checkpoint resumes only a run with the same."""
@@ -74,7 +77,15 @@ class Pass:
     For methods whose epochs differ (ISL's backbone / GAN / mining epochs): ``active()`` False skips the pass
     this epoch; ``train`` False runs it with the modules in eval mode (a frozen backbone); ``optimize`` False
     means the step does its own optimisation (a GAN's two optimizers) or none, and the engine only averages
-    its ``loss*`` outputs (no ``"loss"`` needed)."""
+    its ``loss*`` outputs (no ``"loss"`` needed).
+
+    ``graph``: the step may be captured as a CUDA graph (with backward and the optimizer step) and replayed
+    (:class:`methods.engine.steps.GraphedStep`); on a GPU with ``cuda_graph`` on, every full-size batch after three
+    eager warm-up steps is a replay. A step allows it when it makes no host sync or host-to-device copy, draws
+    random numbers only from the engine's streams or torch's default generator, reads every tensor it uses from
+    storage that stays put (update buffers in place), and the modules and parameters it trains are not replaced
+    during the run. The optimizer must be capturable (``adam(..., capturable=True)``; SGD is). A changed lr is
+    noticed and captured again."""
     name: str
     n: int
     step: Callable[[torch.Tensor], dict[str, torch.Tensor]]
@@ -84,6 +95,7 @@ class Pass:
     active: Callable[[], bool] | None = None
     train: bool = True
     optimize: bool = True
+    graph: bool = False
 
     def batches(self, gen: torch.Generator, device: torch.device) -> Iterator[torch.Tensor]:
         if self.order is None:
@@ -121,12 +133,14 @@ class Engine:
         self.resumed_from: int | None = None
         self.log: dict[str, Any] = {}   # this epoch's curve row in the making (losses, lr, eval_pred, ...)
         self.epoch_times: list[float] = []
+        self._graphed: dict[str, GraphedStep] = {}  # per pass, made on first use
 
     # -- building ----------------------------------------------------------------------------------
     def add_pass(self, name: str, n: int, step: Callable[[torch.Tensor], dict[str, torch.Tensor]],
                  batch_size: int, drop_last: bool = True, order: Callable[[], torch.Tensor] | None = None,
-                 active: Callable[[], bool] | None = None, train: bool = True, optimize: bool = True) -> None:
-        self.passes.append(Pass(name, n, step, batch_size, drop_last, order, active, train, optimize))
+                 active: Callable[[], bool] | None = None, train: bool = True, optimize: bool = True,
+                 graph: bool = False) -> None:
+        self.passes.append(Pass(name, n, step, batch_size, drop_last, order, active, train, optimize, graph))
 
     def hook(self, kind: type[H]) -> H:
         """The (first) hook of this type."""
@@ -175,11 +189,15 @@ class Engine:
             acc: torch.Tensor | None = None
             steps = 0
             for idx in p.batches(gen, self.device):
-                out = p.step(idx)
-                if p.optimize:
-                    self.optimizer.zero_grad(set_to_none=True)
-                    out["loss"].backward()
-                    self.optimizer.step()
+                graphed = self._graphed_step(p, idx)
+                if graphed is not None:
+                    out = graphed.step(idx)  # step + backward + optimizer step, replayed
+                else:
+                    out = p.step(idx)
+                    if p.optimize:
+                        self.optimizer.zero_grad(set_to_none=True)
+                        out["loss"].backward()
+                        self.optimizer.step()
                 for h in self._step_hooks:
                     h.after_step(self, idx, out)
                 if keys is None:
@@ -201,6 +219,17 @@ class Engine:
                 if len(per_pass) > 1:
                     means[f"{k}_{p.name}"] = acc[i] / steps
         return {**{k: sums[k] / counts[k] for k in sums}, **means}
+
+    def _graphed_step(self, p: Pass, idx: torch.Tensor) -> GraphedStep | None:
+        """The pass's CUDA-graphed step for a batch of this shape, or None (run eagerly: CPU, graphs off, a pass
+        that does not allow it, or a batch shaped unlike the captured one, e.g. a last partial batch)."""
+        if not (p.graph and p.optimize and self.cfg.cuda_graph and self.device.type == "cuda"):
+            return None
+        gs = self._graphed.get(p.name)
+        if gs is None:
+            gs = self._graphed[p.name] = GraphedStep(p.step, self.optimizer, idx.shape[0], self.device,
+                                                     generators=list(self.streams.values()))
+        return gs if idx.shape == gs.idx.shape else None
 
     # -- state -------------------------------------------------------------------------------------
     def _hook_keys(self) -> list[str]:

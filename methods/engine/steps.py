@@ -22,7 +22,7 @@ of its own loss (parameters are disjoint), and the running loss is kept per seed
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -132,13 +132,23 @@ class GraphedStep:
     stream, which are real training steps) and replayed. Changing the learning rate re-captures.
     """
 
-    def __init__(self, loss_fn: Callable[[torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer,
+    def __init__(self, loss_fn: Callable[[torch.Tensor], torch.Tensor | dict[str, torch.Tensor]],
+                 optimizer: torch.optim.Optimizer,
                  batch_size: int | tuple[int, ...], device: torch.device, use_graph: bool = True, warmup: int = 3,
-                 n_losses: int | None = None, after_fn: Callable[[torch.Tensor], None] | None = None):
+                 n_losses: int | None = None, after_fn: Callable[[torch.Tensor], None] | None = None,
+                 generators: Sequence[torch.Generator] = ()):
         """``batch_size``: the index shape (an int, or ``(S, batch)`` for seed-batched closures).
         ``n_losses``: S when the closure returns a vector of per-seed losses. ``after_fn(idx)``
-        runs after the optimizer step, inside the graph (e.g. DEPICT's clean re-prediction)."""
+        runs after the optimizer step, inside the graph (e.g. DEPICT's clean re-prediction).
+        ``loss_fn`` may return a dict of tensors with the loss under ``"loss"`` (the engine's steps); the last
+        step's outputs are ``self.outputs`` (under a graph: fixed tensors, overwritten by the next replay).
+        ``generators``: the CUDA generators the closure draws from besides torch's default one (e.g. an
+        augmentation stream); they are registered with the graph, so every replay draws fresh numbers and
+        advances them exactly as the eager step would."""
         self.loss_fn, self.opt, self.device, self.after_fn = loss_fn, optimizer, device, after_fn
+        self.generators = [g for g in generators if g.device.type == "cuda"]
+        self.outputs: torch.Tensor | dict[str, torch.Tensor] | None = None
+        self._captured_lrs: tuple[float, ...] | None = None
         self.use_graph = use_graph and device.type == "cuda"
         self.warmup = warmup
         shape = (batch_size,) if isinstance(batch_size, int) else tuple(batch_size)
@@ -153,7 +163,8 @@ class GraphedStep:
         self._momentum: torch.Tensor | None = None  # device scalar during a momentum burn-in
 
     def _body(self) -> None:
-        loss = self.loss_fn(self.idx)
+        out = self.loss_fn(self.idx)
+        loss = out["loss"] if isinstance(out, dict) else out
         if self._ones is not None:
             loss.backward(self._ones)
         else:
@@ -167,6 +178,7 @@ class GraphedStep:
         if self.after_fn is not None:
             with torch.no_grad():
                 self.after_fn(self.idx)
+        self.outputs = out
 
     def _eager(self) -> None:
         self.opt.zero_grad(set_to_none=True)
@@ -175,11 +187,18 @@ class GraphedStep:
     def _capture(self) -> None:
         self.opt.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
+        for g in self.generators:
+            graph.register_generator_state(g)
         with torch.cuda.graph(graph):
             self._body()
         self._graph = graph
+        self._captured_lrs = self._lrs()
 
-    def step(self, idx: torch.Tensor) -> None:
+    def _lrs(self) -> tuple[float, ...]:
+        return tuple(float(g["lr"]) for g in self.opt.param_groups)
+
+    def step(self, idx: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        """One step on the batch ``idx``; returns the closure's outputs (see ``self.outputs``)."""
         if idx.shape != self.idx.shape:  # e.g. a dataset smaller than one batch
             if self._graph is not None:
                 raise ValueError(f"batch shape changed from {tuple(self.idx.shape)} to {tuple(idx.shape)}")
@@ -188,7 +207,11 @@ class GraphedStep:
         self.n_summed += 1
         if not self.use_graph:
             self._eager()
-            return
+            return self.outputs
+        if self._graph is not None and self._lrs() != self._captured_lrs:
+            # the lr was changed behind our back (a per-epoch schedule): it is baked into the captured optimizer
+            # kernels, so capture again (no warm-up needed: optimizer state and cuDNN choices exist by now)
+            self._graph = None
         if self._graph is None:
             if self._eager_left > 0:  # warm up on a side stream, as graph capture requires
                 self._eager_left -= 1
@@ -197,10 +220,11 @@ class GraphedStep:
                 with torch.cuda.stream(side):
                     self._eager()
                 torch.cuda.current_stream(self.device).wait_stream(side)
-                return
+                return self.outputs
             # capture also runs the step once: capture records without executing, so replay now
             self._capture()
         self._graph.replay()
+        return self.outputs
 
     def _recapture(self) -> None:
         if self._graph is not None:

@@ -173,7 +173,7 @@ def train_simclr(cfg: SimCLRPretext.Config, data: ClusteringData, ctx: TrialCont
                     hooks=[LrScheduleHook.cosine(cfg.lr, cfg.epochs, cfg.lr_final_factor)])
     engine.add_pass("train", x_train.shape[0],
                     lambda idx: {"loss": simclr_loss(net, augment, x_train.index_select(0, idx), g_aug, cfg)},
-                    cfg.batch_size)
+                    cfg.batch_size, graph=True)
     engine.run(cfg.epochs)
     return net, list(engine.epoch_times)
 
