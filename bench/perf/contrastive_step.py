@@ -249,66 +249,6 @@ def run(args) -> list[dict]:
     return out
 
 
-def method_epochs(args) -> list[dict]:
-    """Epoch time of each ``--methods`` entry (``name`` or ``name:variant``) through its own ``run``."""
-    import tempfile
-    from pathlib import Path
-
-    from bench.context import TrialContext
-    from bench.method import ClusteringData
-    from bench.registry import get_method, resolve_config
-
-    n = args.method_images
-    x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    data = ClusteringData("random", x, x, args.clusters, "all", "all", "md5")
-    dev = "cuda" if torch.cuda.is_available() else "cpu"  # (cpu: only to try this function out)
-
-    def sync():
-        if dev == "cuda":
-            torch.cuda.synchronize()
-
-    rows = []
-    graphs = [g == "1" for g in args.method_graph.split(",")]
-    items = [(item, g) for item in args.methods.split(",") for g in graphs]
-    for item, graph in items:
-        name, _, variant = item.partition(":")
-        cls = get_method(name)
-        overrides = {"epochs": args.method_epochs, "eval_every": 0}
-        if "kmeans_n_init" in cls.Config.model_fields:  # the end-of-run k-means is not what is timed
-            overrides["kmeans_n_init"] = 1
-        if "cuda_graph" in cls.Config.model_fields:
-            overrides["cuda_graph"] = graph
-        cfg = resolve_config(name, variant or "default", None, overrides)
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                ctx = TrialContext(seed=0, device=dev, artifact_dir=Path(tmp) / "a", stage_dir=Path(tmp) / "s",
-                                   data_md5="md5", code_version="perf")
-                sync()
-                t0 = time.perf_counter()
-                method = cls(cfg)
-                getattr(method, "fit", method.run)(data, ctx)  # fit() binds the stages (issue 14)
-                sync()
-                wall = time.perf_counter() - t0
-        except Exception as e:  # keep going: one failed method must not lose the others' figures
-            print(f"  method {item}: FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
-            rows.append({"variant": f"method:{item}", "graph": graph, "error": str(e)[:300]})
-            continue
-        times = [r["epoch_s"] for r in ctx.curve]
-        losses = [r.get("loss") for r in ctx.curve]
-        med = statistics.median(times[1:] or times)
-        row = {"variant": f"method:{item}", "graph": graph, "losses": losses, "images": n, "epochs": len(times),
-               "epoch_s": times,
-               "median_epoch_s": med, "img_per_s": n / med, "wall_s": wall,
-               "batch_size": cfg.batch_size, "backbone": getattr(cfg, "backbone", None),
-               "image_size": getattr(cfg, "image_size", None), "precision": cfg.precision}
-        rows.append(row)
-        print(f"  method {item:<12} graph={int(graph)} {row['backbone']} {row['image_size']}px batch {cfg.batch_size} "
-              f"{cfg.precision}: epoch s {', '.join(f'{t:.3f}' for t in times)}; median after the first "
-              f"{med * 1e3:8.1f} ms -> {n / med:8.0f} img/s (wall {wall:.1f} s); loss "
-              f"{', '.join(f'{v:.4f}' for v in losses if v is not None)}", flush=True)
-    return rows
-
-
 def _summary(rows: list[dict], graphs: list[bool]) -> None:
     ok = [r for r in rows if "error" not in r]
     for g in graphs:
@@ -346,6 +286,8 @@ def main(argv=None) -> int:
     p.add_argument("--methods-only", action="store_true", help="only the --methods timings")
     p.add_argument("--method-images", type=int, default=8192)
     p.add_argument("--method-epochs", type=int, default=3)
+    p.add_argument("--method-graph", default="1", help="comma list of 1,0: the methods with CUDA-graphed steps (1) "
+                                                        "and/or eager (0)")
     p.add_argument("--method-graph", default="1", help="comma list of 1,0: each method with CUDA-graphed steps "
                                                         "(1, the default) and/or eager (0)")
     args = p.parse_args(argv)
@@ -358,7 +300,11 @@ def main(argv=None) -> int:
     if args.methods:
         print(f"== methods' own epochs: {args.method_images} random images, {args.method_epochs} epochs each",
               flush=True)
-        rows += method_epochs(args)
+        from bench.perf.method_epochs import method_epochs
+
+        rows += method_epochs(argparse.Namespace(methods=args.methods, images=args.method_images,
+                                                 epochs=args.method_epochs, graph=args.method_graph,
+                                                 clusters=args.clusters))
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(rows, f, indent=1)
