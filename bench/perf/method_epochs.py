@@ -46,11 +46,14 @@ def method_epochs(args) -> list[dict]:
         cls = get_method(name)
         if "cuda_graph" not in cls.Config.model_fields and graph != graphs[0]:
             continue  # no such switch in this method (or checkout): one run is all there is
-        overrides = {"epochs": args.epochs, "eval_every": 0}
-        if "kmeans_n_init" in cls.Config.model_fields:  # the end-of-run k-means is not what is timed
+        fields = cls.Config.model_fields
+        overrides = {"epochs": args.epochs, **({"eval_every": 0} if "eval_every" in fields else {})}
+        if "kmeans_n_init" in fields:  # the end-of-run k-means is not what is timed
             overrides["kmeans_n_init"] = 1
-        if "cuda_graph" in cls.Config.model_fields:
+        if "cuda_graph" in fields:
             overrides["cuda_graph"] = graph
+        else:
+            graph = None  # no switch: whatever the method does
         cfg = resolve_config(name, variant or "default", None, overrides)
         try:
             with tempfile.TemporaryDirectory() as tmp:
@@ -59,15 +62,21 @@ def method_epochs(args) -> list[dict]:
                 sync()
                 t0 = time.perf_counter()
                 method = cls(cfg)
-                getattr(method, "fit", method.run)(data, ctx)  # fit() binds the stages (issue 14)
+                out = getattr(method, "fit", method.run)(data, ctx)  # fit() binds the stages (issue 14)
                 sync()
                 wall = time.perf_counter() - t0
         except Exception as e:  # keep going: one failed method must not lose the others' figures
             print(f"  method {item}: FAILED {type(e).__name__}: {str(e)[:300]}", flush=True)
             rows.append({"variant": f"method:{item}", "graph": graph, "error": str(e)[:300]})
             continue
-        times = [r["epoch_s"] for r in ctx.curve]
-        losses = [r.get("loss") for r in ctx.curve]
+        rows_t = [r for r in ctx.curve if "epoch_s" in r]
+        # a method whose training is a stage (SimCLR + k-means: the pretext) reports the stage's mean epoch (first
+        # epoch included) in its info
+        times = [r["epoch_s"] for r in rows_t] or [out.info[k] for k in ("pretext_mean_epoch_s",) if out.info.get(k)]
+        losses = [r.get("loss") for r in rows_t]
+        if not times:
+            print(f"  method {item}: no per-epoch times (wall {wall:.1f} s)", flush=True)
+            continue
         med = statistics.median(times[1:] or times)
         row = {"variant": f"method:{item}", "graph": graph, "losses": losses, "images": n, "epochs": len(times),
                "epoch_s": times,
@@ -75,7 +84,8 @@ def method_epochs(args) -> list[dict]:
                "batch_size": cfg.batch_size, "backbone": getattr(cfg, "backbone", None),
                "image_size": getattr(cfg, "image_size", None), "precision": cfg.precision}
         rows.append(row)
-        print(f"  method {item:<12} graph={int(graph)} {row['backbone']} {row['image_size']}px batch {cfg.batch_size} "
+        g = "-" if graph is None else int(graph)
+        print(f"  method {item:<12} graph={g} {row['backbone']} {row['image_size']}px batch {cfg.batch_size} "
               f"{cfg.precision}: epoch s {', '.join(f'{t:.3f}' for t in times)}; median after the first "
               f"{med * 1e3:8.1f} ms -> {n / med:8.0f} img/s (wall {wall:.1f} s); loss "
               f"{', '.join(f'{v:.4f}' for v in losses if v is not None)}", flush=True)
