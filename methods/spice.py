@@ -15,7 +15,8 @@ tools/train_semi.py, spice/model/heads/sem_head*.py, configs/cifar10/*.py; claim
    are stacked, :class:`~methods.nn.heads.StackedMLPHeads`, one batched product and one loss call for all), Adam
    lr 0.005, wd 0; 30 epochs (CIFAR-10; 100 for the other datasets). After each epoch every head's CE against
    the prototype pseudo-labels of the whole train split (un-augmented) is its label-free loss; the (epoch, head)
-   with the lowest is kept (``checkpoint_select``).
+   with the lowest is kept (``checkpoint_select``). This step is the stage ``spice_self``
+   (:mod:`methods.stages.spice_self`, on the epoch engine): built once per seed for both variants, resumable.
 3. **Reliable pseudo-labels** (:func:`spice_reliable_labels`): a train image is reliable when its selected-head
    confidence > 0.99 and at least 90 of its 100 nearest neighbours in the embedding (itself included) share its
    predicted cluster; every cluster is cut at random to the smallest one's count.
@@ -57,11 +58,12 @@ from bench.stages import StageRequest
 from methods.augment.gpu import NORMALIZATION, resize_eval
 from methods.augment.strong import ScanAugment, ScanAugmentSpec
 from methods.engine import autocast, conv_layout, eval_pass
-from methods.losses import fixmatch_loss, spice_prototype_labels, spice_reliable_labels
+from methods.losses import fixmatch_loss, spice_reliable_labels
 from methods.nn.backbones import resnet
-from methods.nn.heads import MultiHeadClassifier, StackedMLPHeads, mlp_head
+from methods.nn.heads import MultiHeadClassifier
 from methods.stages.neighbours import MineNeighbours
-from methods.stages.simclr_pretext import PretextFields, load_pretext
+from methods.stages.simclr_pretext import PretextFields
+from methods.stages.spice_self import SpiceSelf, frozen_backbone, load_heads
 
 
 @register_method
@@ -118,38 +120,41 @@ class SPICE(ClusteringMethod):
     @classmethod
     def stages(cls, cfg: SPICE.Config) -> dict[str, StageRequest]:
         pretext = cfg.pretext_request()
+        # SPICE-Self is the shared stage spice_self: built once per seed for the variants self and default
+        self_step = StageRequest("spice_self", SpiceSelf.Config(
+            image_size=cfg.image_size, normalization=cfg.normalization, precision=cfg.precision,
+            eval_batch_size=cfg.eval_batch_size, num_heads=cfg.num_heads, head_hidden_dim=cfg.head_hidden_dim,
+            epochs=cfg.self_epochs, batch_size=cfg.self_batch_size, train_sub_batch_size=cfg.train_sub_batch_size,
+            num_repeat=cfg.num_repeat, lr=cfg.self_lr, weight_decay=cfg.self_weight_decay,
+            center_ratio=cfg.center_ratio, ce_on_probabilities=cfg.ce_on_probabilities,
+            weak_padding=cfg.weak_padding, strong_ops=cfg.strong_ops, cutout=cfg.cutout),
+            upstream={"pretext": pretext})
         if not cfg.semi:
-            return {"pretext": pretext}
+            return {"pretext": pretext, "self": self_step}
         # official topk(k=100) includes the image itself: 99 others
         nbrs = StageRequest("neighbours", MineNeighbours.Config(k=cfg.reliable_neighbors - 1, eval_k=0,
                                                                 features="backbone"),
                             upstream={"pretext": pretext})
-        return {"pretext": pretext, "neighbours": nbrs}
+        return {"pretext": pretext, "self": self_step, "neighbours": nbrs}
 
     # ------------------------------------------------------------------------------------------------------------
     def run(self, data: ClusteringData, ctx: TrialContext) -> ClusterOutput:
         cfg = self.config
         dev = ctx.device
         pre = ctx.stage("pretext")
-        backbone = load_pretext(pre, dev).backbone.eval().requires_grad_(False)
-        if dev.type == "cuda":
-            backbone = backbone.to(memory_format=torch.channels_last)
-            torch.backends.cudnn.benchmark = True
+        art = ctx.stage("self")
+        backbone = frozen_backbone(pre, dev)
         mean, std = NORMALIZATION[cfg.normalization]
 
-        def prep(xb: torch.Tensor) -> torch.Tensor:
-            return conv_layout(resize_eval(xb, cfg.image_size, mean, std), dev)
-
-        def feats(x: torch.Tensor, transform=prep) -> torch.Tensor:
-            return eval_pass(backbone, x, transform, cfg.eval_batch_size, dev, cfg.precision)
+        def feats(x: torch.Tensor) -> torch.Tensor:
+            return eval_pass(backbone, x, lambda xb: conv_layout(resize_eval(xb, cfg.image_size, mean, std), dev),
+                             cfg.eval_batch_size, dev, cfg.precision)
 
         x_train = data.x_train.to(dev)
-        f_train = feats(x_train)  # head input (un-augmented)
-        emb_train = F.normalize(f_train, dim=1)  # SPICE's embedding for prototypes
-        heads, best = self._spice_self(x_train, f_train, emb_train, feats, ctx)
-        head = heads.head(best["head"]).eval()
+        best = art["best"]
+        head = load_heads(art, dev).head(best["head"]).eval()
         with torch.no_grad():
-            scores_train = F.softmax(head(f_train), dim=1)
+            scores_train = F.softmax(head(feats(x_train)), dim=1)
             self_labels = F.softmax(head(feats(data.x_eval.to(dev))), dim=1).argmax(1)
         info = {"self_best_epoch": best["epoch"], "self_best_head": best["head"], "self_select_loss": best["loss"],
                 "pretext_epochs_run": len(pre["epoch_s"])}
@@ -167,82 +172,6 @@ class SPICE(ClusteringMethod):
         info.update(reliable_labels=int(idx_rel.numel()))
         labels = self._spice_semi(data, x_train, idx_rel, lab_rel, ctx)
         return ClusterOutput(labels=labels, info=info)
-
-    # -- SPICE-Self ----------------------------------------------------------------------------------------------
-    def _spice_self(self, x_train, f_train, emb_train, feats, ctx):
-        cfg = self.config
-        dev = ctx.device
-        k = ctx.data.n_clusters
-        mean, std = NORMALIZATION[cfg.normalization]
-        with ctx.init_rng("init"):
-            # initialised head by head (as the official's list of heads), trained stacked: one batched product per
-            # layer and one loss call for all heads (a Python loop over 10 heads dominated the epoch)
-            heads = StackedMLPHeads.from_heads(
-                [mlp_head(f_train.shape[1], cfg.head_hidden_dim, k) for _ in range(cfg.num_heads)]).to(dev)
-        opt = torch.optim.Adam(heads.parameters(), lr=cfg.self_lr, weight_decay=cfg.self_weight_decay)
-        weak = ScanAugment(ScanAugmentSpec(cfg.image_size, n_ops=0, cutout=0, crop_padding=cfg.weak_padding,
-                                           mean=mean, std=std))
-        strong = ScanAugment(ScanAugmentSpec(cfg.image_size, n_ops=cfg.strong_ops, cutout=cfg.cutout,
-                                             mean=mean, std=std))
-        g_order, g_aug = ctx.rng("data_order", dev), ctx.rng("augment", dev)
-
-        def aug(fn):
-            return lambda xb: conv_layout(fn(resize_eval(xb, cfg.image_size) if xb.shape[-1] != cfg.image_size
-                                             else xb, generator=g_aug), dev)
-
-        def ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-            return F.cross_entropy(F.softmax(logits, 1) if cfg.ce_on_probabilities else logits, target)
-
-        n = x_train.shape[0]
-        bs = min(cfg.self_batch_size, n)
-        best = {"loss": float("inf"), "head": 0, "epoch": 0, "state": None}
-        for epoch in range(1, cfg.self_epochs + 1):
-            perm = torch.randperm(n, device=dev, generator=g_order)
-            loss_sum, steps = torch.zeros((), device=dev), 0
-            for r in range(n // bs):
-                idx = perm[r * bs:(r + 1) * bs]
-                heads.eval()
-                with torch.no_grad():
-                    f_weak = feats(x_train[idx], aug(weak))
-                    f_strong = feats(x_train[idx], aug(strong))
-                    scores = F.softmax(heads(f_weak), 2)  # [H, bs, K]
-                    picks = [spice_prototype_labels(emb_train[idx], scores[h], cfg.center_ratio)
-                             for h in range(len(heads))]
-                    pick_idx = torch.stack([p for p, _ in picks])  # [H, n_sel]
-                    pick_lab = torch.stack([lab for _, lab in picks])
-                heads.train()
-                n_sel = pick_idx.shape[1]
-                sub = min(cfg.train_sub_batch_size, n_sel)
-                for _ in range(cfg.num_repeat):
-                    order = torch.randperm(n_sel, device=dev, generator=g_order)
-                    for i in range(n_sel // sub):
-                        s = order[i * sub:(i + 1) * sub]
-                        loss = spice_self_loss(heads(f_strong[pick_idx[:, s]]), pick_lab[:, s],
-                                               cfg.ce_on_probabilities)
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        opt.step()
-                        loss_sum += loss.detach()
-                        steps += 1
-            # label-free selection: each head's CE against its own prototype labels of the whole train split
-            heads.eval()
-            with torch.no_grad():
-                sel = []
-                for logits in heads(f_train):
-                    p_idx, p_lab = spice_prototype_labels(emb_train, F.softmax(logits, 1), cfg.center_ratio)
-                    sel.append(float(ce(logits[p_idx], p_lab)))
-            h_best = min(range(len(sel)), key=sel.__getitem__)
-            if sel[h_best] < best["loss"]:
-                best = {"loss": sel[h_best], "head": h_best, "epoch": epoch,
-                        "state": {k: v.detach().clone() for k, v in heads.state_dict().items()}}
-            ctx.check_finite(loss_sum, f"SPICE-Self loss at epoch {epoch}")
-            with torch.no_grad():
-                f_eval = feats(ctx.data.x_eval.to(dev))
-                pred = heads(f_eval)[h_best].argmax(1)
-            ctx.log_epoch(epoch, phase="self", loss=loss_sum / max(1, steps), select_loss=sel[h_best],
-                          select_head=h_best, eval_pred=pred)
-        heads.load_state_dict(best["state"])
-        return heads, best
 
     # -- SPICE-Semi (FixMatch) -----------------------------------------------------------------------------------
     def _spice_semi(self, data, x_train, idx_rel, lab_rel, ctx) -> torch.Tensor:
@@ -319,12 +248,3 @@ class SPICE(ClusteringMethod):
         logits = eval_pass(net, x, prep, self.config.eval_batch_size, dev, self.config.precision)
         return logits[:, 0].argmax(1)
 
-
-def spice_self_loss(logits: torch.Tensor, targets: torch.Tensor, on_probabilities: bool) -> torch.Tensor:
-    """SPICE-Self's loss of all heads at once: logits [H, B, K], targets [H, B] (each head its own pseudo-labelled
-    rows) -> the mean over the heads of each head's mean CE (official: the heads' losses summed, / num_heads).
-    With ``on_probabilities`` the CE takes the softmax outputs (the official's double softmax)."""
-    n_heads, b, k = logits.shape
-    inp = F.softmax(logits, 2) if on_probabilities else logits
-    per_row = F.cross_entropy(inp.reshape(n_heads * b, k), targets.reshape(-1), reduction="none")
-    return per_row.view(n_heads, b).mean(1).sum() / n_heads

@@ -108,8 +108,8 @@ def test_spice_self_stacked_heads_equal_the_per_head_loop(on_probabilities):
     """SPICE-Self trains its heads stacked (one batched product per layer, one loss call): the logits, the loss and
     every head's gradients equal the official per-head loop's (list of heads, losses summed / num_heads), each head
     on its own rows. Equal to float rounding: a batched product sums in another order than one matrix product."""
+    from methods.losses import spice_self_loss
     from methods.nn.heads import StackedMLPHeads, mlp_head
-    from methods.spice import spice_self_loss
 
     torch.manual_seed(0)
     n_heads, b, d, hidden, k = 5, 12, 16, 24, 4

@@ -114,9 +114,10 @@ def test_spice_self_then_semi(tmp_path):
     assert out.info["reliable_labels"] >= 2 and out.info["reliable_labels"] % 2 == 0  # balanced over 2 clusters
     assert all(math.isfinite(r["loss"]) for r in semi_rows)
     names = [u["name"] for u in ctx.stages_used]
-    assert names == ["simclr_pretext", "neighbours"]
+    assert names == ["simclr_pretext", "spice_self", "neighbours"]
+    assert {r.get("stage") for r in self_rows} == {"spice_self"}  # SPICE-Self's epochs are its stage's curve
     # SPICE's 100-NN (here 3) in the 512-d backbone embedding: another neighbours node than SCAN's
-    nb_key = ctx.stages_used[1]["key"]
+    nb_key = ctx.stages_used[2]["key"]
     _, scan_ctx = _fit("scan", "scan_only", SCAN_TINY, tmp_path, key="scan")
     assert scan_ctx.stages_used[0] == {**ctx.stages_used[0], "reused": True}  # the same pretext network
     assert scan_ctx.stages_used[1]["key"] != nb_key
@@ -125,7 +126,63 @@ def test_spice_self_then_semi(tmp_path):
 def test_spice_self_variant_has_no_semi_step(tmp_path):
     out, ctx = _fit("spice", "self", SPICE_TINY, tmp_path)
     assert "reliable_labels" not in out.info and not [r for r in ctx.curve if r.get("phase") == "semi"]
-    assert [u["name"] for u in ctx.stages_used] == ["simclr_pretext"]  # no neighbours needed
+    assert [u["name"] for u in ctx.stages_used] == ["simclr_pretext", "spice_self"]  # no neighbours needed
+
+
+def test_spice_variants_share_one_spice_self_build(tmp_path):
+    """SPICE-Self is a stage: the variant ``self`` reads the heads the ``default`` trial of the same seed built
+    (same selection, same labels), without training them again."""
+    import methods.stages.spice_self as self_mod
+
+    default, d_ctx = _fit("spice", "default", SPICE_TINY, tmp_path, key="default")
+    calls = []
+    real = self_mod.spice_self_loss
+    self_mod.spice_self_loss = lambda *a, **k: (calls.append(1), real(*a, **k))[1]
+    try:
+        only, o_ctx = _fit("spice", "self", SPICE_TINY, tmp_path, key="self")
+    finally:
+        self_mod.spice_self_loss = real
+    assert calls == [], "the self variant trained SPICE-Self again instead of reusing the stage"
+    used = {u["name"]: u for u in o_ctx.stages_used}
+    assert used["spice_self"]["reused"] and used["spice_self"]["key"] == \
+        {u["name"]: u for u in d_ctx.stages_used}["spice_self"]["key"]
+    for k in ("self_best_epoch", "self_best_head", "self_select_loss"):
+        assert only.info[k] == default.info[k]
+
+
+def test_spice_self_cut_and_run_again_ends_like_an_uncut_run(tmp_path, monkeypatch):
+    """SPICE-Self cut in its third epoch (inside a round's sub-batch steps): the same trial run again resumes from the
+    stage build's checkpoint after epoch 2 (not from scratch) and ends with the uncut run's labels, selection and
+    curve."""
+    import methods.stages.spice_self as self_mod
+
+    real = self_mod.spice_self_loss
+    calls = {"n": 0, "cut_at": None}
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == calls["cut_at"]:
+            raise _Cut
+        return real(*a, **k)
+
+    monkeypatch.setattr(self_mod, "spice_self_loss", counting)
+    uncut, uncut_ctx = _fit("spice", "self", SPICE_TINY, tmp_path / "uncut")
+    per_epoch = calls["n"] // SPICE_TINY["self_epochs"]
+    assert per_epoch * SPICE_TINY["self_epochs"] == calls["n"] and per_epoch >= 2
+    calls.update(n=0, cut_at=2 * per_epoch + 2)  # the second step of epoch 3
+    with pytest.raises(_Cut):
+        _fit("spice", "self", SPICE_TINY, tmp_path / "cut")
+    assert list((tmp_path / "cut" / "stages").rglob("checkpoint.pt")), "the cut build left no checkpoint"
+    calls.update(n=0, cut_at=None)
+    again, again_ctx = _fit("spice", "self", SPICE_TINY, tmp_path / "cut")
+    assert calls["n"] == (SPICE_TINY["self_epochs"] - 2) * per_epoch  # resumed after epoch 2
+    assert np.array_equal(again.labels_numpy(), uncut.labels_numpy())
+    assert again.info == uncut.info
+
+    def untimed(curve):
+        return [{k: v for k, v in r.items() if k not in ("elapsed_s", "epoch_s")} for r in curve]
+
+    assert untimed(again_ctx.curve) == untimed(uncut_ctx.curve)
 
 
 @pytest.fixture

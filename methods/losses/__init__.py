@@ -227,6 +227,16 @@ def spice_prototype_labels(features: Tensor, scores: Tensor, center_ratio: float
     return idx.reshape(-1), labels.reshape(-1)
 
 
+def spice_self_loss(logits: Tensor, targets: Tensor, on_probabilities: bool) -> Tensor:
+    """SPICE-Self's loss of all heads at once: logits [H, B, K], targets [H, B] (each head its own pseudo-labelled
+    rows) -> the mean over the heads of each head's mean CE (official: the heads' losses summed, / num_heads).
+    With ``on_probabilities`` the CE takes the softmax outputs (the official's double softmax)."""
+    n_heads, b, k = logits.shape
+    inp = F.softmax(logits, 2) if on_probabilities else logits
+    per_row = F.cross_entropy(inp.reshape(n_heads * b, k), targets.reshape(-1), reduction="none")
+    return per_row.view(n_heads, b).mean(1).sum() / n_heads
+
+
 @torch.no_grad()
 def spice_reliable_labels(neighbours: Tensor, scores: Tensor, agree_ratio: float = 0.9, threshold: float = 0.99,
                           generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
