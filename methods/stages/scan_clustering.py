@@ -20,7 +20,7 @@ resumes there.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,13 +28,14 @@ from pydantic import Field
 
 from bench.context import TrialContext, rng_state, set_rng_state
 from bench.method import ClusteringData
-from bench.stages import Stage, StageConfig, register_stage
+from bench.stages import Stage, register_stage
 from methods.augment.gpu import NORMALIZATION, resize_eval
 from methods.augment.strong import ScanAugment, ScanAugmentSpec
 from methods.engine import autocast, conv_layout, epoch_batches, eval_pass
 from methods.losses import scan_loss, scan_selection_loss
 from methods.nn.backbones import resnet
 from methods.nn.heads import MultiHeadClassifier
+from methods.stages import ImageStageConfig
 
 #: the SCAN step's random streams, in the order the artifact stores their states
 STREAMS = ("data_order", "augment", "neighbour_pick")
@@ -45,14 +46,9 @@ class ScanClustering(Stage):
     name = "scan_clustering"
     version = 1
 
-    class Config(StageConfig):
+    class Config(ImageStageConfig):
         """Defaults: configs/scan/scan_cifar10.yml (CIFAR-10); SCAN's dataset defaults set the rest."""
 
-        image_size: int = Field(32, ge=8)
-        normalization: Literal["cifar10", "cifar20", "imagenet"] = "cifar10"
-        # Deviation (numerics only): the official trains in fp32; bf16 autocast on a GPU. CPUs run fp32.
-        precision: Literal["fp32", "bf16"] = "bf16"
-        eval_batch_size: int = Field(1024, ge=1)
         eval_neighbors: int = Field(5, ge=1, description="top-5 eval neighbours for the selection score")
         # Deviation: the issue's recipe and SCAN's ImageNet configs train 10 heads and keep the lowest-loss one;
         # SCAN's CIFAR/STL configs train one (num_heads 1 restores that)

@@ -20,7 +20,7 @@ shapes to rebuild them (:func:`load_heads`).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,12 +28,13 @@ from pydantic import Field
 
 from bench.context import TrialContext
 from bench.method import ClusteringData
-from bench.stages import Stage, StageConfig, register_stage
+from bench.stages import Stage, register_stage
 from methods.augment.gpu import NORMALIZATION, resize_eval
 from methods.augment.strong import ScanAugment, ScanAugmentSpec
 from methods.engine import Engine, EngineConfig, Hook, Priority, conv_layout, eval_pass
 from methods.losses import spice_prototype_labels, spice_self_loss
 from methods.nn.heads import StackedMLPHeads, mlp_head
+from methods.stages import ImageStageConfig
 
 
 @register_stage
@@ -41,14 +42,9 @@ class SpiceSelf(Stage):
     name = "spice_self"
     version = 1
 
-    class Config(StageConfig):
+    class Config(ImageStageConfig):
         """Defaults: configs/cifar10/spice_self.py (CIFAR-10); SPICE's dataset defaults set the rest."""
 
-        image_size: int = Field(32, ge=8)
-        normalization: Literal["cifar10", "cifar20", "imagenet"] = "cifar10"
-        # Deviation (numerics only): the official trains in fp32; bf16 autocast on a GPU. CPUs run fp32.
-        precision: Literal["fp32", "bf16"] = "bf16"
-        eval_batch_size: int = Field(1024, ge=1)
         num_heads: int = Field(10, ge=1)
         head_hidden_dim: int = Field(512, ge=1)
         epochs: int = Field(30, ge=1, description="CIFAR-10: 30, others: 100")
