@@ -6,8 +6,8 @@ What could silently go wrong, and what each test checks:
   draws must differ from step to step;
 * the learning rate is baked into the captured optimizer kernels: a per-epoch schedule must still apply
   (parameters after an lr change equal the eager run's);
-* a real method (CC on 32 px images, its own augmentations and Adam) trained with and without graphs must give
-  the same losses and draw the same augmentation stream.
+* every method whose passes opt in (CC, PICA, IDFD, the SimCLR pretext), trained on 32 px images with and without
+  graphs, must give the same losses (fp32, deterministic cuDNN).
 Skipped without a CUDA GPU (they run in the device machine's test calls).
 """
 
@@ -66,24 +66,59 @@ def test_graphed_step_draws_and_lr_equal_eager():
     assert not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(p_graph, p_const))
 
 
-def _cc_run(tmp: Path, cuda_graph: bool):
+#: tiny GPU configs of every method whose passes opt into graphs; (method, variant, overrides)
+GRAPHED = {
+    "cc": ("cc", "cifar32", {"backbone": "resnet18", "epochs": 3, "batch_size": 64}),
+    "pica": ("pica", "default", {"backbone": "resnet18", "epochs": 2, "batch_size": 64, "overclustering": 20,
+                                 "data_nrepeat": 2}),
+    "idfd": ("idfd", "default", {"epochs": 3, "batch_size": 64, "kmeans_n_init": 1}),
+    # the pretext stage (cosine lr per epoch: a re-capture every epoch); the cuda_graph switch is the stage's engine
+    # default, so this one compares graphed pretext losses across two seeds' runs only through the k-means result
+    "simclr_kmeans": ("simclr_kmeans", "default", {"epochs": 3, "batch_size": 64, "kmeans_n_init": 1}),
+}
+
+
+def _method_run(tmp: Path, name: str, cuda_graph: bool | None):
+    method, variant, overrides = GRAPHED[name]
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (512, 3, 32, 32), generator=g, dtype=torch.uint8)
     y = np.arange(512) % 10
     data = ClusteringData("synthetic", x, x, 10, "all", "all", "md5")
-    cfg = resolve_config("cc", "cifar32", None, {"backbone": "resnet18", "epochs": 3, "batch_size": 64,
-                                                 "eval_every": 0, "precision": "fp32", "cuda_graph": cuda_graph})
+    extra = {"precision": "fp32"}
+    if cuda_graph is not None:
+        extra.update(eval_every=0, cuda_graph=cuda_graph)
+    cfg = resolve_config(method, variant, None, {**overrides, **extra})
     ctx = TrialContext(seed=0, device="cuda", artifact_dir=tmp / "artifact", stage_dir=tmp / "stages",
                        data_md5="md5", code_version="test", scorer=lambda p: evaluate(y, p))
-    out = get_method("cc")(cfg).fit(data, ctx)
-    return [row["loss"] for row in ctx.curve], out.labels_numpy()
+    out = get_method(method)(cfg).fit(data, ctx)
+    return [row["loss"] for row in ctx.curve if "loss" in row], out.labels_numpy()
 
 
-def test_cc_graphed_equals_eager(tmp_path):
+@pytest.mark.parametrize("name", ["cc", "pica", "idfd"])
+def test_graphed_method_equals_eager(tmp_path, name):
     torch.backends.cudnn.deterministic = True  # the comparison is about the graph, not cuDNN's algorithm choice
     try:
-        eager, _ = _cc_run(tmp_path / "eager", False)
-        graphed, _ = _cc_run(tmp_path / "graph", True)
+        eager, _ = _method_run(tmp_path / "eager", name, False)
+        graphed, _ = _method_run(tmp_path / "graph", name, True)
+    finally:
+        torch.backends.cudnn.deterministic = False
+    assert len(eager) == len(graphed) >= 2
+    np.testing.assert_allclose(graphed, eager, rtol=2e-3)
+
+
+def test_graphed_pretext_equals_eager(tmp_path, monkeypatch):
+    """The SimCLR pretext stage (its cosine lr changes every epoch: a re-capture each time) graphed vs eager."""
+    import methods.stages.simclr_pretext as pretext
+
+    torch.backends.cudnn.deterministic = True
+    try:
+        graphed, _ = _method_run(tmp_path / "graph", "simclr_kmeans", None)
+
+        class EagerKnobs(pretext.EngineConfig):
+            cuda_graph: bool = False
+
+        monkeypatch.setattr(pretext, "EngineConfig", EagerKnobs)
+        eager, _ = _method_run(tmp_path / "eager", "simclr_kmeans", None)
     finally:
         torch.backends.cudnn.deterministic = False
     assert len(eager) == len(graphed) == 3
