@@ -28,9 +28,10 @@ Deviations (each also at its default): ``num_heads`` 10 with the lowest-loss hea
 and SCAN's ImageNet configs; SCAN's CIFAR/STL configs train one head (``num_heads: 1`` restores that). Strong
 augmentation in float without uint8 rounding between ops (op-by-op equal to PIL within one grey level, tests).
 bf16 autocast on a GPU (``precision: fp32`` for the official arithmetic). STL-10 uses the CIFAR stem (SCAN's
-``resnet_stl`` adds a max-pool). The SCAN step (in its stage's partial folder) and self-labelling checkpoint at
-epoch ends (at most every ``BENCH_CHECKPOINT_S``) and a killed trial run again resumes there; the pretext stage
-resumes from its own.
+``resnet_stl`` adds a max-pool). Both training steps run on the epoch engine (methods/engine): the SCAN step
+checkpoints every ``CHECKPOINT_EVERY`` epochs in its stage's partial folder, self-labelling every
+``SELFLABEL_CHECKPOINT_EVERY`` in the trial's, and a killed trial run again resumes there; the pretext stage resumes
+from its own.
 A batch without any confident sample gives a zero self-labelling loss (the official raises).
 
 GPU figures (one H200), the shared-pretext run and the extrapolation to the paper schedule: bench/perf/NOTES_scan.md;
@@ -43,12 +44,11 @@ from __future__ import annotations
 import torch
 from pydantic import Field
 
-from bench.context import rng_state, set_rng_state
 from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, TrialContext
 from bench.registry import register_method
 from bench.stages import StageRequest
 from methods.augment.gpu import NORMALIZATION, resize_eval
-from methods.engine import autocast, conv_layout, epoch_batches
+from methods.engine import CheckpointHook, CurveLogHook, Engine, EngineConfig, EvalHook, Hook, autocast, conv_layout
 from methods.losses import confidence_ce
 from methods.nn.heads import MultiHeadClassifier
 from methods.stages.neighbours import MineNeighbours
@@ -141,65 +141,71 @@ class SCAN(ClusteringMethod):
 
         # -- self-labelling --------------------------------------------------------------------------------------
         if cfg.selflabel:
-            # the SCAN step's streams go on where it left them (as one process running both steps)
-            g_batch, g_aug, _ = gens = continue_streams(art, ctx, dev)
-            view = strong_view(cfg, g_aug, dev)
-            x_train = data.x_train.to(dev)
-            n = x_train.shape[0]
-            opt = torch.optim.Adam(net.parameters(), lr=cfg.selflabel_lr, weight_decay=cfg.selflabel_weight_decay)
-            # progress checkpoints at epoch ends (at most every BENCH_CHECKPOINT_S): a killed trial run again resumes
-            ckpt = ctx.checkpointer("selflabel")
-            fingerprint = cfg.model_dump(mode="json")
-            first = 1
-            resume = ckpt.load()
-            if resume is not None and resume.get("config") == fingerprint:
-                ctx.logger.info("SCAN: resuming self-labelling after epoch %d", resume["epoch"])
-                ctx.curve[:] = resume["curve"]
-                set_rng_state(resume["rng"], gens)
-                net.load_state_dict(resume["net"])
-                opt.load_state_dict(resume["opt"])
-                first = resume["epoch"] + 1
-            for epoch in range(first, cfg.selflabel_epochs + 1):
-                net.train()
-                sums, steps = torch.zeros(2, device=dev), 0  # loss, confident samples
-                for idx in epoch_batches(n, cfg.selflabel_batch_size, g_batch, dev):
-                    sums += selflabel_step(net, opt, x_train[idx], prep, view, cfg)
-                    steps += 1
-                loss_sum, conf_sum = sums[0], sums[1]
-                ctx.check_finite(loss_sum, f"self-labelling loss at epoch {epoch}")
-                last = epoch == cfg.selflabel_epochs
-                pred = self._probs(net, data.x_eval, prep, cfg, dev)[0].argmax(1) if last or epoch % 10 == 0 else None
-                ctx.log_epoch(cfg.scan_epochs + epoch, phase="selflabel", loss=loss_sum / max(1, steps),
-                              confident_frac=conf_sum / max(1, steps * cfg.selflabel_batch_size), eval_pred=pred)
-                if not last and ckpt.due():
-                    ckpt.save({"config": fingerprint, "epoch": epoch, "net": net.state_dict(),
-                               "opt": opt.state_dict(), "rng": rng_state(gens), "curve": list(ctx.curve)})
-        labels = self._probs(net, data.x_eval, prep, cfg, dev)[0].argmax(1)
-        if not cfg.selflabel:
+            labels = self._selflabel(net, data, prep, art, ctx)
+        else:
+            labels = head_probs(net, data.x_eval, prep, cfg, dev)[0].argmax(1)
             ctx.log_epoch(cfg.scan_epochs, phase="selected", eval_pred=labels)
         info.update(selflabel_epochs=cfg.selflabel_epochs * cfg.selflabel, pretext_epochs_run=len(pre["epoch_s"]))
         return ClusterOutput(labels=labels, info=info)
 
-    @staticmethod
-    def _probs(net: MultiHeadClassifier, x: torch.Tensor, prep, cfg, dev) -> torch.Tensor:
-        return head_probs(net, x, prep, cfg, dev)
+    def _selflabel(self, net: MultiHeadClassifier, data: ClusteringData, prep, art: dict, ctx: TrialContext):
+        """Self-labelling of the kept SCAN model on the engine (:func:`selflabel_step`, Adam, final epoch's labels),
+        resumable from the trial's checkpoint. The SCAN step's random streams go on where it left them (as one
+        process running both steps would)."""
+        cfg = self.config
+        dev = ctx.device
+        g_batch, g_aug, _ = continue_streams(art, ctx, dev)
+        view = strong_view(cfg, g_aug, dev)
+        x_train = data.x_train.to(dev)
+        opt = torch.optim.Adam(net.parameters(), lr=cfg.selflabel_lr, weight_decay=cfg.selflabel_weight_decay)
+        # harness knobs: not fields of SCAN's config (they would change its trial key); the checkpoint resumes only
+        # a run of the same config
+        knobs = EngineConfig(eval_every=10, checkpoint_every=min(SELFLABEL_CHECKPOINT_EVERY, cfg.selflabel_epochs),
+                             precision=cfg.precision)
+        engine = Engine(ctx, knobs, modules={"net": net}, optimizer=opt,
+                        streams={"data_order": g_batch, "augment": g_aug},
+                        hooks=[EvalHook(lambda e: head_probs(net, data.x_eval, prep, cfg, dev)[0].argmax(1),
+                                        knobs.eval_every),
+                               ConfidentFraction(),
+                               # the curve goes on after the SCAN step's epochs
+                               CurveLogHook(epoch_offset=cfg.scan_epochs, phase="selflabel"),
+                               CheckpointHook(knobs.checkpoint_every, fingerprint=cfg.model_dump(mode="json"))])
+        engine.add_pass("train", x_train.shape[0], lambda idx: selflabel_step(net, x_train[idx], prep, view, cfg),
+                        cfg.selflabel_batch_size)
+        engine.run(cfg.selflabel_epochs)
+        return engine.hook(EvalHook).pred
 
 
-# The self-labelling step, shared with bench/perf/scan_epoch.py (as scan_step, re-exported here). It waits for
-# nothing on the GPU (no .item(), no boolean indexing, no host-to-device copy).
+#: epochs between self-labelling checkpoints (a harness knob): a CIFAR-10 epoch takes ~2 s on an H200
+#: (bench/perf/NOTES_scan.md), a checkpoint (network, Adam) ~135 MB
+SELFLABEL_CHECKPOINT_EVERY = 25
 
-def selflabel_step(net: MultiHeadClassifier, opt: torch.optim.Optimizer, xb: torch.Tensor, prep, view,
-                   cfg: SCAN.Config) -> torch.Tensor:
-    """One self-labelling step on a uint8 batch: targets from the un-augmented images (train mode, no gradient,
-    as the official), confidence-masked class-balanced CE on a strong view, one Adam step.
-    Returns [loss, confident samples] (detached, on the device)."""
+
+class ConfidentFraction(Hook):
+    """Logs ``confident_frac``: the epoch's share of samples whose target passed the confidence threshold (the steps'
+    ``confident`` counts, summed on the device)."""
+
+    def before_epoch(self, engine: Engine) -> None:
+        self.confident, self.seen = torch.zeros((), device=engine.device), 0
+
+    def after_step(self, engine: Engine, idx: torch.Tensor, outputs: dict[str, torch.Tensor]) -> None:
+        self.confident += outputs["confident"]
+        self.seen += idx.numel()
+
+    def after_epoch(self, engine: Engine) -> None:
+        engine.log["confident_frac"] = self.confident / max(1, self.seen)
+
+
+# The engine's self-labelling step, shared with bench/perf/scan_epoch.py. It waits for nothing on the GPU (no
+# .item(), no boolean indexing, no host-to-device copy).
+def selflabel_step(net: MultiHeadClassifier, xb: torch.Tensor, prep, view, cfg: SCAN.Config) -> dict[str, torch.Tensor]:
+    """Self-labelling's loss on a uint8 batch: targets from the un-augmented images (train mode, no gradient, as the
+    official), confidence-masked class-balanced CE on a strong view (``loss``, back-propagated by the engine before
+    its Adam step); ``confident``: how many samples had a target."""
     dev = xb.device
     with torch.no_grad(), autocast(dev, cfg.precision):  # official: train mode, no gradient
         weak = net(prep(xb))[:, 0]
     with autocast(dev, cfg.precision):
         strong_logits = net(view(xb))[:, 0]
     loss, n_conf = confidence_ce(weak.float(), strong_logits.float(), cfg.confidence_threshold, cfg.class_balancing)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return torch.stack([loss.detach(), n_conf])
+    return {"loss": loss, "confident": n_conf}

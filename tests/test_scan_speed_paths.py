@@ -93,14 +93,21 @@ def test_scan_and_selflabel_steps_never_read_the_device(monkeypatch):
         monkeypatch.setattr(torch.Tensor, name, forbidden)
     monkeypatch.setattr(torch, "tensor", forbidden)
     monkeypatch.setattr(torch, "masked_select", forbidden)
-    out = scan_step(net, opt, x, nbrs, torch.arange(8), view, g, cfg)
-    assert out.shape == (3,)
+
+    def engine_step(out):  # what the engine does with a step's outputs
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        opt.step()
+        return out
+
+    out = engine_step(scan_step(net, x, nbrs, torch.arange(8), view, g, cfg))
+    assert set(out) == {"loss", "loss_consistency", "loss_entropy"}
     net.keep_head(0)
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
-    out2 = selflabel_step(net, opt, x[:12], prep, view, cfg)
-    assert out2.shape == (2,)
+    out2 = engine_step(selflabel_step(net, x[:12], prep, view, cfg))
+    assert set(out2) == {"loss", "confident"}
     monkeypatch.undo()
-    assert torch.isfinite(out).all() and 0 <= out2[1].item() <= 12
+    assert all(torch.isfinite(v) for v in out.values()) and 0 <= out2["confident"].item() <= 12
 
 
 @pytest.mark.parametrize("on_probabilities", [True, False])

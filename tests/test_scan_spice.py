@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_engine import checkpointed_epoch, sigkill_after_checkpoint
 
 from bench.context import TrialContext
 from bench.data import DATASETS, DatasetSpec, Splits
@@ -69,8 +70,8 @@ def test_scan_selects_the_lowest_loss_head_and_self_labels(tmp_path):
     scan_rows = [r for r in ctx.curve if r.get("phase") == "scan"]
     self_rows = [r for r in ctx.curve if r.get("phase") == "selflabel"]
     assert [r["epoch"] for r in scan_rows] == [1, 2] and [r["epoch"] for r in self_rows] == [3, 4]
-    for r in scan_rows:  # total = consistency - 5 x entropy, averaged over the heads
-        assert r["loss"] == pytest.approx(r["consistency"] - 5.0 * r["entropy"], abs=1e-4)
+    for r in scan_rows:  # total = consistency - 5 x entropy, each summed over the heads
+        assert r["loss"] == pytest.approx(r["loss_consistency"] - 5.0 * r["loss_entropy"], abs=1e-4)
         assert 0 <= r["select_head"] < 3 and 0.0 <= r["eval_acc"] <= 1.0
     # the kept (epoch, head) is the lowest label-free selection score over all epochs
     best = min(scan_rows, key=lambda r: r["select_loss"])
@@ -236,7 +237,9 @@ def test_scan_killed_and_run_again_ends_like_an_uncut_run(tmp_path, monkeypatch,
 
     cfg = {**SCAN_TINY, "scan_epochs": 2, "selflabel_epochs": 2, "selflabel_batch_size": 20}
     uncut, uncut_ctx = _fit("scan", "default", cfg, tmp_path / "uncut")
-    monkeypatch.setenv("BENCH_CHECKPOINT_S", "0")  # checkpoint at every epoch end
+    # checkpoint at every epoch end (harness knobs: not in the stage or trial keys)
+    monkeypatch.setattr(step_mod, "CHECKPOINT_EVERY", 1)
+    monkeypatch.setattr(scan_mod, "SELFLABEL_CHECKPOINT_EVERY", 1)
     calls = {"scan": 0, "self": 0}
     cut = {"kind": cut_kind, "call": cut_call}
 
@@ -253,8 +256,8 @@ def test_scan_killed_and_run_again_ends_like_an_uncut_run(tmp_path, monkeypatch,
     with pytest.raises(_Cut):
         _fit("scan", "default", cfg, tmp_path / "cut")
     # the SCAN step checkpoints in its stage's partial folder, self-labelling in the trial's artifact folder
-    left = (list((tmp_path / "cut" / "stages").rglob("scan-*.ckpt.pt")) if cut_kind == "scan" else
-            list((tmp_path / "cut" / "scan").glob("selflabel-*.ckpt.pt")))
+    left = (list((tmp_path / "cut" / "stages" / "scan_clustering").glob(".partial-*/checkpoint.pt"))
+            if cut_kind == "scan" else list((tmp_path / "cut" / "scan").glob("checkpoint.pt")))
     assert left, "the cut run left no checkpoint"
     calls.update(scan=0, self=0)
     cut["kind"] = None
@@ -262,10 +265,67 @@ def test_scan_killed_and_run_again_ends_like_an_uncut_run(tmp_path, monkeypatch,
     # resumed, not restarted: only what was left after the last finished epoch ran again
     assert calls == ({"scan": 5, "self": 4} if cut_kind == "scan" else {"scan": 0, "self": 2})
     assert np.array_equal(again.labels_numpy(), uncut.labels_numpy())
+    assert untimed(again_ctx.curve) == untimed(uncut_ctx.curve)
+    assert again.info == uncut.info
+    assert not list((tmp_path / "cut").rglob("checkpoint.pt"))  # a finished run leaves none behind
 
-    def untimed(curve):
-        return [{k: v for k, v in r.items() if k not in ("elapsed_s", "epoch_s")} for r in curve]
 
+def untimed(curve: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in ("elapsed_s", "epoch_s")} for r in curve]
+
+
+# a real SCAN trial in a child process, checkpointing at every epoch end of the SCAN step and of self-labelling; each
+# epoch ends 0.5 s later (the kill lands mid-run) and the epoch of each phase's last checkpoint goes to a small file
+SCAN_KILLED_CHILD = """
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+import methods.scan as scan_mod
+import methods.stages.scan_clustering as step_mod
+from methods.engine import CheckpointHook, CurveLogHook
+step_mod.CHECKPOINT_EVERY = scan_mod.SELFLABEL_CHECKPOINT_EVERY = 1
+_save = CheckpointHook.after_epoch
+def _slow(self, engine):
+    _save(self, engine)
+    if self.saved_epochs:
+        phase = engine.hook(CurveLogHook).tags.get("phase", "other")
+        Path({tmp!r}, "saved-" + phase).write_text(str(self.saved_epochs[-1]))
+    time.sleep(0.5)
+CheckpointHook.after_epoch = _slow
+from test_scan_spice import _fit, SCAN_KILL_CFG
+_fit("scan", "default", SCAN_KILL_CFG, Path({tmp!r}))
+print("finished", flush=True)
+"""
+SCAN_KILL_CFG = {**SCAN_TINY, "scan_epochs": 4, "selflabel_epochs": 4, "selflabel_batch_size": 20}
+
+
+def _saved(root: Path, phase: str) -> int:
+    try:
+        return int((root / f"saved-{phase}").read_text())
+    except (OSError, ValueError):
+        return 0
+
+
+@pytest.mark.slow
+def test_sigkilled_scan_step_and_selflabelling_resume_to_the_uncut_labels(tmp_path, caplog):
+    """The real thing, twice: a process running a SCAN trial is SIGKILLed once the SCAN step (a stage, checkpointing
+    in its partial folder) has checkpointed epoch 2 of 4; a second process resumes it there, finishes it, and is
+    SIGKILLed once self-labelling (checkpointing in the trial's folder) has checkpointed epoch 2 of 4; the trial run
+    a third time resumes self-labelling and ends with the uncut run's labels, curve and info."""
+    uncut, uncut_ctx = _fit("scan", "default", SCAN_KILL_CFG, tmp_path / "uncut")
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    child = SCAN_KILLED_CHILD.format(tests=str(Path(__file__).parent), tmp=str(cut))
+    sigkill_after_checkpoint(child, lambda: _saved(cut, "scan"))
+    assert _saved(cut, "selflabel") == 0 and _saved(cut, "scan") < 4
+    assert checkpointed_epoch("stages/scan_clustering/.partial-*/checkpoint.pt", cut) >= 2
+    sigkill_after_checkpoint(child, lambda: _saved(cut, "selflabel"))
+    assert checkpointed_epoch("scan/checkpoint.pt", cut) >= 2
+    assert not list(cut.glob("stages/scan_clustering/.partial-*/checkpoint.pt"))  # the SCAN step was finished
+    with caplog.at_level("INFO", logger="bench.trial"):
+        again, again_ctx = _fit("scan", "default", SCAN_KILL_CFG, cut)
+    assert any("resuming from the checkpoint after epoch" in r.getMessage() for r in caplog.records)
+    assert np.array_equal(again.labels_numpy(), uncut.labels_numpy())
     assert untimed(again_ctx.curve) == untimed(uncut_ctx.curve)
     assert again.info == uncut.info
 

@@ -7,12 +7,12 @@ target <= 4 s per SCAN epoch on one H200).
 
 Runs SCAN's own steps (methods.scan.scan_step / selflabel_step: the method's ResNet-18 + 10 linear heads,
 channels-last, bf16 autocast, SCAN's strong augmentation of a uint8 batch gathered from the GPU-resident dataset,
-anchor and neighbour forwards, all heads' SCAN losses, Adam) over a random uint8 dataset of CIFAR-10's training
-shape (50,000 x 3 x 32 x 32) with random neighbour lists (21 per image; the cost does not depend on the values),
-for ``--epochs`` full epochs (390 steps of 128; self-labelling 50 steps of 1000) after one warm-up epoch
-(torch.compile of the augmentation, cuDNN autotuning). A SCAN epoch here includes the method's per-epoch eval
-pass (10 heads on 10,000 eval images) and the selection score. On a GPU it also checks that the compiled
-augmentation equals the eager one for the same draws, and that a step never waits for the device
+anchor and neighbour forwards, all heads' SCAN losses; then the engine's backward and Adam step) over a random uint8
+dataset of CIFAR-10's training shape (50,000 x 3 x 32 x 32) with random neighbour lists (21 per image; the cost does
+not depend on the values), for ``--epochs`` full epochs (390 steps of 128; self-labelling 50 steps of 1000) after
+one warm-up epoch (torch.compile of the augmentation, cuDNN autotuning). A SCAN epoch here includes the method's
+per-epoch eval pass (10 heads on 10,000 eval images) and the selection score. On a GPU it also checks that the
+compiled augmentation equals the eager one for the same draws, and that a step never waits for the device
 (``torch.cuda.set_sync_debug_mode("error")`` around a few steps).
 """
 
@@ -61,10 +61,19 @@ def _sync(dev):
         torch.cuda.synchronize()
 
 
+def _optimise(opt: torch.optim.Optimizer, out: dict[str, torch.Tensor]) -> torch.Tensor:
+    """What the engine does with a step's outputs (methods/engine/engine.py): back-propagate ``loss``, one optimizer
+    step; returns the loss (detached, on the device: summed over the epoch, read once)."""
+    opt.zero_grad(set_to_none=True)
+    out["loss"].backward()
+    opt.step()
+    return out["loss"].detach()
+
+
 def run_epochs(dev, n, epochs, precision, compile_aug, max_steps=None):
     from methods.engine import epoch_batches
     from methods.losses import scan_selection_loss
-    from methods.scan import SCAN, scan_step, selflabel_step
+    from methods.scan import head_probs, scan_step, selflabel_step
 
     cfg, g, x, nbrs, net, strong, view, prep = _setup(dev, n, precision, compile_aug)
     x_eval, eval_nb = x[:10000], nbrs[:10000, :cfg.eval_neighbors + 1] % min(n, 10000)
@@ -76,17 +85,17 @@ def run_epochs(dev, n, epochs, precision, compile_aug, max_steps=None):
             _sync(dev)
             t = time.perf_counter()
             net.train()
-            sums = torch.zeros(3 if phase == "scan" else 2, device=dev)
+            sums = torch.zeros((), device=dev)
             bs = cfg.scan_batch_size if phase == "scan" else cfg.selflabel_batch_size
             for s, idx in enumerate(epoch_batches(n, bs, g, dev)):
                 if max_steps is not None and s >= max_steps:
                     break
                 if phase == "scan":
-                    sums += scan_step(net, opt, x, nbrs, idx, view, g, cfg)
+                    sums += _optimise(opt, scan_step(net, x, nbrs, idx, view, g, cfg))
                 else:
-                    sums += selflabel_step(net, opt, x[idx], prep, view, cfg)
+                    sums += _optimise(opt, selflabel_step(net, x[idx], prep, view, cfg))
             if phase == "scan":  # the method's per-epoch eval pass and selection score
-                probs = SCAN._probs(net, x_eval, prep, cfg, dev)
+                probs = head_probs(net, x_eval, prep, cfg, dev)
                 float(scan_selection_loss(probs, eval_nb).min())
             sums.tolist()
             _sync(dev)
@@ -125,12 +134,12 @@ def check_no_sync_and_compiled_equal(state) -> list[str]:
     opt = torch.optim.Adam(net.parameters(), lr=cfg.scan_lr)
     batches = list(epoch_batches(x.shape[0], cfg.scan_batch_size, g, dev))[:20]
     for idx in batches[:3]:  # warm
-        scan_step(net, opt, x, nbrs, idx, view, g, cfg)
+        _optimise(opt, scan_step(net, x, nbrs, idx, view, g, cfg))
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for idx in batches[3:]:
-            scan_step(net, opt, x, nbrs, idx, view, g, cfg)
+            _optimise(opt, scan_step(net, x, nbrs, idx, view, g, cfg))
         lines.append(f"host syncs: none in {len(batches) - 3} SCAN steps (set_sync_debug_mode('error'))")
     except RuntimeError as e:
         lines.append(f"host syncs: a SCAN step synchronised: {str(e)[:200]}")
@@ -153,9 +162,9 @@ def profile(dev, precision, batch: int | None) -> list[str]:
     lines = []
     sb, lb = batch or cfg.scan_batch_size, batch or cfg.selflabel_batch_size
     for name, bs, fn in ((f"SCAN step (batch {sb}, 10 heads)", sb,
-                          lambda idx: scan_step(net, opt, x, nbrs, idx, view, g, cfg)),
+                          lambda idx: _optimise(opt, scan_step(net, x, nbrs, idx, view, g, cfg))),
                          (f"self-label step (batch {lb})", lb,
-                          lambda idx: selflabel_step(net, opt, x[idx], prep, view, cfg))):
+                          lambda idx: _optimise(opt, selflabel_step(net, x[idx], prep, view, cfg)))):
         batches = list(epoch_batches(x.shape[0], bs, g, dev))
         fn(batches[0])
         _sync(dev)

@@ -191,16 +191,23 @@ class EvalHook(Hook):
 class CurveLogHook(Hook):
     """One curve row per epoch (``ctx.log_epoch``): the epoch's mean losses, what other hooks put into
     ``engine.log`` (lr, eval_pred) and the training seconds. A non-finite loss fails the trial here, once per
-    epoch (the only host sync of the loop besides the timing)."""
+    epoch (the only host sync of the loop besides the timing).
+
+    For a trial that trains in phases (SCAN's clustering step, then self-labelling): ``epoch_offset`` numbers a
+    later phase's rows after the earlier phases' epochs, and ``tags`` (e.g. ``phase="selflabel"``) go on every row."""
     priority = Priority.LOW
 
+    def __init__(self, epoch_offset: int = 0, **tags: Any):
+        self.epoch_offset, self.tags = epoch_offset, tags
+
     def after_epoch(self, engine: Engine) -> None:
-        row = dict(engine.log)
+        row = {**self.tags, **engine.log}
         for key, val in row.items():
             if key.startswith("loss"):
                 engine.ctx.check_finite(val, f"{key} at epoch {engine.epoch}")
         pred = row.pop("eval_pred", None)
-        engine.ctx.log_epoch(engine.epoch, eval_pred=pred, epoch_s=round(engine.epoch_times[-1], 3), **row)
+        engine.ctx.log_epoch(self.epoch_offset + engine.epoch, eval_pred=pred,
+                             epoch_s=round(engine.epoch_times[-1], 3), **row)
 
 
 class EarlyStopHook(Hook):

@@ -13,25 +13,36 @@ the entropy, weight 1); the (epoch, head) with the lowest score is kept (``scan_
 Artifacts: the kept network's weights with the selected head only (no optimizer state: self-labelling starts a new
 Adam, as the official), the pretext architecture to rebuild the backbone, the selection (epoch, head, score), and the
 state of the SCAN step's three random streams at its end, so that self-labelling continues them exactly as one
-process running both steps would (the numbers equal those of the pre-stage SCAN). A build checkpoints at epoch ends
-(at most every ``BENCH_CHECKPOINT_S``) into the stage's partial folder (keyed by the stage key); a killed build
-resumes there.
+process running both steps would (the numbers equal those of the pre-stage SCAN). The build runs on the epoch engine
+(methods/engine) and checkpoints every ``CHECKPOINT_EVERY`` epochs into the stage's partial folder (keyed by the stage
+key); a killed build resumes there.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from bench.context import TrialContext, rng_state, set_rng_state
+from bench.context import TrialContext
 from bench.method import ClusteringData
 from bench.stages import Stage, register_stage
 from methods.augment.gpu import NORMALIZATION, resize_eval
 from methods.augment.strong import ScanAugment, ScanAugmentSpec
-from methods.engine import autocast, conv_layout, epoch_batches, eval_pass
+from methods.engine import (
+    CurveLogHook,
+    Engine,
+    EngineConfig,
+    Hook,
+    Priority,
+    autocast,
+    conv_layout,
+    eval_pass,
+    prepare_training,
+)
 from methods.losses import scan_loss, scan_selection_loss
 from methods.nn.backbones import resnet
 from methods.nn.heads import MultiHeadClassifier
@@ -107,19 +118,23 @@ def head_probs(net: MultiHeadClassifier, x: torch.Tensor, prep, cfg, dev) -> tor
     return F.softmax(logits, dim=2).permute(1, 0, 2).contiguous()
 
 
+#: epochs between a build's checkpoints: a harness knob (not in the stage config, so not in its key). A CIFAR-10 SCAN
+#: epoch takes ~15 s on an H200 (bench/perf/NOTES_scan.md), a checkpoint (network, kept network, Adam) ~180 MB
+CHECKPOINT_EVERY = 5
+
+
 def train_scan_step(cfg: ScanClustering.Config, data: ClusteringData, pre: dict[str, Any], nb: dict[str, Any],
                     ctx: TrialContext) -> dict[str, Any]:
+    """SCAN's clustering step on the engine: the pretext backbone + ``num_heads`` linear heads trained with the SCAN
+    loss (:func:`scan_step`), the lowest-loss (epoch, head) kept (:class:`KeepLowestLossHead`); resumable from the
+    build's checkpoint. Returns the stage's artifacts."""
     from methods.stages.simclr_pretext import load_pretext
 
     dev = ctx.device
     with ctx.init_rng("init"):
-        net = MultiHeadClassifier(load_pretext(pre).backbone, cfg.num_heads, data.n_clusters).to(dev)
-    if dev.type == "cuda":
-        net = net.to(memory_format=torch.channels_last)
-        torch.backends.cudnn.benchmark = True
-    x_train = data.x_train.to(dev)
-    gens = [ctx.rng(s, dev) for s in STREAMS]
-    g_batch, g_aug, g_nb = gens
+        net = MultiHeadClassifier(load_pretext(pre).backbone, cfg.num_heads, data.n_clusters)
+    x_train, net = prepare_training(data.x_train, net, dev)
+    g_aug, g_nb = ctx.rng("augment"), ctx.rng("neighbour_pick")
     prep, view = _prep(cfg, dev), strong_view(cfg, g_aug, dev)
     neighbours = nb["train"].to(dev)
     eval_nb = nb["eval"].to(dev) if "eval" in nb else neighbours[:, :cfg.eval_neighbors + 1]
@@ -128,50 +143,54 @@ def train_scan_step(cfg: ScanClustering.Config, data: ClusteringData, pre: dict[
         net.backbone.requires_grad_(False)
     else:
         params = list(net.parameters())
-    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    best = {"loss": float("inf"), "head": 0, "epoch": 0, "state": None}
-    n = x_train.shape[0]
-    # progress checkpoints at epoch ends (at most every BENCH_CHECKPOINT_S) in the stage's partial folder
-    ckpt = ctx.checkpointer("scan")
-    fingerprint = cfg.model_dump(mode="json")
-    first = 1
-    resume = ckpt.load()
-    if resume is not None and resume.get("config") == fingerprint:
-        ctx.logger.info("SCAN step: resuming after epoch %d", resume["epoch"])
-        ctx.curve[:] = resume["curve"]
-        set_rng_state(resume["rng"], gens)
-        best = resume["best"]
-        net.load_state_dict(resume["net"])
-        opt.load_state_dict(resume["opt"])
-        first = resume["epoch"] + 1
-    for epoch in range(first, cfg.epochs + 1):
-        # the head-only variant keeps BatchNorm's statistics (official: model.eval() there)
-        net.train(not cfg.update_cluster_head_only)
-        sums = torch.zeros(3, device=dev)
-        steps = 0
-        for idx in epoch_batches(n, cfg.batch_size, g_batch, dev):
-            sums += scan_step(net, opt, x_train, neighbours, idx, view, g_nb, cfg)
-            steps += 1
-        probs = head_probs(net, data.x_eval, prep, cfg, dev)  # [H, N_eval, K]
-        sel = scan_selection_loss(probs, eval_nb)
-        h = int(sel.argmin())
-        if float(sel[h]) < best["loss"]:
-            best = {"loss": float(sel[h]), "head": h, "epoch": epoch,
-                    "state": {k: v.detach().clone() for k, v in net.state_dict().items()}}
-        mean_losses = (sums / max(1, steps)).tolist()
-        ctx.check_finite(mean_losses[0], f"SCAN loss at epoch {epoch}")
-        ctx.log_epoch(epoch, phase="scan", loss=mean_losses[0], consistency=mean_losses[1],
-                      entropy=mean_losses[2], select_loss=float(sel[h]), select_head=h,
-                      eval_pred=probs[h].argmax(1))
-        if epoch < cfg.epochs and ckpt.due():
-            ckpt.save({"config": fingerprint, "epoch": epoch, "net": net.state_dict(), "opt": opt.state_dict(),
-                       "best": best, "rng": rng_state(gens), "curve": list(ctx.curve)})
-    net.load_state_dict(best["state"])
-    net.keep_head(best["head"])
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)  # constant lr
+    # the engine's harness knobs: not in the stage config (they would change its key)
+    knobs = EngineConfig(eval_every=0, checkpoint_every=min(CHECKPOINT_EVERY, cfg.epochs), precision=cfg.precision)
+    engine = Engine(ctx, knobs, modules={"net": net}, optimizer=opt,
+                    streams={"augment": g_aug, "neighbour_pick": g_nb},
+                    hooks=[KeepLowestLossHead(net, lambda: head_probs(net, data.x_eval, prep, cfg, dev), eval_nb),
+                           CurveLogHook(phase="scan")])
+    # the head-only variant keeps BatchNorm's statistics (official: model.eval() there)
+    engine.add_pass("train", x_train.shape[0],
+                    lambda idx: scan_step(net, x_train, neighbours, idx, view, g_nb, cfg),
+                    cfg.batch_size, train=not cfg.update_cluster_head_only)
+    engine.run(cfg.epochs)
+    best = engine.hook(KeepLowestLossHead)
+    net.load_state_dict(best.state)
+    net.keep_head(best.head)
     return {"state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()}, "arch": dict(pre["arch"]),
-            "n_clusters": int(data.n_clusters), "best_epoch": best["epoch"], "best_head": best["head"],
-            "select_loss": best["loss"], "streams": {s: g.get_state().cpu() for s, g in zip(STREAMS, gens)},
+            "n_clusters": int(data.n_clusters), "best_epoch": best.epoch, "best_head": best.head,
+            "select_loss": best.loss, "streams": {s: engine.streams[s].get_state().cpu() for s in STREAMS},
             "streams_device": dev.type}
+
+
+class KeepLowestLossHead(Hook):
+    """SCAN's label-free model selection (official ``scan_evaluate`` and ``scan_model``): after every epoch each head
+    is scored on the eval images without labels (consistency over their mined eval neighbours minus the entropy,
+    weight 1); the (epoch, head) with the lowest score so far is kept with the network's weights. The epoch's best
+    head, its score and its labels go onto the curve row. Saved with the checkpoint."""
+    priority = Priority.NORMAL  # before the curve row (LOW) and the checkpoint (LOWEST) of the epoch
+
+    def __init__(self, net: MultiHeadClassifier, probs: Callable[[], torch.Tensor], eval_neighbours: torch.Tensor):
+        self.net, self.probs, self.eval_neighbours = net, probs, eval_neighbours
+        self.loss, self.head, self.epoch = float("inf"), 0, 0
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def after_epoch(self, engine: Engine) -> None:
+        probs = self.probs()  # [H, N_eval, K]
+        sel = scan_selection_loss(probs, self.eval_neighbours)
+        h = int(sel.argmin())
+        score = float(sel[h])  # one host read per epoch
+        if score < self.loss:
+            self.loss, self.head, self.epoch = score, h, engine.epoch
+            self.state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+        engine.log.update(select_loss=score, select_head=h, eval_pred=probs[h].argmax(1))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"loss": self.loss, "head": self.head, "epoch": self.epoch, "state": self.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.loss, self.head, self.epoch, self.state = state["loss"], state["head"], state["epoch"], state["state"]
 
 
 def continue_streams(art: dict[str, Any], ctx: TrialContext, device: torch.device) -> list[torch.Generator]:
@@ -186,14 +205,14 @@ def continue_streams(art: dict[str, Any], ctx: TrialContext, device: torch.devic
     return gens
 
 
-# Shared with bench/perf/scan_epoch.py. Waits for nothing on the GPU (no .item(), no boolean indexing, no
-# host-to-device copy): a step only queues kernels, so the host runs ahead of the device.
-def scan_step(net: MultiHeadClassifier, opt: torch.optim.Optimizer, x_train: torch.Tensor, neighbours: torch.Tensor,
-              idx: torch.Tensor, view, g_nb: torch.Generator, cfg) -> torch.Tensor:
-    """One SCAN step: each anchor with a neighbour drawn from its mined list, both strongly augmented, each
-    through the network in its own forward pass (official: BatchNorm sees the anchors and the neighbours
-    separately), the heads' SCAN losses summed, one Adam step. Returns [total, consistency, entropy], each the
-    mean over the heads (detached, on the device)."""
+# The engine's step, shared with bench/perf/scan_epoch.py. Waits for nothing on the GPU (no .item(), no boolean
+# indexing, no host-to-device copy): a step only queues kernels, so the host runs ahead of the device.
+def scan_step(net: MultiHeadClassifier, x_train: torch.Tensor, neighbours: torch.Tensor, idx: torch.Tensor, view,
+              g_nb: torch.Generator, cfg) -> dict[str, torch.Tensor]:
+    """SCAN's losses on one batch: each anchor with a neighbour drawn from its mined list, both strongly augmented,
+    each through the network in its own forward pass (official: BatchNorm sees the anchors and the neighbours
+    separately). ``loss``: the heads' SCAN losses summed (official ``total_loss``, what the engine back-propagates
+    before its Adam step); ``loss_consistency``, ``loss_entropy``: its parts, also summed over the heads."""
     dev = x_train.device
     pick = torch.randint(neighbours.shape[1], (idx.numel(),), device=dev, generator=g_nb)
     nb_idx = neighbours[idx, pick]
@@ -202,7 +221,4 @@ def scan_step(net: MultiHeadClassifier, opt: torch.optim.Optimizer, x_train: tor
         ln = net(view(x_train[nb_idx]))
     # all heads at once ([B, H, K] -> per-head [H]); the official loops over the heads, same arithmetic
     t, c, e = scan_loss(la.float(), ln.float(), cfg.entropy_weight)
-    opt.zero_grad(set_to_none=True)
-    t.sum().backward()
-    opt.step()
-    return torch.stack([t, c, e]).detach().mean(1)
+    return {"loss": t.sum(), "loss_consistency": c.sum(), "loss_entropy": e.sum()}
