@@ -40,7 +40,7 @@ from bench.registry import register_method
 from bench.stages import StageRequest
 from methods.cluster.kmeans import kmeans
 from methods.engine import unlabeled_images
-from methods.stages.simclr_pretext import SimCLRPretext, load_pretext, pretext_features
+from methods.stages.simclr_pretext import SimCLRPretext, SimCLRRecipe, load_pretext, pretext_features
 
 
 @register_method
@@ -58,27 +58,9 @@ class SimCLRKMeans(ClusteringMethod):
     dataset_defaults = {"cifar100-20": {"normalization": "cifar20"},
                         "stl10": {"image_size": 96, "normalization": "imagenet"}}
 
-    class Config(MethodConfig):
-        # the pretext stage's fields (SimCLRPretext.Config; SCAN's configs/pretext/simclr_*.yml)
-        backbone: Literal["resnet18", "resnet34"] = "resnet18"
-        stem: Literal["imagenet", "cifar"] = "cifar"
-        image_size: int = Field(32, ge=8)
-        head_hidden_dim: int = Field(512, ge=1)
-        feature_dim: int = Field(128, ge=1)
-        temperature: float = Field(0.1, gt=0)
-        epochs: int = Field(500, ge=1)
-        batch_size: int = Field(512, ge=2)
-        lr: float = Field(0.4, gt=0)
-        momentum: float = Field(0.9, ge=0)
-        weight_decay: float = Field(1e-4, ge=0)
-        lr_final_factor: float = Field(1e-3, ge=0, description="cosine ends at lr * this (SCAN: 0.1 ** 3)")
-        normalization: Literal["cifar10", "cifar20", "imagenet"] = "cifar10"
-        anchors: Literal["first", "both"] = Field("first", description="NT-Xent anchors: SCAN's first view only, "
-                                                                        "or both views (SimCLR paper)")
-        unlabeled: bool = Field(True, description="train on the dataset's unlabeled images too, where it has "
-                                                  "them (STL-10; SCAN's train+unlabeled)")
-        # Deviation (numerics only): SCAN trains in fp32; bf16 autocast on a GPU. "fp32" restores it.
-        precision: Literal["fp32", "bf16"] = "bf16"
+    class Config(SimCLRRecipe, MethodConfig):
+        """The pretext stage's fields (:class:`SimCLRRecipe`, SCAN's configs/pretext/simclr_*.yml), then k-means'."""
+
         # the k-means step
         kmeans_features: Literal["head", "backbone"] = "head"
         kmeans_n_init: int = Field(10, ge=1)
@@ -86,7 +68,7 @@ class SimCLRKMeans(ClusteringMethod):
 
     @classmethod
     def stages(cls, cfg: SimCLRKMeans.Config) -> dict[str, StageRequest]:
-        fields = {f: getattr(cfg, f) for f in SimCLRPretext.Config.model_fields}
+        fields = {f: getattr(cfg, f) for f in SimCLRRecipe.model_fields}
         return {"pretext": StageRequest("simclr_pretext", SimCLRPretext.Config(**fields))}
 
     def run(self, data: ClusteringData, ctx: TrialContext) -> ClusterOutput:

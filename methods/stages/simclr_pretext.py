@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from bench.context import TrialContext
 from bench.method import ClusteringData, MethodConfig
@@ -64,31 +64,40 @@ class SimCLRNet(torch.nn.Module):
         return h, F.normalize(self.head(h), dim=1)
 
 
+class SimCLRRecipe(BaseModel):
+    """The SimCLR pretext recipe's fields, their one home: the stage's config and SimCLR + k-means' config (which
+    exposes them all) are both these. Defaults: SCAN's configs/pretext/simclr_cifar10.yml."""
+
+    backbone: Literal["resnet18", "resnet34"] = "resnet18"
+    # SCAN's STL-10 resnet_stl stem (3x3/1 conv + max-pool) is not one of the shared stems: there the CIFAR
+    # stem is used (a deviation, stated in simclr_kmeans / scan's dataset defaults)
+    stem: Literal["imagenet", "cifar"] = "cifar"
+    image_size: int = Field(32, ge=8)
+    head_hidden_dim: int = Field(512, ge=1)
+    feature_dim: int = Field(128, ge=1)
+    temperature: float = Field(0.1, gt=0)
+    epochs: int = Field(500, ge=1)
+    batch_size: int = Field(512, ge=2)
+    lr: float = Field(0.4, gt=0)
+    momentum: float = Field(0.9, ge=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    lr_final_factor: float = Field(1e-3, ge=0, description="cosine ends at lr * this (SCAN: 0.1 ** 3)")
+    normalization: Literal["cifar10", "cifar20", "imagenet"] = "cifar10"
+    anchors: Literal["first", "both"] = Field("first", description="NT-Xent anchors: SCAN's first view only, "
+                                                                    "or both views (SimCLR paper)")
+    unlabeled: bool = Field(True, description="train on the dataset's unlabeled images too, where it has "
+                                              "them (STL-10; SCAN's train+unlabeled)")
+    # Deviation (numerics only): SCAN trains in fp32; bf16 autocast is ~2x faster on a GPU. CPUs run fp32.
+    precision: Literal["fp32", "bf16"] = "bf16"
+
+
 @register_stage
 class SimCLRPretext(Stage):
     name = "simclr_pretext"
     version = 1
 
-    class Config(StageConfig):
-        backbone: Literal["resnet18", "resnet34"] = "resnet18"
-        # SCAN's STL-10 resnet_stl stem (3x3/1 conv + max-pool) is not one of the shared stems: there the CIFAR
-        # stem is used (a deviation, stated in simclr_kmeans / scan's dataset defaults)
-        stem: Literal["imagenet", "cifar"] = "cifar"
-        image_size: int = Field(32, ge=8)
-        head_hidden_dim: int = Field(512, ge=1)
-        feature_dim: int = Field(128, ge=1)
-        temperature: float = Field(0.1, gt=0)
-        epochs: int = Field(500, ge=1)
-        batch_size: int = Field(512, ge=2)
-        lr: float = Field(0.4, gt=0)
-        momentum: float = Field(0.9, ge=0)
-        weight_decay: float = Field(1e-4, ge=0)
-        lr_final_factor: float = Field(1e-3, ge=0, description="cosine ends at lr * this (SCAN: 0.1 ** 3)")
-        normalization: Literal["cifar10", "cifar20", "imagenet"] = "cifar10"
-        anchors: Literal["first", "both"] = "first"
-        unlabeled: bool = True
-        # Deviation (numerics only): SCAN trains in fp32; bf16 autocast is ~2x faster on a GPU. CPUs run fp32.
-        precision: Literal["fp32", "bf16"] = "bf16"
+    class Config(SimCLRRecipe, StageConfig):
+        """The recipe's fields (:class:`SimCLRRecipe`) as a stage config: frozen, unknown keys are errors."""
 
     def build(self, data: ClusteringData, inputs: dict[str, dict[str, Any]], ctx: TrialContext) -> dict[str, Any]:
         net, epoch_s = train_simclr(self.config, data, ctx)
