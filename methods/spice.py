@@ -23,7 +23,9 @@ tools/train_semi.py, spice/model/heads/sem_head*.py, configs/cifar10/*.py; claim
 4. **SPICE-Semi** (variant ``default``): FixMatch from scratch with the reliable images as the labelled set and
    every train image as unlabelled: batch 64 labelled + 7 x 64 unlabelled, weak view pseudo-label kept when its
    probability >= 0.95, CE on the strong view, lambda_u 1; SGD lr 0.03, momentum 0.9, Nesterov, wd 5e-4, cosine
-   lr * cos(7 pi k / 16 K); EMA 0.999 of the weights, which give the labels; 2^20 iterations.
+   lr * cos(7 pi k / 16 K); EMA 0.999 of the weights, which give the labels; 2^20 iterations. On the epoch engine:
+   one engine epoch is one evaluation period (``semi_eval_every`` iterations, 10 per run by default), the EMA an
+   :class:`~methods.engine.EMAHook`; the trial checkpoints after every period and a re-run resumes there.
 
 Protocol: SPICE* (the TIP paper's separate-split version): trained on the train split, evaluated on the test
 split, ResNet-18 rows of TIP Table III (SPICE's README rows train and evaluate on train+test).
@@ -57,7 +59,18 @@ from bench.registry import register_method
 from bench.stages import StageRequest
 from methods.augment.gpu import NORMALIZATION, resize_eval
 from methods.augment.strong import ScanAugment, ScanAugmentSpec
-from methods.engine import autocast, conv_layout, eval_pass
+from methods.engine import (
+    CheckpointHook,
+    CurveLogHook,
+    EMAHook,
+    Engine,
+    EngineConfig,
+    EvalHook,
+    Hook,
+    autocast,
+    conv_layout,
+    eval_pass,
+)
 from methods.losses import fixmatch_loss, spice_reliable_labels
 from methods.nn.backbones import resnet
 from methods.nn.heads import MultiHeadClassifier
@@ -189,7 +202,6 @@ class SPICE(ClusteringMethod):
             ema = ema.to(memory_format=torch.channels_last)
         ema.load_state_dict(net.state_dict())
         ema.requires_grad_(False)
-        ema_params, net_params = list(ema.parameters()), list(net.parameters())
         decay, no_decay = [], []
         for name, p in net.named_parameters():  # FixMatch: no weight decay on biases and BatchNorm
             (no_decay if "bn" in name or "bias" in name or p.ndim == 1 else decay).append(p)
@@ -213,38 +225,49 @@ class SPICE(ClusteringMethod):
         total = cfg.semi_iterations
         every = cfg.semi_eval_every or max(1, total // 10)
         n, n_lb, bl, bu = x_train.shape[0], idx_rel.numel(), cfg.semi_batch_size, cfg.semi_batch_size * cfg.semi_uratio
-        sums = torch.zeros(3, device=dev)
-        for it in range(total):
+
+        def step(_idx: torch.Tensor) -> dict[str, torch.Tensor]:
+            """One FixMatch iteration: its lr, a labelled and an unlabelled batch drawn with replacement, three views,
+            the loss (back-propagated by the engine before its SGD step; the EMA follows in a hook)."""
+            it = engine.global_step
             for g in opt.param_groups:  # FixMatch's cosine: lr cos(7 pi k / (16 K))
                 g["lr"] = cfg.semi_lr * math.cos(7 * math.pi * it / (16 * total))
             lb = torch.randint(n_lb, (bl,), device=dev, generator=g_order)
             ub = torch.randint(n, (bu,), device=dev, generator=g_order)
             x_lb, y_lb, x_ub = x_train[idx_rel[lb]], lab_rel[lb], x_train[ub]
             inputs = conv_layout(torch.cat([view(weak, x_lb), view(weak, x_ub), view(strong, x_ub)]), dev)
-            net.train()
             with autocast(dev, cfg.precision):
                 logits = net(inputs)[:, 0].float()
             l_lb, l_w, l_s = logits[:bl], logits[bl:bl + bu], logits[bl + bu:]
             loss, sup, unsup = fixmatch_loss(l_lb, y_lb, l_w, l_s, cfg.semi_threshold, cfg.semi_lambda_u)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            with torch.no_grad():  # EMA of the weights; buffers (BatchNorm statistics) copied
-                torch._foreach_lerp_(ema_params, net_params, 1 - cfg.semi_ema)
-                for be, bt in zip(ema.buffers(), net.buffers()):
-                    be.copy_(bt)
-            sums += torch.stack([loss.detach(), sup.detach(), unsup.detach()])
-            if (it + 1) % every == 0 or it + 1 == total:
-                m = (sums / every).tolist()
-                sums.zero_()
-                ctx.check_finite(m[0], f"SPICE-Semi loss at iteration {it + 1}")
-                pred = self._predict(ema, data.x_eval, prep, dev)
-                ctx.log_epoch(cfg.self_epochs + (it + 1) / total, phase="semi", iteration=it + 1, loss=m[0],
-                              loss_sup=m[1], loss_unsup=m[2], eval_pred=pred)
-        return self._predict(ema, data.x_eval, prep, dev)
+            return {"loss": loss, "loss_sup": sup, "loss_unsup": unsup}
+
+        # an engine "epoch" is one evaluation period of `every` iterations (the last one may be shorter)
+        periods = -(-total // every)
+        knobs = EngineConfig(eval_every=1, checkpoint_every=1, precision=cfg.precision)
+        engine = Engine(ctx, knobs, modules={"net": net, "ema": ema}, optimizer=opt,
+                        streams={"data_order": g_order, "augment": g_aug},
+                        hooks=[EMAHook(ema, net, cfg.semi_ema),
+                               EvalHook(lambda e: self._predict(ema, data.x_eval, prep, dev), 1),
+                               IterationLog(),
+                               CurveLogHook(epoch_offset=cfg.self_epochs, phase="semi"),
+                               # harness knobs are not SPICE's config fields (they would change its trial key);
+                               # the checkpoint resumes only a run of the same config
+                               CheckpointHook(1, fingerprint=cfg.model_dump(mode="json"))])
+        engine.add_pass("semi", 0, step, 1,
+                        order=lambda: torch.arange(min(every, total - (engine.epoch - 1) * every), device=dev))
+        engine.run(periods)
+        return engine.hook(EvalHook).pred
 
     def _predict(self, net, x, prep, dev) -> torch.Tensor:
         net.eval()
         logits = eval_pass(net, x, prep, self.config.eval_batch_size, dev, self.config.precision)
         return logits[:, 0].argmax(1)
+
+
+class IterationLog(Hook):
+    """Puts the iterations run so far on each curve row (SPICE-Semi's periods are counted in FixMatch iterations)."""
+
+    def after_epoch(self, engine: Engine) -> None:
+        engine.log["iteration"] = engine.global_step
 

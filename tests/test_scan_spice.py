@@ -186,6 +186,42 @@ def test_spice_self_cut_and_run_again_ends_like_an_uncut_run(tmp_path, monkeypat
     assert untimed(again_ctx.curve) == untimed(uncut_ctx.curve)
 
 
+def test_spice_semi_cut_and_run_again_ends_like_an_uncut_run(tmp_path, monkeypatch):
+    """SPICE-Semi cut in its fourth iteration (one iteration per evaluation period here): the same trial run again
+    reuses the SPICE-Self stage, resumes FixMatch from the trial's checkpoint after iteration 3 and ends with the
+    uncut run's labels, info and curve."""
+    import methods.spice as spice_mod
+
+    cfg = {**SPICE_TINY, "semi_iterations": 6}
+    real = spice_mod.fixmatch_loss
+    calls = {"n": 0, "cut_at": None}
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == calls["cut_at"]:
+            raise _Cut
+        return real(*a, **k)
+
+    monkeypatch.setattr(spice_mod, "fixmatch_loss", counting)
+    uncut, uncut_ctx = _fit("spice", "default", cfg, tmp_path / "uncut")
+    assert calls["n"] == 6
+    calls.update(n=0, cut_at=4)
+    with pytest.raises(_Cut):
+        _fit("spice", "default", cfg, tmp_path / "cut")
+    assert (tmp_path / "cut" / "spice" / "checkpoint.pt").exists(), "the cut run left no checkpoint"
+    calls.update(n=0, cut_at=None)
+    again, again_ctx = _fit("spice", "default", cfg, tmp_path / "cut")
+    assert calls["n"] == 3  # iterations 4-6 only
+    assert np.array_equal(again.labels_numpy(), uncut.labels_numpy())
+    assert again.info == uncut.info
+    assert not (tmp_path / "cut" / "spice" / "checkpoint.pt").exists()
+
+    def untimed(curve):
+        return [{k: v for k, v in r.items() if k not in ("elapsed_s", "epoch_s")} for r in curve]
+
+    assert untimed(again_ctx.curve) == untimed(uncut_ctx.curve)
+
+
 @pytest.fixture
 def digits01_dataset():
     from bench.data import _digits_file

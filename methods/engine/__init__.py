@@ -14,6 +14,7 @@ from methods.engine.hooks import (
     CheckpointHook,
     CurveLogHook,
     EarlyStopHook,
+    EMAHook,
     EvalHook,
     Hook,
     LrScheduleHook,
@@ -27,6 +28,6 @@ from methods.engine.hooks import (
 )
 
 __all__ = ["Engine", "EngineConfig", "Pass", "Hook", "Priority", "CheckpointHook", "CurveLogHook", "EarlyStopHook",
-           "EvalHook", "LrScheduleHook", "MemoryBankHook", "TargetUpdateHook", "TimeBudgetExceeded", "autocast",
-           "conv_layout", "epoch_batches", "eval_mode", "eval_pass", "prepare_training", "unlabeled_images",
+           "EMAHook", "EvalHook", "LrScheduleHook", "MemoryBankHook", "TargetUpdateHook", "TimeBudgetExceeded",
+           "autocast", "conv_layout", "epoch_batches", "eval_mode", "eval_pass", "prepare_training", "unlabeled_images",
            "cosine_lr", "multistep_lr", "set_lr"]

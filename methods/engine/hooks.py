@@ -158,6 +158,23 @@ class MemoryBankHook(Hook):
         self.memory.copy_(state["memory"].to(self.memory.device))  # in place: the step holds this tensor
 
 
+class EMAHook(Hook):
+    """An exponential moving average of a module's weights, updated after every optimizer step:
+    ``ema <- ema + (1 - decay) (model - ema)``; buffers (BatchNorm statistics) are copied (FixMatch's ``EMA``). The
+    averaged module is one of the engine's modules, so checkpoints carry it."""
+
+    def __init__(self, ema: torch.nn.Module, model: torch.nn.Module, decay: float):
+        self.ema_params, self.params = list(ema.parameters()), list(model.parameters())
+        self.ema_buffers, self.buffers = list(ema.buffers()), list(model.buffers())
+        self.decay = decay
+
+    def after_step(self, engine: Engine, idx: torch.Tensor, outputs: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            torch._foreach_lerp_(self.ema_params, self.params, 1 - self.decay)
+            for be, bt in zip(self.ema_buffers, self.buffers):
+                be.copy_(bt)
+
+
 # -- evaluation and the curve ----------------------------------------------------------------------
 
 class EvalHook(Hook):
