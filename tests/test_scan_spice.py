@@ -151,13 +151,9 @@ def test_spice_variants_share_one_spice_self_build(tmp_path):
         assert only.info[k] == default.info[k]
 
 
-def test_spice_self_cut_and_run_again_ends_like_an_uncut_run(tmp_path, monkeypatch):
-    """SPICE-Self cut in its third epoch (inside a round's sub-batch steps): the same trial run again resumes from the
-    stage build's checkpoint after epoch 2 (not from scratch) and ends with the uncut run's labels, selection and
-    curve."""
-    import methods.stages.spice_self as self_mod
-
-    real = self_mod.spice_self_loss
+def _count_and_cut(monkeypatch, module, name: str) -> dict:
+    """Wrap ``module.name`` to count its calls and raise :class:`_Cut` at call ``calls["cut_at"]`` (None: never)."""
+    real = getattr(module, name)
     calls = {"n": 0, "cut_at": None}
 
     def counting(*a, **k):
@@ -166,7 +162,17 @@ def test_spice_self_cut_and_run_again_ends_like_an_uncut_run(tmp_path, monkeypat
             raise _Cut
         return real(*a, **k)
 
-    monkeypatch.setattr(self_mod, "spice_self_loss", counting)
+    monkeypatch.setattr(module, name, counting)
+    return calls
+
+
+def test_spice_self_cut_and_run_again_ends_like_an_uncut_run(tmp_path, monkeypatch):
+    """SPICE-Self cut in its third epoch (inside a round's sub-batch steps): the same trial run again resumes from the
+    stage build's checkpoint after epoch 2 (not from scratch) and ends with the uncut run's labels, selection and
+    curve."""
+    import methods.stages.spice_self as self_mod
+
+    calls = _count_and_cut(monkeypatch, self_mod, "spice_self_loss")
     uncut, uncut_ctx = _fit("spice", "self", SPICE_TINY, tmp_path / "uncut")
     per_epoch = calls["n"] // SPICE_TINY["self_epochs"]
     assert per_epoch * SPICE_TINY["self_epochs"] == calls["n"] and per_epoch >= 2
@@ -193,16 +199,7 @@ def test_spice_semi_cut_and_run_again_ends_like_an_uncut_run(tmp_path, monkeypat
     import methods.spice as spice_mod
 
     cfg = {**SPICE_TINY, "semi_iterations": 6}
-    real = spice_mod.fixmatch_loss
-    calls = {"n": 0, "cut_at": None}
-
-    def counting(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == calls["cut_at"]:
-            raise _Cut
-        return real(*a, **k)
-
-    monkeypatch.setattr(spice_mod, "fixmatch_loss", counting)
+    calls = _count_and_cut(monkeypatch, spice_mod, "fixmatch_loss")
     uncut, uncut_ctx = _fit("spice", "default", cfg, tmp_path / "uncut")
     assert calls["n"] == 6
     calls.update(n=0, cut_at=4)
