@@ -465,3 +465,16 @@ def test_same_seed_same_labels_twice_in_deterministic_mode(tmp_path, method, ove
     np.testing.assert_array_equal(runs[0][0], runs[1][0])
     assert runs[0][1] == runs[1][1]
     assert runs[0][1] != runs[2][1]
+
+
+def test_bench_cuda_graphs_0_turns_graphed_passes_off(monkeypatch):
+    """The environment switch wins over a pass's ``graph=True`` and the config's ``cuda_graph`` (checked on the
+    decision itself: the CPU never captures)."""
+    from methods.engine.engine import graphs_disabled
+
+    monkeypatch.delenv("BENCH_CUDA_GRAPHS", raising=False)
+    assert not graphs_disabled()
+    monkeypatch.setenv("BENCH_CUDA_GRAPHS", "0")
+    assert graphs_disabled()
+    monkeypatch.setenv("BENCH_CUDA_GRAPHS", "1")
+    assert not graphs_disabled()
