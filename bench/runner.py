@@ -37,7 +37,7 @@ from bench.trial import StageUnit, execute_stage_unit, execute_unit, stage_log_p
 log = logging.getLogger("bench.runner")
 #: environment the workers need to see as the driver does (plugins, code version, data and cache paths)
 PASSED_ENV = ("BENCH_PLUGINS", "BENCH_CODE_VERSION", "BENCH_DATA", "BENCH_CACHE", "BENCH_CHECKPOINT_S",
-              "BENCH_FAULT_NAN")
+              "BENCH_CUDA_GRAPHS", "BENCH_FAULT_NAN")
 #: how many times Ray Tune retries a trial whose worker died
 MAX_FAILURES = 1
 
