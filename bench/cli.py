@@ -86,8 +86,10 @@ def _check_data_args(args) -> None:
 
 
 def cmd_run(args) -> int:
+    from bench.env import check_environment
     from bench.suite import check_folder, check_store, load_suite
 
+    check_environment()
     if args.resume and args.force:
         raise BenchError("--resume continues a run with that run's own --force setting; drop --force")
     if args.resume and (args.only or args.datasets):
@@ -300,8 +302,10 @@ def parse_set(items: list[str]) -> dict[str, Any]:
 
 def cmd_trial(args) -> int:
     """One trial inline, for debugging: same planning and records as `bench run`."""
+    from bench.env import check_environment
     from bench.suite import check_name, check_store, parse_suite
 
+    check_environment()
     check_name(args.method, "method")
     check_name(args.dataset, "dataset")
     check_name(args.variant, "--variant")

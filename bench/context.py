@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from bench.env import FaultSpec, checkpoint_interval_s, fault_nan_specs
 from bench.errors import NonFiniteLossError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -142,15 +143,9 @@ class TrialContext:
             self.logger.error("seed %d failed at %s: %s", self.seed, where, exc)
 
     def fault_due(self, stage: str, iteration: int) -> bool:
-        """Debug fault injection, never part of a recipe: ``BENCH_FAULT_NAN=SEED@STAGE:ITER[,...]`` asks the
-        loop of ``STAGE`` to poison seed SEED's weights with NaN after iteration ITER (tests of per-seed
-        isolation; see tests/test_faults.py)."""
-        for item in filter(None, os.environ.get("BENCH_FAULT_NAN", "").split(",")):
-            seed, _, rest = item.strip().partition("@")
-            st, _, it = rest.rpartition(":")
-            if int(seed) == self.seed and st == stage and int(it) == iteration:
-                return True
-        return False
+        """Debug fault injection, never part of a recipe (``BENCH_FAULT_NAN``, bench.env.fault_nan_specs): should
+        the loop of ``stage`` poison this seed's weights with NaN after ``iteration``?"""
+        return FaultSpec(self.seed, stage, iteration) in fault_nan_specs()
 
     # -- checkpoints (resume after a killed command) ----------------------------------------
     def checkpointer(self, name: str) -> Checkpointer:
@@ -216,12 +211,6 @@ class TrialContext:
             raise KeyError(f"stage {name!r} is not among the method's declared stages "
                            f"{sorted(ctxs[0].stage_requests)}; declare it in the method's `stages()`")
         return materialize(ctxs, ctxs[0].stage_requests[name])
-
-
-def checkpoint_interval_s() -> float:
-    """Seconds between progress checkpoints of long loops: ``BENCH_CHECKPOINT_S`` (default 120). A killed
-    trial loses at most this much work; 0 checkpoints at every opportunity (tests)."""
-    return float(os.environ.get("BENCH_CHECKPOINT_S", "120"))
 
 
 class Checkpointer:

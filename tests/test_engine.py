@@ -470,11 +470,18 @@ def test_same_seed_same_labels_twice_in_deterministic_mode(tmp_path, method, ove
 def test_bench_cuda_graphs_0_turns_graphed_passes_off(monkeypatch):
     """The environment switch wins over a pass's ``graph=True`` and the config's ``cuda_graph`` (checked on the
     decision itself: the CPU never captures)."""
-    from methods.engine.engine import graphs_disabled
+    from methods.engine.engine import Engine, EngineConfig, Pass
+    from methods.engine.steps import GraphedStep
 
-    monkeypatch.delenv("BENCH_CUDA_GRAPHS", raising=False)
-    assert not graphs_disabled()
+    class FakeCuda(Engine):  # the decision only: a "cuda" device on which nothing is ever captured
+        def __init__(self):
+            self.cfg, self.device, self._graphed, self.optimizer, self.streams = (
+                EngineConfig(), torch.device("cuda"), {}, None, {})
+
+    p = Pass("train", 8, lambda idx: {}, 4, graph=True)
+    idx = torch.zeros(4, dtype=torch.long)
     monkeypatch.setenv("BENCH_CUDA_GRAPHS", "0")
-    assert graphs_disabled()
-    monkeypatch.setenv("BENCH_CUDA_GRAPHS", "1")
-    assert not graphs_disabled()
+    assert FakeCuda()._graphed_step(p, idx) is None
+    monkeypatch.setattr(GraphedStep, "__init__", lambda self, *a, **k: setattr(self, "idx", idx))
+    monkeypatch.delenv("BENCH_CUDA_GRAPHS")
+    assert isinstance(FakeCuda()._graphed_step(p, idx), GraphedStep)

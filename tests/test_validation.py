@@ -275,6 +275,42 @@ def test_data_cache_that_is_a_file(env, capsys, monkeypatch):
     refused(env, capsys, "run", env / "s.yaml", "--inline", "--store", env / "store", pattern="$BENCH_CACHE")
 
 
+@pytest.mark.parametrize("var,value,pattern", [
+    ("BENCH_CUDA_GRAPHS", "false", "BENCH_CUDA_GRAPHS='false' is neither 0 nor 1"),  # was silently "graphs on"
+    ("BENCH_CUDA_GRAPHS", "off", "set BENCH_CUDA_GRAPHS=0"),
+    ("BENCH_CHECKPOINT_S", "abc", "BENCH_CHECKPOINT_S='abc' is not a number of seconds >= 0"),
+    ("BENCH_CHECKPOINT_S", "-5", "BENCH_CHECKPOINT_S='-5'"),
+    ("BENCH_CHECKPOINT_S", "nan", "BENCH_CHECKPOINT_S='nan'"),
+    ("BENCH_FAULT_NAN", "1@cluster", "BENCH_FAULT_NAN item '1@cluster' is not SEED@STAGE:ITER"),
+    ("BENCH_FAULT_NAN", "x@cluster:3", "is not SEED@STAGE:ITER"),
+])
+@pytest.mark.parametrize("command", ["run", "trial"])
+def test_malformed_environment_switches_are_refused_before_anything_runs(env, capsys, monkeypatch, var, value,
+                                                                          pattern, command):
+    """A switch the harness reads from the environment is parsed before planning: one error line, exit 2, nothing
+    written (a trial would otherwise raise deep inside, or ignore the value and do the opposite of what was asked)."""
+    (env / "s.yaml").write_text(GOOD)
+    monkeypatch.setenv(var, value)
+    argv = ["run", env / "s.yaml", "--inline", "--out", env / "reports"] if command == "run" else \
+        ["trial", "kmeans", "digits"]
+    refused(env, capsys, *argv, "--store", env / "store", pattern=pattern)
+
+
+def test_environment_switches_parse_their_valid_forms(monkeypatch):
+    from bench.env import FaultSpec, checkpoint_interval_s, cuda_graphs_enabled, fault_nan_specs
+
+    for var in ("BENCH_CUDA_GRAPHS", "BENCH_CHECKPOINT_S", "BENCH_FAULT_NAN"):
+        monkeypatch.delenv(var, raising=False)
+    assert cuda_graphs_enabled() and checkpoint_interval_s() == 120.0 and fault_nan_specs() == []
+    monkeypatch.setenv("BENCH_CUDA_GRAPHS", " 0 ")
+    monkeypatch.setenv("BENCH_CHECKPOINT_S", "0.5")
+    monkeypatch.setenv("BENCH_FAULT_NAN", "1@sdae/layer:40, 2@cluster:0")
+    assert not cuda_graphs_enabled() and checkpoint_interval_s() == 0.5
+    assert fault_nan_specs() == [FaultSpec(1, "sdae/layer", 40), FaultSpec(2, "cluster", 0)]
+    monkeypatch.setenv("BENCH_CUDA_GRAPHS", "1")
+    assert cuda_graphs_enabled()
+
+
 # -- command-line arguments --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("argv,pattern", [

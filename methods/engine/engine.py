@@ -24,7 +24,6 @@ The engine always adds :class:`CurveLogHook` and :class:`CheckpointHook` (from t
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar, Literal, TypeVar
@@ -33,18 +32,13 @@ import torch
 from pydantic import Field
 
 from bench.context import TrialContext
+from bench.env import cuda_graphs_enabled
 from bench.method import MethodConfig
 from methods.engine.gpu import epoch_batches
 from methods.engine.hooks import CheckpointHook, CurveLogHook, Hook
 from methods.engine.steps import GraphedStep
 
 H = TypeVar("H", bound=Hook)
-
-
-def graphs_disabled() -> bool:
-    """``BENCH_CUDA_GRAPHS=0``: every engine pass runs eagerly (also stages, whose engine knobs are not in any suite
-    config), e.g. where a driver or torch version cannot capture a step."""
-    return os.environ.get("BENCH_CUDA_GRAPHS", "1").strip() == "0"
 
 
 class EngineConfig(MethodConfig):
@@ -230,7 +224,8 @@ class Engine:
     def _graphed_step(self, p: Pass, idx: torch.Tensor) -> GraphedStep | None:
         """The pass's CUDA-graphed step for a batch of this shape, or None (run eagerly: CPU, graphs off, a pass
         that does not allow it, or a batch shaped unlike the captured one, e.g. a last partial batch)."""
-        if not (p.graph and p.optimize and self.cfg.cuda_graph and self.device.type == "cuda") or graphs_disabled():
+        if not (p.graph and p.optimize and self.cfg.cuda_graph and self.device.type == "cuda"
+                and cuda_graphs_enabled()):
             return None
         gs = self._graphed.get(p.name)
         if gs is None:

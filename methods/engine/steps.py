@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
+from bench.env import cuda_graphs_enabled
+
 
 class IndexStream:
     """Minibatch indices from consecutive random permutations of ``range(n)`` (seeded)."""
@@ -149,7 +151,7 @@ class GraphedStep:
         self.generators = [g for g in generators if g.device.type == "cuda"]
         self.outputs: torch.Tensor | dict[str, torch.Tensor] | None = None
         self._captured_lrs: tuple[float, ...] | None = None
-        self.use_graph = use_graph and device.type == "cuda"
+        self.use_graph = use_graph and device.type == "cuda" and cuda_graphs_enabled()  # BENCH_CUDA_GRAPHS=0: eager
         self.warmup = warmup
         shape = (batch_size,) if isinstance(batch_size, int) else tuple(batch_size)
         self.idx = torch.zeros(shape, dtype=torch.long, device=device)
