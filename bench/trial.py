@@ -152,7 +152,7 @@ def _load_data(dataset: str, protocol: dict[str, Any], md5: str, data_root: str,
 
 
 def utcnow() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")  # orders runs within a second
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
