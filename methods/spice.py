@@ -78,6 +78,11 @@ from methods.stages.neighbours import MineNeighbours
 from methods.stages.simclr_pretext import PretextFields
 from methods.stages.spice_self import SpiceSelf, frozen_backbone, load_heads
 
+_SELF = SpiceSelf.Config()  # the paper defaults of SPICE-Self
+#: SPICE's names for the SPICE-Self stage's fields that carry a ``self_`` prefix here; the others keep their names
+_SELF_RENAMED = {"epochs": "self_epochs", "batch_size": "self_batch_size", "lr": "self_lr",
+                 "weight_decay": "self_weight_decay"}
+
 
 @register_method
 class SPICE(ClusteringMethod):
@@ -97,19 +102,20 @@ class SPICE(ClusteringMethod):
     }
 
     class Config(PretextFields):
-        num_heads: int = Field(10, ge=1)
-        head_hidden_dim: int = Field(512, ge=1)
-        self_epochs: int = Field(30, ge=1, description="SPICE-Self epochs (CIFAR-10: 30, others: 100)")
-        self_batch_size: int = Field(5000, ge=2, description="images per pseudo-labelling round")
-        train_sub_batch_size: int = Field(128, ge=1)
-        num_repeat: int = Field(8, ge=1, description="passes over each round's pseudo-labelled images")
-        self_lr: float = Field(0.005, gt=0)
-        self_weight_decay: float = Field(0.0, ge=0)
-        center_ratio: float = Field(0.5, gt=0, le=1)
-        ce_on_probabilities: bool = Field(True, description="official: CE of the softmax outputs")
-        weak_padding: int = Field(4, ge=0, description="weak view: RandomCrop(size, padding) + flip")
-        strong_ops: int = Field(4, ge=0)
-        cutout: int = Field(16, ge=0, description="Cutout length (STL-10: 32)")
+        # SPICE-Self (stage spice_self): its defaults, sources and deviations live in the stage's Config
+        num_heads: int = Field(_SELF.num_heads, ge=1)
+        head_hidden_dim: int = Field(_SELF.head_hidden_dim, ge=1)
+        self_epochs: int = Field(_SELF.epochs, ge=1, description="SPICE-Self epochs (CIFAR-10: 30, others: 100)")
+        self_batch_size: int = Field(_SELF.batch_size, ge=2, description="images per pseudo-labelling round")
+        train_sub_batch_size: int = Field(_SELF.train_sub_batch_size, ge=1)
+        num_repeat: int = Field(_SELF.num_repeat, ge=1, description="passes over each round's pseudo-labelled images")
+        self_lr: float = Field(_SELF.lr, gt=0)
+        self_weight_decay: float = Field(_SELF.weight_decay, ge=0)
+        center_ratio: float = Field(_SELF.center_ratio, gt=0, le=1)
+        ce_on_probabilities: bool = Field(_SELF.ce_on_probabilities, description="official: CE of the softmax outputs")
+        weak_padding: int = Field(_SELF.weak_padding, ge=0, description="weak view: RandomCrop(size, padding) + flip")
+        strong_ops: int = Field(_SELF.strong_ops, ge=0)
+        cutout: int = Field(_SELF.cutout, ge=0, description="Cutout length (STL-10: 32)")
         reliable_neighbors: int = Field(100, ge=2, description="neighbours counted, the image itself included")
         reliable_agree: float = Field(0.9, gt=0, le=1)
         reliable_confidence: float = Field(0.99, gt=0, lt=1)
@@ -134,13 +140,8 @@ class SPICE(ClusteringMethod):
     def stages(cls, cfg: SPICE.Config) -> dict[str, StageRequest]:
         pretext = cfg.pretext_request()
         # SPICE-Self is the shared stage spice_self: built once per seed for the variants self and default
-        self_step = StageRequest("spice_self", SpiceSelf.Config(
-            image_size=cfg.image_size, normalization=cfg.normalization, precision=cfg.precision,
-            eval_batch_size=cfg.eval_batch_size, num_heads=cfg.num_heads, head_hidden_dim=cfg.head_hidden_dim,
-            epochs=cfg.self_epochs, batch_size=cfg.self_batch_size, train_sub_batch_size=cfg.train_sub_batch_size,
-            num_repeat=cfg.num_repeat, lr=cfg.self_lr, weight_decay=cfg.self_weight_decay,
-            center_ratio=cfg.center_ratio, ce_on_probabilities=cfg.ce_on_probabilities,
-            weak_padding=cfg.weak_padding, strong_ops=cfg.strong_ops, cutout=cfg.cutout),
+        self_step = StageRequest("spice_self", SpiceSelf.Config(**{f: getattr(cfg, _SELF_RENAMED.get(f, f))
+                                                                    for f in SpiceSelf.Config.model_fields}),
             upstream={"pretext": pretext})
         if not cfg.semi:
             return {"pretext": pretext, "self": self_step}
