@@ -146,7 +146,7 @@ class CC(ClusteringMethod):
         extra = unlabeled_images(data, cfg.unlabeled) if cfg.heads != "cch" else None
         x_extra = None if extra is None else extra.to(dev, non_blocking=True).contiguous()
         # fused Adam (same update rule), capturable so the step replays as a CUDA graph on a GPU
-        opt = adam(net.parameters(), cfg.lr, dev, capturable=dev.type == "cuda", weight_decay=cfg.weight_decay)
+        opt = adam(net.parameters(), cfg.lr, dev, weight_decay=cfg.weight_decay)
         spec = cc_spec(cfg.image_size, cfg.jitter_strength, blur=cfg.blur)
         augment = GPUAugment(spec, channels_last=dev.type == "cuda")  # grey images: hue/saturation skip
         g_aug = ctx.rng("augment")

@@ -134,7 +134,7 @@ class PICA(ClusteringMethod):
         extra = unlabeled_images(data, cfg.unlabeled) if cfg.overclustering else None
         x_over = x_train if extra is None else torch.cat([x_train, extra.to(dev, non_blocking=True)])
         # fused Adam (same update rule), capturable so the step replays as a CUDA graph on a GPU
-        opt = adam(net.parameters(), cfg.lr, dev, capturable=dev.type == "cuda", weight_decay=cfg.weight_decay)
+        opt = adam(net.parameters(), cfg.lr, dev, weight_decay=cfg.weight_decay)
         mean, std = channel_mean_std(x_train) if cfg.normalization == "dataset" else NORMALIZATION[cfg.normalization]
         spec = pica_spec(cfg.image_size, mean, std)
         augment = GPUAugment(spec, channels_last=dev.type == "cuda")  # grey images: hue/saturation skip

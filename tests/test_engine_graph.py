@@ -123,3 +123,40 @@ def test_graphed_pretext_equals_eager(tmp_path, monkeypatch):
         torch.backends.cudnn.deterministic = False
     assert len(eager) == len(graphed) == 3
     np.testing.assert_allclose(graphed, eager, rtol=2e-3)
+
+
+def test_graphed_scan_step_equals_eager(tmp_path, monkeypatch):
+    """The SCAN step (stage ``scan_clustering``: strong augmentation drawn inside the step, a neighbour drawn per
+    anchor, two forward passes, fused capturable Adam) graphed vs eager: same per-epoch losses and labels. The
+    pretext stage is built graphed in both runs (its own test above)."""
+    import methods.stages.scan_clustering as scan_stage
+
+    overrides = {"pretext_epochs": 2, "pretext_batch_size": 64, "scan_epochs": 3, "scan_batch_size": 32,
+                 "n_neighbors": 5, "eval_neighbors": 5, "num_heads": 2, "precision": "fp32"}
+
+    def run(folder: Path):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randint(0, 256, (256, 3, 32, 32), generator=g, dtype=torch.uint8)
+        y = np.arange(256) % 10
+        data = ClusteringData("synthetic", x, x, 10, "all", "all", "md5")
+        cfg = resolve_config("scan", "scan_only", None, overrides)
+        ctx = TrialContext(seed=0, device="cuda", artifact_dir=folder / "artifact", stage_dir=folder / "stages",
+                           data_md5="md5", code_version="test", scorer=lambda p: evaluate(y, p))
+        out = get_method("scan")(cfg).fit(data, ctx)
+        return [r["loss"] for r in ctx.curve if r.get("phase") == "scan" and "loss" in r], out.labels_numpy()
+
+    torch.backends.cudnn.deterministic = True
+    try:
+        graphed, labels_g = run(tmp_path / "graph")
+
+        class EagerKnobs(scan_stage.EngineConfig):
+            cuda_graph: bool = False
+
+        monkeypatch.setattr(scan_stage, "EngineConfig", EagerKnobs)
+        eager, labels_e = run(tmp_path / "eager")
+    finally:
+        torch.backends.cudnn.deterministic = False
+    assert len(eager) == len(graphed) == 3
+    np.testing.assert_allclose(graphed, eager, rtol=2e-3)
+    assert (labels_g == labels_e).mean() > 0.95
+

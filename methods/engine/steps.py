@@ -318,9 +318,11 @@ def burnin_momentum(momentum: float, it: int, burnin: int) -> float:
     return momentum * it / burnin if burnin > 0 and it < burnin else momentum
 
 
-def adam(params, lr: float, device: torch.device, capturable: bool = False, **kwargs) -> torch.optim.Adam:
-    """Adam; on a GPU the fused kernel (capturable in a CUDA graph). Same update rule."""
-    return torch.optim.Adam(params, lr=lr, fused=device.type == "cuda", capturable=capturable, **kwargs)
+def adam(params, lr: float, device: torch.device, capturable: bool | None = None, **kwargs) -> torch.optim.Adam:
+    """Adam; on a GPU the fused kernel, capturable in a CUDA graph unless ``capturable=False``. Same update rule."""
+    on_gpu = device.type == "cuda"
+    return torch.optim.Adam(params, lr=lr, fused=on_gpu, capturable=on_gpu if capturable is None else capturable,
+                            **kwargs)
 
 
 def step_decay(base_lr: float, step: int, every: int, gamma: float = 0.1) -> float:

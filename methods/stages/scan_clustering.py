@@ -43,6 +43,7 @@ from methods.engine import (
     eval_pass,
     prepare_training,
 )
+from methods.engine.steps import adam
 from methods.losses import scan_loss, scan_selection_loss
 from methods.nn.backbones import resnet
 from methods.nn.heads import MultiHeadClassifier
@@ -119,7 +120,8 @@ def head_probs(net: MultiHeadClassifier, x: torch.Tensor, prep, cfg, dev) -> tor
 
 
 #: epochs between a build's checkpoints: a harness knob (not in the stage config, so not in its key). A CIFAR-10 SCAN
-#: epoch takes ~15 s on an H200 (bench/perf/NOTES_scan.md), a checkpoint (network, kept network, Adam) ~180 MB
+#: epoch took 10.8 s on an H200 before its step was graphed (reports/scan_paper_cifar10_seed0/NOTES.md), a checkpoint
+#: (network, kept network, Adam) ~180 MB
 CHECKPOINT_EVERY = 5
 
 
@@ -143,7 +145,9 @@ def train_scan_step(cfg: ScanClustering.Config, data: ClusteringData, pre: dict[
         net.backbone.requires_grad_(False)
     else:
         params = list(net.parameters())
-    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)  # constant lr
+    # official: torch.optim.Adam (constant lr, L2 weight decay); on a GPU the fused, capturable kernel (same rule) so
+    # the step replays as a CUDA graph
+    opt = adam(params, cfg.lr, dev, weight_decay=cfg.weight_decay)
     # the engine's harness knobs: not in the stage config (they would change its key)
     knobs = EngineConfig(eval_every=0, checkpoint_every=min(CHECKPOINT_EVERY, cfg.epochs), precision=cfg.precision)
     engine = Engine(ctx, knobs, modules={"net": net}, optimizer=opt,
@@ -153,7 +157,7 @@ def train_scan_step(cfg: ScanClustering.Config, data: ClusteringData, pre: dict[
     # the head-only variant keeps BatchNorm's statistics (official: model.eval() there)
     engine.add_pass("train", x_train.shape[0],
                     lambda idx: scan_step(net, x_train, neighbours, idx, view, g_nb, cfg),
-                    cfg.batch_size, train=not cfg.update_cluster_head_only)
+                    cfg.batch_size, train=not cfg.update_cluster_head_only, graph=True)
     engine.run(cfg.epochs)
     best = engine.hook(KeepLowestLossHead)
     net.load_state_dict(best.state)
