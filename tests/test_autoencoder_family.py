@@ -284,7 +284,7 @@ def _caffe_sgd(w0: torch.Tensor, grads: list[torch.Tensor], lr: float, momentum:
 
 @pytest.mark.parametrize("burnin", [0, 5, 50])
 def test_graphed_step_momentum_burnin_bias_lr_and_reset_follow_caffes_solver(burnin):
-    from methods.engine.steps import GraphedStep, burnin_momentum, lr_groups, sgd
+    from methods.engine.steps import GraphedStep, burnin_momentum, lr_groups, reset_momentum, sgd
 
     g = torch.Generator().manual_seed(burnin)
     grads_w = [torch.randn(3, 4, generator=g) for _ in range(30)]
@@ -301,7 +301,7 @@ def test_graphed_step_momentum_burnin_bias_lr_and_reset_follow_caffes_solver(bur
     step = GraphedStep(loss_fn, opt, 2, torch.device("cpu"), use_graph=False)
     for it in range(30):
         if it == 20:
-            step.reset_momentum()  # DEC: a fresh solver at a target update
+            reset_momentum(opt)  # DEC: a fresh solver at a target update (MomentumResetHook)
         step.set_lr(0.05)
         step.set_momentum(burnin_momentum(0.9, it, burnin), 0.9)
         t["i"] = it
