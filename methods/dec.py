@@ -19,23 +19,32 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import Field
 
-from bench.context import rng_state, set_rng_state
 from bench.errors import NonFiniteLossError
 from bench.method import ClusteringData, ClusteringMethod, ClusterOutput, TrialContext
 from bench.registry import register_method
 from methods.cluster.kmeans import KMeansResult, kmeans
-from methods.engine.steps import GraphedStep, index_streams, lr_groups, matmul_tf32, sgd
+from methods.engine import (
+    CheckpointHook,
+    Engine,
+    EngineConfig,
+    FaultInjectionHook,
+    Hook,
+    MomentumResetHook,
+    Priority,
+    StreamOrderHook,
+    TargetUpdateHook,
+)
+from methods.engine.steps import index_streams, lr_groups, matmul_tf32, sgd
 from methods.nn.autoencoder import (
     AutoencoderConfig,
     BatchedMLPAutoencoder,
     _gather,
     per_seed_mse,
-    poison_due_seeds,
     pretrained_autoencoders,
     scaled_input,
     with_ae_defaults,
@@ -135,126 +144,187 @@ class DEC(ClusteringMethod):
         """DEC's self-training for every seed of ``ctxs`` at once; IDEC reuses it with a
         reconstruction term and its own optimiser (weights per its paper).
 
-        Seeds train in lockstep (one batched model, one CUDA graph), but each keeps its own k-means
-        initialisation, minibatch order, target distribution and stopping rule: a seed whose
+        Seeds train in lockstep (one batched model, one CUDA graph: an engine seed batch), but each keeps its own
+        k-means initialisation, minibatch order, target distribution and stopping rule: a seed whose
         assignment changes by less than ``tol`` at a target update is finished, its labels frozen at
         that update; the rest continue. A seed whose loss turns non-finite (or that failed while
         pretraining) fails alone: ``ctx.fail`` masks it out, the others' numbers are unchanged.
-        Progress is checkpointed (``ctx.batch_checkpointer``) and resumed from after a kill.
+        One engine epoch is one interval of ``update_interval`` iterations between target updates; progress is
+        checkpointed (``ctx.batch_checkpointer``) and resumed from after a kill.
         """
         cfg = self.config
         dev = ctxs[0].device
-        n_seeds, n, k = len(ctxs), x.shape[0], data.n_clusters
-        # progress checkpoint of this batch's self-training (resumed after a kill; removed once recorded)
-        ckpt = TrialContext.batch_checkpointer(ctxs, "cluster")
-        saved = ckpt.load()
-        if saved is None:
-            with matmul_tf32(cfg.tf32):
-                z = ae.encode_all(x)
-            # k-means distances in full fp32 (outside the TF32 block); a seed already failed (masked out of the
-            # batch while pretraining) gets placeholder centres: its slot computes on, never reported
-            kms = [kmeans(z[s], k, n_init=cfg.n_init, generator=ctx.rng("kmeans_init")) if ctx.failure is None else
-                   KMeansResult(labels=torch.zeros(n, dtype=torch.long, device=dev),
-                                centers=torch.zeros(k, z.shape[-1], device=dev), inertia=float("nan"), n_iter=0)
-                   for s, ctx in enumerate(ctxs)]
-            del z
-            inertias = [km.inertia for km in kms]
-            mu = torch.nn.Parameter(torch.stack([km.centers for km in kms]).clone())
-            y_last = torch.stack([km.labels for km in kms])
-        else:
-            ae.load_state_dict(saved["ae"])
-            inertias = saved["inertias"]
-            mu = torch.nn.Parameter(saved["mu"].to(dev))
-            y_last = saved["y_last"].to(dev)
-        p_all = torch.zeros(n_seeds, n, k, device=dev)  # updated in place: a CUDA graph reads it
-        params = ae.encoder_parameters() + [mu]
+        n, k = x.shape[0], data.n_clusters
+        # the clustering layer on the pretrained encoder; its centres come from k-means at the first target update
+        layer = ClusteringLayer(len(ctxs), k, ae.dims[-1], cfg.alpha).to(dev)
+        params = ae.encoder_parameters() + [layer.mu]
         if reconstruction_weight > 0:
             params += ae.decoder_parameters()
-        use_graph = cfg.cuda_graphs and dev.type == "cuda"
         if make_optimizer:
-            opt = make_optimizer(params, use_graph)
+            opt = make_optimizer(params, cfg.cuda_graphs and dev.type == "cuda")
         else:
             decoder = [*ae.dec_w, *ae.dec_b] if reconstruction_weight > 0 else []
-            opt = sgd(lr_groups([*ae.enc_w, *decoder], list(ae.enc_b), cfg.bias_lr_mult, others=[mu]), cfg.lr,
+            opt = sgd(lr_groups([*ae.enc_w, *decoder], list(ae.enc_b), cfg.bias_lr_mult, others=[layer.mu]), cfg.lr,
                       cfg.momentum, dev)
+        targets = TargetDistribution(ae, layer, x, ctxs, k, cfg.n_init)
 
-        def loss_fn(idx: torch.Tensor) -> torch.Tensor:
+        # SGD on KL(P || Q) of each minibatch (IDEC: + reconstruction); idx [S, batch], one loss per seed
+        def step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
             xb = _gather(x, idx)
             zb = ae.encode(xb)
-            loss = kl_weight * kl_pq(_gather(p_all, idx), student_t(zb, mu, cfg.alpha))
+            loss = kl_weight * kl_pq(_gather(targets.p, idx), layer(zb))
             if reconstruction_weight > 0:
                 loss = loss + reconstruction_weight * per_seed_mse(ae.decode(zb), xb)
-            return loss
+            return {"loss": loss}
 
-        step = GraphedStep(loss_fn, opt, (n_seeds, cfg.batch_size), dev, use_graph=cfg.cuda_graphs, n_losses=n_seeds)
+        # every update_interval iterations (an engine epoch): P from Q on all the data; stop once < tol of a
+        # seed's labels changed; the minibatches walk each seed's stream on across the updates
         gens = [ctx.rng("dec/data_order") for ctx in ctxs]
-        stream = index_streams(cfg.data_order, n, cfg.batch_size, gens, dev)
+        data_order = StreamOrderHook(index_streams(cfg.data_order, n, cfg.batch_size, gens, dev))
         eval_x = None if data.same_split else scaled_input(data.x_eval, cfg.input_scale, dev)
-        iters_per_epoch = max(1, -(-n // cfg.batch_size))
-        results: list[ClusterOutput | BaseException | None] = [ctx.failure for ctx in ctxs]
-        deltas = [float("nan")] * n_seeds
-        n_updates, start = 0, 0
-        if saved is not None:
-            p_all.copy_(saved["p_all"])
-            step.load_state(saved["step"])
-            stream.load_state(saved["stream"])
-            set_rng_state(saved["rng"], gens)
-            results, deltas, n_updates, start = saved["results"], saved["deltas"], saved["n_updates"], saved["it"]
-            for ctx, curve, failure in zip(ctxs, saved["curves"], saved["failures"]):
-                ctx.curve = list(curve)
-                if failure is not None:
-                    ctx.fail(failure[0], **failure[1])
-        trained = ae.encoder_parameters() + [mu]
+        stop = ToleranceStop(targets, cfg, loss_name, iters_per_epoch=max(1, -(-n // cfg.batch_size)),
+                             predict=None if eval_x is None else lambda: self._predict(ae, layer, eval_x))
+        hooks = [targets, stop, data_order, FaultInjectionHook("cluster", ae.encoder_parameters() + [layer.mu]),
+                 CheckpointHook(fingerprint=cfg.model_dump(mode="json"),
+                                checkpointer=TrialContext.batch_checkpointer(ctxs, "cluster"))]
+        if cfg.momentum_reset_at_update:
+            hooks.append(MomentumResetHook())
+        knobs = EngineConfig(eval_every=0, cuda_graph=cfg.cuda_graphs)
+        engine = Engine(ctxs, knobs, modules={"ae": ae, "clustering": layer}, optimizer=opt,
+                        streams={f"dec/data_order/{s}": g for s, g in enumerate(gens)}, hooks=hooks)
+        interval = cfg.update_interval
+        engine.add_pass("self-training", n, step, data_order.stream.batch_size, graph=True,
+                        order=lambda: data_order.order(min(interval, cfg.max_iters - engine.global_step)))
         with matmul_tf32(cfg.tf32):
-            for it in range(start, cfg.max_iters + 1):
-                if it % cfg.update_interval == 0 or it == cfg.max_iters:
-                    with torch.no_grad():
-                        q_all = student_t(ae.encode_all(x), mu, cfg.alpha)
-                        p_all.copy_(target_distribution(q_all))
-                        y_pred = q_all.argmax(-1)
-                        deltas = (y_pred != y_last).float().mean(-1).tolist()  # one sync per update
-                        y_last = y_pred
-                    losses = step.mean_loss().tolist() if it > 0 else [float("nan")] * n_seeds
-                    with_eval = n_updates % cfg.curve_eval_every == 0
-                    n_updates += 1
-                    eval_all = self._predict(ae, mu, eval_x) if eval_x is not None else None
-                    for s, ctx in enumerate(ctxs):
-                        if results[s] is not None:
-                            continue
-                        if it > 0 and not math.isfinite(losses[s]):
-                            # masked out of the batch: its slice computes on in lockstep, isolated from the others
-                            ctx.fail(NonFiniteLossError(
-                                f"{loss_name} became {losses[s]} by iteration {it} (epoch "
-                                f"{it / iters_per_epoch:.2f}; seed {ctx.seed}); lower the learning rate or check "
-                                "the input scaling"), stage="cluster", iteration=it,
-                                epoch=round(it / iters_per_epoch, 3))
-                            results[s] = ctx.failure
-                            continue
-                        stop = it > 0 and deltas[s] < cfg.tol
-                        done = stop or it == cfg.max_iters
-                        pred = y_pred[s] if eval_all is None else eval_all[s]
-                        ctx.log_epoch(it / iters_per_epoch, iteration=it, loss=losses[s], delta_label=deltas[s],
-                                      eval_pred=pred if (with_eval or done) else None)
-                        if done:
-                            results[s] = ClusterOutput(
-                                labels=pred.clone(),
-                                info={"iterations": it, "stop_reason": "tol" if stop else "max_iters",
-                                      "last_delta_label": deltas[s], "kmeans_init_inertia": inertias[s],
-                                      "seeds_trained_together": n_seeds})
-                    if all(r is not None for r in results) or it == cfg.max_iters:
-                        break
-                    if cfg.momentum_reset_at_update and it > 0:
-                        step.reset_momentum()
-                step.step(stream.next())
-                poison_due_seeds(ctxs, "cluster", it + 1, trained)
-                if ckpt.due():
-                    ckpt.save({"it": it + 1, "ae": ae.state_dict(), "mu": mu.detach().cpu(), "inertias": inertias,
-                               "y_last": y_last.cpu(), "p_all": p_all.cpu(), "step": step.state(),
-                               "stream": stream.state(), "rng": rng_state(gens), "results": results,
-                               "deltas": deltas, "n_updates": n_updates, "curves": [list(c.curve) for c in ctxs],
-                               "failures": [None if c.failure is None else (c.failure, c.failed_at) for c in ctxs]})
-        return results  # type: ignore[return-value]
+            engine.run(-(-cfg.max_iters // interval))
+        return stop.results  # type: ignore[return-value]
 
     @torch.no_grad()
-    def _predict(self, ae: BatchedMLPAutoencoder, mu: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return student_t(ae.encode_all(x), mu, self.config.alpha).argmax(-1)
+    def _predict(self, ae: BatchedMLPAutoencoder, layer: ClusteringLayer, x: torch.Tensor) -> torch.Tensor:
+        return layer(ae.encode_all(x)).argmax(-1)
+
+
+class ClusteringLayer(torch.nn.Module):
+    """DEC's clustering layer: K centres per seed, ``mu [S, K, D]``, and the Student's t soft assignment q."""
+
+    def __init__(self, n_seeds: int, k: int, dim: int, alpha: float):
+        super().__init__()
+        self.mu = torch.nn.Parameter(torch.zeros(n_seeds, k, dim))  # set by k-means at the first target update
+        self.alpha = alpha
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return student_t(z, self.mu, self.alpha)
+
+
+class TargetDistribution(TargetUpdateHook):
+    """The target distribution P of every seed, from its soft assignment Q on the whole dataset, after each interval
+    of ``update_interval`` iterations (an engine epoch) and before the first; ``labels`` (argmax Q) and ``deltas``
+    (the share of labels changed since the previous update) feed the stopping rule. The first update first places
+    the centres by k-means (``n_init`` restarts, stream "kmeans_init") on the embedding."""
+
+    def __init__(self, ae: BatchedMLPAutoencoder, layer: ClusteringLayer, x: torch.Tensor, ctxs: list[TrialContext],
+                 k: int, n_init: int):
+        super().__init__(after=True)
+        self.ae, self.layer, self.x, self.ctxs, self.k, self.n_init = ae, layer, x, ctxs, k, n_init
+        self.p = torch.zeros(len(ctxs), x.shape[0], k, device=x.device)  # updated in place: a CUDA graph reads it
+        self.labels: torch.Tensor | None = None
+        self.deltas = [float("nan")] * len(ctxs)
+        self.inertias: list[float] = []
+
+    def _kmeans_init(self) -> torch.Tensor:
+        z = self.ae.encode_all(self.x)
+        n, dev = self.x.shape[0], self.x.device
+        # k-means distances in full fp32 (outside the TF32 block); a seed already failed (masked out of the
+        # batch while pretraining) gets placeholder centres: its slot computes on, never reported
+        with matmul_tf32(False):
+            kms = [kmeans(z[s], self.k, n_init=self.n_init, generator=ctx.rng("kmeans_init"))
+                   if ctx.failure is None else
+                   KMeansResult(labels=torch.zeros(n, dtype=torch.long, device=dev),
+                                centers=torch.zeros(self.k, z.shape[-1], device=dev), inertia=float("nan"), n_iter=0)
+                   for s, ctx in enumerate(self.ctxs)]
+        self.inertias = [km.inertia for km in kms]
+        self.layer.mu.copy_(torch.stack([km.centers for km in kms]))
+        return torch.stack([km.labels for km in kms])
+
+    @torch.no_grad()
+    def update(self, engine: Engine) -> None:
+        previous = self._kmeans_init() if self.updates == 0 else self.labels
+        q = self.layer(self.ae.encode_all(self.x))
+        self.p.copy_(target_distribution(q))
+        self.labels = q.argmax(-1)
+        self.deltas = (self.labels != previous).float().mean(-1).tolist()  # one sync per update
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "p": self.p.cpu(), "labels": self.labels.cpu(), "deltas": self.deltas,
+                "inertias": self.inertias}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.p.copy_(state["p"])
+        self.labels = state["labels"].to(self.p.device)
+        self.deltas, self.inertias = list(state["deltas"]), list(state["inertias"])
+
+
+class ToleranceStop(Hook):
+    """DEC's stopping rule, per seed, at each target update (iteration ``it``): a seed whose loss over the interval
+    is not finite fails alone (``ctx.fail``); otherwise its curve row is logged (the interval's mean loss, the label
+    change, its labels scored every ``curve_eval_every`` updates and at its last) and it is done when fewer than
+    ``tol`` of its labels changed (``it > 0``) or at ``max_iters``: ``results[s]`` then holds its labels from this
+    update. The run stops when every seed is done or failed."""
+    priority = Priority.BELOW_NORMAL
+
+    def __init__(self, targets: TargetDistribution, cfg: Any, loss_name: str, iters_per_epoch: int,
+                 predict: Callable[[], torch.Tensor] | None):
+        self.targets, self.cfg, self.loss_name, self.iters_per_epoch = targets, cfg, loss_name, iters_per_epoch
+        self.predict = predict  # the eval split's labels, when it is not the training split
+        self.results: list[ClusterOutput | BaseException | None] = [ctx.failure for ctx in targets.ctxs]
+        self.seen = 0  # target updates handled
+
+    def _check(self, engine: Engine) -> None:
+        if self.seen == self.targets.updates:
+            return
+        self.seen = self.targets.updates
+        cfg, it, deltas = self.cfg, engine.global_step, self.targets.deltas
+        losses = engine.log["loss"].tolist() if it > 0 else [float("nan")] * len(deltas)
+        with_eval = (self.seen - 1) % cfg.curve_eval_every == 0
+        labels = self.targets.labels if self.predict is None else self.predict()
+        epoch = it / self.iters_per_epoch
+        for s, ctx in enumerate(self.targets.ctxs):
+            if self.results[s] is not None:
+                continue
+            if it > 0 and not math.isfinite(losses[s]):
+                # masked out of the batch: its slice computes on in lockstep, isolated from the others
+                ctx.fail(NonFiniteLossError(
+                    f"{self.loss_name} became {losses[s]} by iteration {it} (epoch {epoch:.2f}; seed {ctx.seed}); "
+                    "lower the learning rate or check the input scaling"), stage="cluster", iteration=it,
+                    epoch=round(epoch, 3))
+                self.results[s] = ctx.failure
+                continue
+            stop = it > 0 and deltas[s] < cfg.tol
+            done = stop or it == cfg.max_iters
+            ctx.log_epoch(epoch, iteration=it, loss=losses[s], delta_label=deltas[s],
+                          eval_pred=labels[s] if (with_eval or done) else None)
+            if done:
+                self.results[s] = ClusterOutput(
+                    labels=labels[s].clone(),
+                    info={"iterations": it, "stop_reason": "tol" if stop else "max_iters",
+                          "last_delta_label": deltas[s], "kmeans_init_inertia": self.targets.inertias[s],
+                          "seeds_trained_together": len(self.results)})
+        if all(r is not None for r in self.results):
+            engine.stop = True
+
+    # the target hook updates before the first epoch, after each one, and at the end of a run of no epochs
+    def before_epoch(self, engine: Engine) -> None:
+        self._check(engine)
+
+    def after_epoch(self, engine: Engine) -> None:
+        self._check(engine)
+
+    def after_run(self, engine: Engine) -> None:
+        self._check(engine)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"results": self.results, "seen": self.seen}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.results, self.seen = list(state["results"]), int(state["seen"])

@@ -47,6 +47,15 @@ from bench.registry import register_method
 from bench.stages import StageRequest
 from methods.cluster.acpic import acpic
 from methods.cluster.kmeans import kmeans
+from methods.engine import (
+    CheckpointHook,
+    CurveLogHook,
+    EarlyStopHook,
+    Engine,
+    EngineConfig,
+    MetricHook,
+    TargetUpdateHook,
+)
 from methods.engine.steps import GraphedStep, adam, matmul_tf32
 
 
@@ -304,14 +313,22 @@ class DEPICT(ClusteringMethod):
         hw = cfg.hidden_loss_weight
         info: dict[str, Any] = {}
 
-        def fresh_adam(params) -> torch.optim.Optimizer:  # each stage starts a new Adam, as the official code
-            return adam(params, cfg.lr, dev, capturable=use_graph)
+        def train(name: str, step, pool: torch.Tensor, hooks: list, epochs: int, after=None) -> Engine:
+            """``epochs`` shuffled passes over ``pool`` (the "depict/data_order" stream, last partial batch dropped),
+            each stage with a fresh Adam (as the official code), checkpointed in its own file."""
+            opt = adam(list(model.parameters()), cfg.lr, dev, capturable=use_graph)
+            checkpoint = CheckpointHook(fingerprint=cfg.model_dump(mode="json"),
+                                        checkpointer=ctx.checkpointer(f"depict_{name}"))
+            engine = Engine(ctx, EngineConfig(eval_every=0, cuda_graph=cfg.cuda_graphs), modules={"model": model},
+                            optimizer=opt, streams={"depict/data_order": gen},
+                            hooks=[*hooks, CurveLogHook(stage=name), checkpoint])
 
-        def epochs_of(pool: torch.Tensor):
-            """Minibatch index tensors of one shuffled pass over ``pool`` (last partial batch dropped)."""
-            order = pool.index_select(0, torch.randperm(pool.numel(), generator=gen, device=gen.device).to(dev))
-            nb = pool.numel() // cfg.batch_size
-            return order[:nb * cfg.batch_size].view(nb, cfg.batch_size)
+            def order() -> torch.Tensor:
+                return pool.index_select(0, torch.randperm(pool.numel(), generator=gen, device=gen.device).to(dev))
+
+            engine.add_pass(name, pool.numel(), step, cfg.batch_size, order=order, graph=True, after=after)
+            engine.run(epochs)
+            return engine
 
         # ---- stage 1: autoencoder, early stop on held-out clean reconstruction (methods/stages/depict_cae.py) --
         stage = ctx.stage("cae")  # the pretrained autoencoder: built once per (config, data, seed), shared
@@ -340,76 +357,83 @@ class DEPICT(ClusteringMethod):
             model.head.bias.zero_()
 
         # ---- head pre-fit: CE to the initial labels + reconstruction, patience on held-out NMI ----
-        def init_loss(idx: torch.Tensor) -> torch.Tensor:
+        def init_loss(idx: torch.Tensor) -> dict[str, torch.Tensor]:
             rec, logits = model.noisy_losses(x.index_select(0, idx), hw, masks)
             ce = F.cross_entropy(logits, y_init.index_select(0, idx))
-            return cfg.reconstruction_weight * rec + cfg.clustering_weight * ce
+            return {"loss": cfg.reconstruction_weight * rec + cfg.clustering_weight * ce}
 
         y_init_val = y_init.index_select(0, val_idx).cpu().numpy()
 
-        def val_nmi() -> float:
+        def val_nmi(engine: Engine) -> float:
             from sklearn.metrics import normalized_mutual_info_score  # here: sklearn costs ~3 s of start-up
 
             pred = model.clean_prob(x_val).argmax(1).cpu().numpy()
             return float(normalized_mutual_info_score(y_init_val, pred))
 
         if cfg.init_epochs > 0:
-            step = GraphedStep(init_loss, fresh_adam(list(model.parameters())), cfg.batch_size, dev,
-                               use_graph=use_graph)
-            best = val_nmi()
-            best_state = {kk: v.detach().clone() for kk, v in model.state_dict().items()}
-            since, ep = 0, 0
-            for ep in range(1, cfg.init_epochs + 1):
-                for idx in epochs_of(train_idx):
-                    step.step(idx)
-                loss = float(step.mean_loss())
-                ctx.check_finite(loss, "DEPICT initialisation loss")
-                nmi = val_nmi()
-                ctx.log_epoch(ep, stage="init_head", loss=loss, val_nmi_to_init=nmi)
-                since += 1
-                if nmi > best:
-                    best, since = nmi, 0
-                    best_state = {kk: v.detach().clone() for kk, v in model.state_dict().items()}
-                if since > cfg.init_patience:
-                    break
-            model.load_state_dict(best_state)
-            info.update(init_epochs_run=ep, init_best_val_nmi=best)
+            # stop after more than init_patience epochs without a better NMI than the best so far (the untrained
+            # head's to start with); the best epoch's weights are kept
+            patience = EarlyStopHook("val_nmi_to_init", patience=cfg.init_patience + 1, mode="max", baseline=val_nmi,
+                                     restore_best=True)
+            run = train("init_head", init_loss, train_idx, [MetricHook("val_nmi_to_init", val_nmi), patience],
+                        cfg.init_epochs)
+            info.update(init_epochs_run=run.epoch, init_best_val_nmi=patience.best)
 
         # ---- joint training with frequency-normalised soft targets ----------------------------------
-        y_prob = frequency_normalised(model.clean_prob(x))  # [N, K], read and refreshed in place
-        y_prev = torch.zeros_like(y_prob)
+        targets = SoftTargets(model, x, k)
 
-        def joint_loss(idx: torch.Tensor) -> torch.Tensor:
+        def joint_loss(idx: torch.Tensor) -> dict[str, torch.Tensor]:
             rec, logits = model.noisy_losses(x.index_select(0, idx), hw, masks)
-            target = y_prob.index_select(0, idx)
+            target = targets.y_prob.index_select(0, idx)
             ce = -(target * F.log_softmax(logits, -1)).sum(1).mean()
-            return cfg.reconstruction_weight * rec + cfg.clustering_weight * ce
+            return {"loss": cfg.reconstruction_weight * rec + cfg.clustering_weight * ce}
 
-        def refresh(idx: torch.Tensor) -> None:  # the clean prediction right after the step
-            _, _, zc = model.encode(x.index_select(0, idx), noisy=False)
-            y_prob.index_copy_(0, idx, torch.softmax(model.head(zc), -1))
-
-        step = GraphedStep(joint_loss, fresh_adam(list(model.parameters())), cfg.batch_size, dev, use_graph=use_graph,
-                           after_fn=refresh)
-        all_idx = torch.arange(n, device=dev)
-        stop_reason, ep, change = "epochs", 0, float("nan")
-        for ep in range(1, cfg.epochs + 1):
-            for idx in epochs_of(all_idx):
-                step.step(idx)
-            loss = float(step.mean_loss())
-            ctx.check_finite(loss, "DEPICT loss")
-            with torch.no_grad():
-                y_prob.copy_(frequency_normalised(y_prob))
-                change = float((y_prob - y_prev).pow(2).mean())
-                y_prev.copy_(y_prob)
-            ctx.log_epoch(ep, stage="joint", loss=loss, target_mse_change=change, eval_pred=y_prob.argmax(1))
-            if change < cfg.stop_mse:
-                stop_reason = "stop_mse"
-                break
+        stop = EarlyStopHook(criterion=lambda engine: targets.change < cfg.stop_mse)
+        run = train("joint", joint_loss, torch.arange(n, device=dev), [targets, stop], cfg.epochs,
+                    after=targets.refresh)
         eval_x = x if data.same_split else (data.float01(data.x_eval) * 2.0 - 1.0).to(dev)
         labels = model.clean_prob(eval_x).argmax(1)
-        info.update(epochs=ep, stop_reason=stop_reason, last_target_mse_change=change)
+        info.update(epochs=run.epoch, stop_reason="epochs" if stop.stopped_at is None else "stop_mse",
+                    last_target_mse_change=targets.change)
         return ClusterOutput(labels=labels, info=info)
+
+
+class SoftTargets(TargetUpdateHook):
+    """DEPICT's targets ``y_prob [N, K]``: before the first epoch the clean prediction, frequency-normalised; each
+    image's row is refreshed with its clean prediction right after its minibatch step (``refresh``, the pass's
+    ``after``); after each epoch the rows are normalised by the cluster frequencies, and ``change`` (their mean
+    squared change since the previous epoch) is logged with the labels (argmax) for the stop rule."""
+
+    def __init__(self, model: DepictAutoencoder, x: torch.Tensor, k: int):
+        super().__init__(after=True)
+        self.model, self.x = model, x
+        self.y_prob = torch.zeros(x.shape[0], k, device=x.device)  # read and refreshed in place (a CUDA graph)
+        self.y_prev = torch.zeros_like(self.y_prob)
+        self.change = float("nan")
+
+    def refresh(self, idx: torch.Tensor) -> None:
+        _, _, zc = self.model.encode(self.x.index_select(0, idx), noisy=False)
+        self.y_prob.index_copy_(0, idx, torch.softmax(self.model.head(zc), -1))
+
+    @torch.no_grad()
+    def update(self, engine: Engine) -> None:
+        if self.updates == 0:
+            self.y_prob.copy_(frequency_normalised(self.model.clean_prob(self.x)))
+            return
+        self.y_prob.copy_(frequency_normalised(self.y_prob))
+        self.change = float((self.y_prob - self.y_prev).pow(2).mean())
+        self.y_prev.copy_(self.y_prob)
+        engine.log.update(target_mse_change=self.change, eval_pred=self.y_prob.argmax(1))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "y_prob": self.y_prob.cpu(), "y_prev": self.y_prev.cpu(),
+                "change": self.change}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.y_prob.copy_(state["y_prob"])
+        self.y_prev.copy_(state["y_prev"])
+        self.change = float(state["change"])
 
 
 __all__ = ["DEPICT", "DepictAutoencoder", "frequency_normalised"]

@@ -13,6 +13,7 @@ from bench.method import ClusteringData
 from bench.metrics import evaluate
 from bench.registry import get_method, resolve_config
 from bench.stages import StageRequest, StageStore
+from bench.trial import seed_everything
 from methods.dec import student_t, target_distribution
 from methods.depict import DepictAutoencoder, frequency_normalised
 from methods.engine.steps import IndexStream, SeedIndexStreams
@@ -247,6 +248,59 @@ def test_depict_kmeans_diagnostic_is_curve_only_and_changes_nothing(tmp_path):
     assert torch.equal(plain.labels, probed.labels)  # its k-means draws from its own generator
 
 
+class _Cut(Exception):
+    """A kill, simulated: raised inside a run, after its checkpoint of the previous epoch is on disk."""
+
+
+@pytest.mark.parametrize("phase", ["init_head", "joint"])
+def test_depict_cut_mid_training_and_run_again_ends_like_an_uncut_run(tmp_path, monkeypatch, phase):
+    """DEPICT cut in the third epoch of its head pre-fit (in the held-out NMI, after the epoch's steps) or of its
+    joint training (in the frequency normalisation): the same trial run again resumes that engine run from its
+    checkpoint after epoch 2 and ends with the uncut run's labels, info and curve."""
+    import sklearn.metrics
+
+    import methods.depict as depict_mod
+
+    monkeypatch.setenv("BENCH_CHECKPOINT_S", "0")  # a checkpoint after every epoch
+    module, name = (sklearn.metrics, "normalized_mutual_info_score") if phase == "init_head" else \
+        (depict_mod, "frequency_normalised")
+    real, calls = getattr(module, name), {"n": 0, "cut_at": None}
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == calls["cut_at"]:
+            raise _Cut
+        return real(*a, **k)
+
+    monkeypatch.setattr(module, name, counting)
+    data, _ = blobs(n_per=60, side=8, seed=5)
+    kw = dict(filters=[6, 6], batch_size=20, lr=1e-3, pretrain_epochs=3, init_epochs=6, init_patience=10, epochs=5,
+              init_n_init=2, stop_mse=0.0)
+    def fit(root: Path) -> tuple:
+        seed_everything(0)  # the dropout masks come from torch's global generator, seeded per trial by the harness
+        c = ctx(0, root)
+        return method("depict", **kw).fit(data, c), c
+
+    uncut, uncut_ctx = fit(tmp_path / "uncut")
+    # calls: the baseline NMI and one per pre-fit epoch; the initial targets and one per joint epoch
+    assert calls["n"] == 1 + 6 if phase == "init_head" else 1 + 5
+    calls.update(n=0, cut_at=4)  # the third epoch's call
+    with pytest.raises(_Cut):
+        fit(tmp_path / "cut")
+    assert list((tmp_path / "cut" / "art" / "0").glob(f"depict_{phase}-*.ckpt.pt"))
+    calls.update(n=0, cut_at=None)
+    again, again_ctx = fit(tmp_path / "cut")
+    # resumed after epoch 2 of the cut phase: epochs 3..6 of the pre-fit (the joint run: all, from scratch), or the
+    # pre-fit from scratch and epochs 3..5 of the joint training
+    assert calls["n"] == (1 + 6 - 2 if phase == "init_head" else 5 - 2)
+    assert torch.equal(again.labels, uncut.labels)
+    assert again.info == uncut.info
+    timing = {"elapsed_s", "epoch_s"}
+    assert [{k: v for k, v in r.items() if k not in timing} for r in again_ctx.curve] == \
+        [{k: v for k, v in r.items() if k not in timing} for r in uncut_ctx.curve]
+    assert not list((tmp_path / "cut").rglob("*.ckpt.pt"))  # finished: nothing left to resume from
+
+
 def test_dec_benchmark_script_prints_figures(tmp_path, capsys):
     from bench.perf.dec_seeds import main
 
@@ -284,7 +338,7 @@ def _caffe_sgd(w0: torch.Tensor, grads: list[torch.Tensor], lr: float, momentum:
 
 @pytest.mark.parametrize("burnin", [0, 5, 50])
 def test_graphed_step_momentum_burnin_bias_lr_and_reset_follow_caffes_solver(burnin):
-    from methods.engine.steps import GraphedStep, burnin_momentum, lr_groups, sgd
+    from methods.engine.steps import GraphedStep, burnin_momentum, lr_groups, reset_momentum, sgd
 
     g = torch.Generator().manual_seed(burnin)
     grads_w = [torch.randn(3, 4, generator=g) for _ in range(30)]
@@ -301,7 +355,7 @@ def test_graphed_step_momentum_burnin_bias_lr_and_reset_follow_caffes_solver(bur
     step = GraphedStep(loss_fn, opt, 2, torch.device("cpu"), use_graph=False)
     for it in range(30):
         if it == 20:
-            step.reset_momentum()  # DEC: a fresh solver at a target update
+            reset_momentum(opt)  # DEC: a fresh solver at a target update (MomentumResetHook)
         step.set_lr(0.05)
         step.set_momentum(burnin_momentum(0.9, it, burnin), 0.9)
         t["i"] = it

@@ -359,6 +359,86 @@ def test_target_update_hook_runs_before_every_nth_epoch(tmp_path):
         Centroids(None, None, None, 0)
 
 
+def test_target_update_hook_after_epochs_updates_before_the_first_and_after_every_nth_and_the_last(tmp_path):
+    cfg = ToyConfig(epochs=7)
+    engine, _, _, cent = toy_engine(tmp_path / "a", cfg, every_update=3)
+    cent.after = True  # DEC's schedule: the update can stop the run before another epoch starts
+    engine.run(cfg.epochs)
+    assert cent.at == [1, 3, 6, 7] and cent.updates == 4
+    engine, _, _, cent = toy_engine(tmp_path / "b", cfg, every_update=3)
+    cent.after = True
+    engine.run(0)  # no epochs (DEC with max_iters 0): the first targets still come, at the end
+    assert cent.at == [0] and cent.updates == 1
+
+
+def test_early_stop_restores_the_best_epochs_weights_and_starts_from_a_baseline(tmp_path):
+    cfg = ToyConfig(epochs=6)
+    scores = iter([0.5, 0.9, 0.7, 0.6, 0.8, 0.95])  # best at epoch 2; two epochs without a better one stop it
+    seen = {}
+
+    class Score(Hook):
+        def after_epoch(self, engine):
+            engine.log["score"] = next(scores)
+            seen[engine.epoch] = weights(engine.modules["net"]).clone()
+
+    stop = EarlyStopHook("score", patience=2, mode="max", baseline=lambda e: 0.6, restore_best=True)
+    engine, net, ctx, _ = toy_engine(tmp_path, cfg, hooks=[Score(), stop])
+    engine.run(cfg.epochs)
+    assert stop.stopped_at == 4 and stop.best == 0.9  # epoch 1's 0.5 does not beat the baseline's 0.6
+    assert torch.equal(weights(net), seen[2]) and not torch.equal(seen[4], seen[2])
+
+
+def test_a_seed_batch_trains_each_seed_as_alone_and_checkpoints_every_seeds_curve_and_failure(tmp_path):
+    x = torch.randn(12, 3, generator=torch.Generator().manual_seed(0))
+    seeds = [0, 1]
+
+    def run(ctxs, batched: bool):
+        w0 = torch.stack([torch.randn(3, generator=torch.Generator().manual_seed(10 + c.seed)) for c in ctxs])
+        w = torch.nn.Parameter(w0 if batched else w0[0])
+        gens = [c.rng("toy/order") for c in ctxs]
+
+        def order():  # each seed its own permutation, one row per seed in a batch
+            rows = [torch.randperm(12, generator=g) for g in gens]
+            return torch.stack(rows) if batched else rows[0]
+
+        def step(idx):  # batched: idx [S, B] -> one loss per seed
+            pred = (x[idx] * (w[:, None, :] if batched else w)).sum(-1)
+            return {"loss": (pred - 1.0).pow(2).mean(-1)}
+
+        losses = []
+
+        class Losses(Hook):
+            def after_epoch(self, engine):
+                losses.append(engine.log["loss"])
+
+        net = torch.nn.Module()
+        net.w = w
+        engine = Engine(ctxs if batched else ctxs[0], ToyConfig(epochs=3), modules={"net": net},
+                        optimizer=torch.optim.SGD([w], lr=0.1, momentum=0.9),
+                        streams={f"toy/order/{i}": g for i, g in enumerate(gens)}, hooks=[Losses()])
+        engine.add_pass("train", 12, step, 4, order=order)
+        engine.run(3)
+        return engine, w.detach(), losses
+
+    batch_ctxs = [make_ctx(tmp_path / "b", s) for s in seeds]
+    engine, w_batch, losses_batch = run(batch_ctxs, True)
+    assert losses_batch[0].shape == (2,)  # the epoch's mean loss of each seed
+    for s in seeds:
+        _, w_alone, losses_alone = run([make_ctx(tmp_path / f"a{s}", s)], False)
+        torch.testing.assert_close(w_batch[s], w_alone)
+        torch.testing.assert_close(torch.stack([v[s] for v in losses_batch]), torch.stack(losses_alone))
+    # every seed's curve and failure go into the checkpoint and come back
+    batch_ctxs[0].log_epoch(1, loss=0.5)
+    batch_ctxs[1].fail(NonFiniteLossError("boom"), stage="toy", iteration=3)
+    state = engine.state_dict()
+    fresh = [make_ctx(tmp_path / "f", s) for s in seeds]
+    again, *_ = run(fresh, True)
+    again.load_state_dict(state)
+    assert fresh[0].curve == batch_ctxs[0].curve and fresh[1].curve == []
+    assert isinstance(fresh[1].failure, NonFiniteLossError) and fresh[1].failed_at == {"stage": "toy", "iteration": 3}
+    assert fresh[0].failure is None
+
+
 def test_early_stop_on_a_plateau_and_on_a_criterion(tmp_path):
     cfg = ToyConfig(epochs=50, lr=0.0, checkpoint_every=1)  # lr 0: the loss never improves after epoch 1
     stop = EarlyStopHook(monitor="loss", patience=3, min_delta=10.0)

@@ -16,10 +16,14 @@ from methods.engine.hooks import (
     EarlyStopHook,
     EMAHook,
     EvalHook,
+    FaultInjectionHook,
     Hook,
     LrScheduleHook,
     MemoryBankHook,
+    MetricHook,
+    MomentumResetHook,
     Priority,
+    StreamOrderHook,
     TargetUpdateHook,
     TimeBudgetExceeded,
     cosine_lr,
@@ -28,6 +32,8 @@ from methods.engine.hooks import (
 )
 
 __all__ = ["Engine", "EngineConfig", "Pass", "Hook", "Priority", "CheckpointHook", "CurveLogHook", "EarlyStopHook",
-           "EMAHook", "EvalHook", "LrScheduleHook", "MemoryBankHook", "TargetUpdateHook", "TimeBudgetExceeded",
+           "EMAHook", "EvalHook", "FaultInjectionHook", "LrScheduleHook", "MemoryBankHook", "MetricHook",
+           "MomentumResetHook",
+           "StreamOrderHook", "TargetUpdateHook", "TimeBudgetExceeded",
            "autocast", "conv_layout", "epoch_batches", "eval_mode", "eval_pass", "prepare_training", "unlabeled_images",
            "cosine_lr", "multistep_lr", "set_lr"]

@@ -17,8 +17,17 @@ the epoch on the device (no per-step host sync) and logged, and the whole dict g
 the GPU data path of :mod:`methods.engine.gpu` (uint8 data on the device, GPU augmentations, channels-last,
 bf16 autocast); the engine adds a few Python calls per step and one sync per epoch (timing, finite check).
 
-The engine always adds :class:`CurveLogHook` and :class:`CheckpointHook` (from the config's harness fields:
-``checkpoint_every``, ``max_minutes``; fingerprint = the other fields).
+The engine always adds :class:`CheckpointHook` (from the config's harness fields: ``checkpoint_every``,
+``max_minutes``; fingerprint = the other fields) and, for one trial, :class:`CurveLogHook`.
+
+A *seed batch* (``Engine([ctx_0, ctx_1, ...], ...)``, the autoencoder family's ``run_seeds``): several seeds train
+in lockstep as one batched model (weights stacked on a leading seed axis), each from its own data order. The step
+takes ``[S, batch]`` indices (a pass's ``order`` gives ``[S, n]``) and returns every ``loss*`` as a vector of S
+per-seed losses; the engine back-propagates their sum (each seed gets exactly its own gradient: the parameters are
+disjoint) and averages each seed's losses over the epoch. Which seed stops when, and its curve rows, are the
+method's hooks' (DEC's tolerance rule): a seed batch gets no default :class:`CurveLogHook`. A seed marked failed
+(``ctx.fail``, e.g. a non-finite loss) computes on in its slot, isolated from the others; the checkpoint keeps
+every seed's curve and failure.
 """
 
 from __future__ import annotations
@@ -73,7 +82,8 @@ class Pass:
 
     The batches come from a permutation of ``range(n)`` drawn from the ``data_order`` stream, or, with
     ``order``, from the index tensor ``order()`` returns at the start of each epoch, in its order (a method's
-    own sampler, e.g. DeepCluster's uniform draw over pseudo-classes; ``n`` is then unused).
+    own sampler, e.g. DeepCluster's uniform draw over pseudo-classes; ``n`` is then unused). In a seed batch
+    ``order()`` gives one row per seed, ``[S, n]``, and the batches are ``[S, batch_size]`` column slices.
 
     For methods whose epochs differ (ISL's backbone / GAN / mining epochs): ``active()`` False skips the pass
     this epoch; ``train`` False runs it with the modules in eval mode (a frozen backbone); ``optimize`` False
@@ -86,7 +96,10 @@ class Pass:
     random numbers only from the engine's streams or torch's default generator, reads every tensor it uses from
     storage that stays put (update buffers in place), and the modules and parameters it trains are not replaced
     during the run. The optimizer must be capturable (``adam(..., capturable=True)``; SGD is). A changed lr is
-    noticed and captured again."""
+    noticed and captured again.
+
+    ``after(idx)``: runs right after each optimizer step, without gradients, inside the captured graph when there
+    is one (DEPICT's refresh of the batch's soft targets from the updated model)."""
     name: str
     n: int
     step: Callable[[torch.Tensor], dict[str, torch.Tensor]]
@@ -97,33 +110,36 @@ class Pass:
     train: bool = True
     optimize: bool = True
     graph: bool = False
+    after: Callable[[torch.Tensor], None] | None = None
 
     def batches(self, gen: torch.Generator, device: torch.device) -> Iterator[torch.Tensor]:
         if self.order is None:
             yield from epoch_batches(self.n, self.batch_size, gen, device, self.drop_last)
             return
         order = self.order()
-        n = order.shape[0]
+        n = order.shape[-1]
         bs = min(self.batch_size, n)
         n_batches = n // bs if self.drop_last else -(-n // bs)
         for i in range(n_batches):
-            yield order[i * bs:(i + 1) * bs].to(device)
+            yield order[..., i * bs:(i + 1) * bs].to(device)
 
 
 class Engine:
-    def __init__(self, ctx: TrialContext, cfg: EngineConfig, *, modules: dict[str, torch.nn.Module],
-                 optimizer: torch.optim.Optimizer, streams: dict[str, torch.Generator] | None = None,
-                 hooks: Iterable[Hook] = ()):
-        self.ctx, self.cfg = ctx, cfg
-        self.device = ctx.device
+    def __init__(self, ctx: TrialContext | list[TrialContext], cfg: EngineConfig, *,
+                 modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
+                 streams: dict[str, torch.Generator] | None = None, hooks: Iterable[Hook] = ()):
+        self.seed_batch = isinstance(ctx, list)  # see the module doc
+        self.ctxs: list[TrialContext] = list(ctx) if isinstance(ctx, list) else [ctx]
+        self.ctx, self.cfg = self.ctxs[0], cfg
+        self.device = self.ctx.device
         self.modules, self.optimizer = modules, optimizer
         # the engine's own stream draws the batch order; the method's (augmentation, ...) are checkpointed with it
-        self.streams = {"data_order": ctx.rng("data_order"), **(streams or {})}
+        self.streams = {"data_order": self.ctx.rng("data_order"), **(streams or {})}
         self.passes: list[Pass] = []
         hooks = list(hooks)
         if not any(isinstance(h, CheckpointHook) for h in hooks):
             hooks.append(CheckpointHook(cfg.checkpoint_every, cfg.max_minutes, cfg.fingerprint()))
-        if not any(isinstance(h, CurveLogHook) for h in hooks):
+        if not self.seed_batch and not any(isinstance(h, CurveLogHook) for h in hooks):
             hooks.append(CurveLogHook())
         self.hooks = sorted(hooks, key=lambda h: h.priority)  # stable: ties keep the given order
         self._step_hooks = [h for h in self.hooks if type(h).after_step is not Hook.after_step]
@@ -140,8 +156,8 @@ class Engine:
     def add_pass(self, name: str, n: int, step: Callable[[torch.Tensor], dict[str, torch.Tensor]],
                  batch_size: int, drop_last: bool = True, order: Callable[[], torch.Tensor] | None = None,
                  active: Callable[[], bool] | None = None, train: bool = True, optimize: bool = True,
-                 graph: bool = False) -> None:
-        self.passes.append(Pass(name, n, step, batch_size, drop_last, order, active, train, optimize, graph))
+                 graph: bool = False, after: Callable[[torch.Tensor], None] | None = None) -> None:
+        self.passes.append(Pass(name, n, step, batch_size, drop_last, order, active, train, optimize, graph, after))
 
     def hook(self, kind: type[H]) -> H:
         """The (first) hook of this type."""
@@ -197,12 +213,17 @@ class Engine:
                     out = p.step(idx)
                     if p.optimize:
                         self.optimizer.zero_grad(set_to_none=True)
-                        out["loss"].backward()
+                        loss = out["loss"]
+                        # a seed batch's per-seed losses: d(sum)/d(loss_s) = 1, each seed its own gradient
+                        loss.backward(torch.ones_like(loss) if loss.dim() else None)
                         self.optimizer.step()
+                    if p.after is not None:
+                        with torch.no_grad():
+                            p.after(idx)
                 for h in self._step_hooks:
                     h.after_step(self, idx, out)
-                if keys is None:
-                    keys = [k for k, v in out.items() if k.startswith("loss") and v.dim() == 0]
+                if keys is None:  # 0-d losses; in a seed batch, one per seed
+                    keys = [k for k, v in out.items() if k.startswith("loss") and v.dim() == int(self.seed_batch)]
                 if keys:
                     vals = torch.stack([out[k].detach() for k in keys])
                     acc = vals if acc is None else acc + vals
@@ -229,8 +250,9 @@ class Engine:
             return None
         gs = self._graphed.get(p.name)
         if gs is None:
-            gs = self._graphed[p.name] = GraphedStep(p.step, self.optimizer, idx.shape[0], self.device,
-                                                     generators=list(self.streams.values()))
+            gs = self._graphed[p.name] = GraphedStep(
+                p.step, self.optimizer, tuple(idx.shape), self.device, after_fn=p.after,
+                n_losses=len(self.ctxs) if self.seed_batch else None, generators=list(self.streams.values()))
         return gs if idx.shape == gs.idx.shape else None
 
     # -- state -------------------------------------------------------------------------------------
@@ -257,6 +279,9 @@ class Engine:
             "curve": list(self.ctx.curve),
             "epoch_times": list(self.epoch_times),
         }
+        if self.seed_batch:
+            state["curves"] = [list(c.curve) for c in self.ctxs]
+            state["failures"] = [None if c.failure is None else (c.failure, c.failed_at) for c in self.ctxs]
         if torch.cuda.is_available():
             state["cuda_rng"] = torch.cuda.get_rng_state_all()
         return state
@@ -274,6 +299,11 @@ class Engine:
             if state["hooks"].get(k):
                 h.load_state_dict(state["hooks"][k])
         self.ctx.curve[:] = state["curve"]
+        if self.seed_batch:
+            for ctx, curve, failure in zip(self.ctxs, state["curves"], state["failures"], strict=True):
+                ctx.curve[:] = curve
+                if failure is not None:
+                    ctx.fail(failure[0], **failure[1])
         self.epoch_times = list(state["epoch_times"])
         self.epoch = int(state["epoch"])
         self.global_step = int(state["global_step"])

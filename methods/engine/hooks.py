@@ -6,10 +6,13 @@ OpenMMLab's pattern: a hook overrides any of ``before_run``, ``before_epoch``, `
 (a best loss, targets, a memory bank) goes through ``state_dict`` / ``load_state_dict`` into the checkpoint.
 
 Built in: :class:`LrScheduleHook` (per-epoch lr), :class:`TargetUpdateHook` (periodic re-clustering / target
-updates, subclassed by a method), :class:`MemoryBankHook` (IDFD's and ISL's memory bank), :class:`EvalHook`
-(label-blind eval pass logged to the curve), :class:`CurveLogHook` (the curve row of each epoch),
-:class:`EarlyStopHook`, :class:`CheckpointHook` (checkpoint every N epochs, resume, wall-clock budget). The engine
-adds the log and checkpoint hooks itself.
+updates, subclassed by a method), :class:`MomentumResetHook` (a fresh momentum history each epoch, DEC's solver),
+:class:`StreamOrderHook` (a pass's order from a stateful index stream, the autoencoder family's),
+:class:`MemoryBankHook` (IDFD's and ISL's memory bank), :class:`EMAHook`, :class:`EvalHook` (label-blind eval pass
+logged to the curve), :class:`MetricHook` (a score logged each epoch), :class:`CurveLogHook` (the curve row of each
+epoch), :class:`EarlyStopHook` (plateau or criterion; can restore the best epoch's weights),
+:class:`FaultInjectionHook` (debug NaN injection into a seed batch), :class:`CheckpointHook` (checkpoint every N
+epochs, resume, wall-clock budget). The engine adds the log and checkpoint hooks itself.
 """
 
 from __future__ import annotations
@@ -22,10 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from bench.context import Checkpointer
 from bench.errors import BenchError
+from methods.engine.steps import reset_momentum
 from methods.losses import update_memory
 
 if TYPE_CHECKING:
+    from bench.context import TrialContext
     from methods.engine.engine import Engine
 
 
@@ -111,23 +117,40 @@ class LrScheduleHook(Hook):
 class TargetUpdateHook(Hook):
     """Recomputes what the loss trains towards (pseudo-labels, cluster centres, a target distribution) every
     ``every`` epochs, before that epoch's steps (epochs 1, 1 + every, ...): DeepCluster's and PICA-style
-    re-clustering, DEC's target distribution. A method subclasses it with ``update(engine)``; targets that the
-    step reads must be updated in place (``copy_``) and returned by ``state_dict`` so a resumed run has them."""
+    re-clustering. A method subclasses it with ``update(engine)``; targets that the step reads must be updated in
+    place (``copy_``) and returned by ``state_dict`` so a resumed run has them.
+
+    ``after=True``: the update comes at the end of every ``every``-th epoch and of the last one instead (and once
+    before the first epoch, which needs targets; a run of no epochs still gets that one, at its end), so that
+    what the update finds can stop the run before another epoch starts: DEC's target update, whose label change
+    is its stopping rule. ``updates`` counts the updates made so far."""
     priority = Priority.NORMAL
 
-    def __init__(self, every: int = 1):
+    def __init__(self, every: int = 1, after: bool = False):
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
-        self.every = every
+        self.every, self.after = every, after
         self.updates = 0
 
     def due(self, engine: Engine) -> bool:
         return (engine.epoch - 1) % self.every == 0
 
+    def _update(self, engine: Engine) -> None:
+        self.update(engine)
+        self.updates += 1
+
     def before_epoch(self, engine: Engine) -> None:
-        if self.due(engine):
-            self.update(engine)
-            self.updates += 1
+        first = self.after and self.updates == 0
+        if first or (not self.after and self.due(engine)):
+            self._update(engine)
+
+    def after_epoch(self, engine: Engine) -> None:
+        if self.after and (engine.epoch % self.every == 0 or engine.is_last_epoch):
+            self._update(engine)
+
+    def after_run(self, engine: Engine) -> None:
+        if self.after and self.updates == 0:
+            self._update(engine)
 
     def update(self, engine: Engine) -> None:
         raise NotImplementedError
@@ -137,6 +160,37 @@ class TargetUpdateHook(Hook):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.updates = int(state["updates"])
+
+
+class MomentumResetHook(Hook):
+    """Zeroes the optimizer's momentum buffers (in place: a captured graph keeps their addresses) before every epoch
+    but the first: DEC's official code starts a fresh Caffe solver, with no momentum history, for each interval
+    between target updates (one engine epoch)."""
+    priority = Priority.HIGH
+
+    def before_epoch(self, engine: Engine) -> None:
+        if engine.epoch > 1:
+            reset_momentum(engine.optimizer)
+
+
+class StreamOrderHook(Hook):
+    """A pass's sample order from a stateful index stream (:func:`methods.engine.steps.index_streams`: the
+    autoencoder family's per-seed minibatch streams, which run on across epochs instead of restarting):
+    ``order(n_batches)`` gives the next ``n_batches`` batches of every seed as one ``[S, n_batches x batch]``
+    tensor, in the stream's order (the pass slices it back into those batches). The stream's position goes into
+    the checkpoint (its generators are the engine's streams)."""
+
+    def __init__(self, stream: Any):
+        self.stream = stream
+
+    def order(self, n_batches: int) -> torch.Tensor:
+        return torch.cat([self.stream.next() for _ in range(n_batches)], -1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"stream": self.stream.state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stream.load_state(state["stream"])
 
 
 class MemoryBankHook(Hook):
@@ -205,6 +259,19 @@ class EvalHook(Hook):
             self._eval(engine)
 
 
+class MetricHook(Hook):
+    """After each epoch, ``engine.log[name] = fn(engine)``: a label-free score computed outside the steps (DEPICT's
+    held-out NMI to the initial labels), which goes on the curve row and which an :class:`EarlyStopHook` may
+    monitor."""
+    priority = Priority.NORMAL
+
+    def __init__(self, name: str, fn: Callable[[Engine], Any]):
+        self.name, self.fn = name, fn
+
+    def after_epoch(self, engine: Engine) -> None:
+        engine.log[self.name] = self.fn(engine)
+
+
 class CurveLogHook(Hook):
     """One curve row per epoch (``ctx.log_epoch``): the epoch's mean losses, what other hooks put into
     ``engine.log`` (lr, eval_pred) and the training seconds. A non-finite loss fails the trial here, once per
@@ -229,18 +296,35 @@ class CurveLogHook(Hook):
 
 class EarlyStopHook(Hook):
     """Stops after the epoch where ``criterion(engine)`` is true, or, without a criterion, where the logged
-    ``monitor`` value has not improved by more than ``min_delta`` for ``patience`` epochs."""
+    ``monitor`` value has not improved by more than ``min_delta`` for ``patience`` epochs.
+
+    ``baseline(engine)``: the value before the first epoch (the untrained model's), which the epochs must beat.
+    ``restore_best``: keep a copy of the engine's modules at the best value (the baseline's, if no epoch beats it)
+    and load it back when the run ends (DEPICT's head pre-fit keeps its best epoch); the copy is checkpointed."""
     priority = Priority.VERY_LOW
 
     def __init__(self, monitor: str = "loss", patience: int = 10, min_delta: float = 0.0, mode: str = "min",
-                 criterion: Callable[[Engine], bool] | None = None):
+                 criterion: Callable[[Engine], bool] | None = None,
+                 baseline: Callable[[Engine], float] | None = None, restore_best: bool = False):
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         self.monitor, self.patience, self.min_delta, self.mode, self.criterion = \
             monitor, patience, min_delta, mode, criterion
+        self.baseline, self.restore_best = baseline, restore_best
         self.best: float | None = None
+        self.best_state: dict[str, dict[str, torch.Tensor]] | None = None
         self.bad_epochs = 0
         self.stopped_at: int | None = None
+
+    def _keep(self, engine: Engine, val: float) -> None:
+        self.best, self.bad_epochs = val, 0
+        if self.restore_best:
+            self.best_state = {name: {k: v.detach().clone() for k, v in m.state_dict().items()}
+                               for name, m in engine.modules.items()}
+
+    def before_run(self, engine: Engine) -> None:
+        if self.baseline is not None:  # (a resumed run's checkpoint then replaces it)
+            self._keep(engine, float(self.baseline(engine)))
 
     def after_epoch(self, engine: Engine) -> None:
         if self.criterion is not None:
@@ -249,7 +333,7 @@ class EarlyStopHook(Hook):
             val = float(engine.log[self.monitor])
             sign = 1.0 if self.mode == "min" else -1.0
             if self.best is None or sign * (self.best - val) > self.min_delta:
-                self.best, self.bad_epochs = val, 0
+                self._keep(engine, val)
             else:
                 self.bad_epochs += 1
             stop = self.bad_epochs >= self.patience
@@ -257,17 +341,52 @@ class EarlyStopHook(Hook):
             self.stopped_at = engine.epoch
             engine.stop = True
 
+    def after_run(self, engine: Engine) -> None:
+        if self.best_state is not None:
+            for name, m in engine.modules.items():
+                m.load_state_dict(self.best_state[name])
+
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "bad_epochs": self.bad_epochs}
+        return {"best": self.best, "bad_epochs": self.bad_epochs, "best_state": self.best_state}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.bad_epochs = state["best"], int(state["bad_epochs"])
+        self.best_state = state.get("best_state")
+
+
+# -- seed batches ----------------------------------------------------------------------------------
+
+def poison_due_seeds(ctxs: list[TrialContext], stage: str, iteration: int, params: list[torch.Tensor]) -> None:
+    """Debug fault injection (``ctx.fault_due``): NaN into the weights of the seeds asked for."""
+    for s, ctx in enumerate(ctxs):
+        if ctx.fault_due(stage, iteration):
+            ctx.logger.warning("fault injection: seed %d's weights set to NaN after %s iteration %d", ctx.seed,
+                               stage, iteration)
+            with torch.no_grad():
+                for p in params:
+                    p[s].fill_(float("nan"))
+
+
+class FaultInjectionHook(Hook):
+    """``BENCH_FAULT_NAN=SEED@STAGE:ITER``: after step ITER of a seed batch (counted over the run), NaN into that
+    seed's slice of ``params`` (tests of per-seed failure isolation; never part of a recipe)."""
+
+    def __init__(self, stage: str, params: list[torch.Tensor]):
+        self.stage, self.params = stage, params
+
+    def after_step(self, engine: Engine, idx: torch.Tensor, outputs: dict[str, torch.Tensor]) -> None:
+        poison_due_seeds(engine.ctxs, self.stage, engine.global_step + 1, self.params)
 
 
 # -- checkpoints -----------------------------------------------------------------------------------
 
 class CheckpointHook(Hook):
     """Checkpoint every ``every`` epochs into the trial's artifact folder, resume from it, stop on a budget.
+
+    ``checkpointer``: save into its file instead of the trial's ``checkpoint.pt``, and at most every
+    ``BENCH_CHECKPOINT_S`` seconds (:class:`bench.context.Checkpointer`): a seed batch's one checkpoint
+    (``TrialContext.batch_checkpointer``), or one file per engine run of a method that runs the engine twice
+    (DEPICT's head pre-fit and joint training).
 
     * ``before_run``: a checkpoint of this trial (the artifact folder is keyed by the trial key) whose
       ``fingerprint`` (the config fields that change the arithmetic) matches is loaded: weights, optimizer,
@@ -281,23 +400,32 @@ class CheckpointHook(Hook):
     """
     priority = Priority.LOWEST
 
-    def __init__(self, every: int = 1, max_minutes: float | None = None, fingerprint: dict[str, Any] | None = None):
+    def __init__(self, every: int = 1, max_minutes: float | None = None, fingerprint: dict[str, Any] | None = None,
+                 checkpointer: Checkpointer | None = None):
         self.every, self.max_minutes, self.fingerprint = every, max_minutes, fingerprint or {}
+        self.checkpointer = checkpointer
         self.t_start = time.monotonic()
         self.saved_epochs: list[int] = []
 
+    def _path(self, engine: Engine):
+        return engine.ctx.checkpoint_path if self.checkpointer is None else self.checkpointer.path
+
     def _save(self, engine: Engine) -> None:
-        engine.ctx.save_checkpoint({"config": self.fingerprint, "engine": engine.state_dict()})
+        state = {"config": self.fingerprint, "engine": engine.state_dict()}
+        if self.checkpointer is None:
+            engine.ctx.save_checkpoint(state)
+        else:
+            self.checkpointer.save(state)
         self.saved_epochs.append(engine.epoch)
 
     def before_run(self, engine: Engine) -> None:
         self.t_start = time.monotonic()
         ctx = engine.ctx
-        ck = ctx.load_checkpoint()
+        ck = ctx.load_checkpoint() if self.checkpointer is None else self.checkpointer.load()
         if ck is None:
             return
         if ck.get("config") != self.fingerprint or "engine" not in ck:
-            ctx.logger.warning("checkpoint %s is from another config; starting over", ctx.checkpoint_path)
+            ctx.logger.warning("checkpoint %s is from another config; starting over", self._path(engine))
             return
         engine.load_state_dict(ck["engine"])
         engine.resumed_from = engine.epoch
@@ -306,7 +434,7 @@ class CheckpointHook(Hook):
     def after_epoch(self, engine: Engine) -> None:
         if engine.is_last_epoch:
             return
-        saved = engine.epoch % self.every == 0
+        saved = engine.epoch % self.every == 0 and (self.checkpointer is None or self.checkpointer.due())
         if saved:
             self._save(engine)
         if self.max_minutes is not None and time.monotonic() - self.t_start >= 60.0 * self.max_minutes:
@@ -314,8 +442,8 @@ class CheckpointHook(Hook):
                 self._save(engine)
             raise TimeBudgetExceeded(
                 f"time budget max_minutes={self.max_minutes} spent after epoch {engine.epoch}/{engine.max_epochs}; "
-                f"the checkpoint is saved ({engine.ctx.checkpoint_path.name}): run the same command again to "
+                f"the checkpoint is saved ({self._path(engine).name}): run the same command again to "
                 f"resume from epoch {engine.epoch + 1}")
 
     def after_run(self, engine: Engine) -> None:
-        engine.ctx.checkpoint_path.unlink(missing_ok=True)
+        self._path(engine).unlink(missing_ok=True)

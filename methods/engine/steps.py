@@ -272,15 +272,6 @@ class GraphedStep:
                 g["momentum"] = final
             self._recapture()
 
-    def reset_momentum(self) -> None:
-        """Zero the momentum buffers in place (the graph keeps their addresses): DEC's official code starts a
-        fresh Caffe solver, with empty momentum history, at each target update."""
-        with torch.no_grad():
-            for st in self.opt.state.values():
-                buf = st.get("momentum_buffer")
-                if buf is not None:
-                    buf.zero_()
-
     def mean_loss(self, reset: bool = True) -> torch.Tensor:
         """Mean loss since the last reset (per seed for batched closures), as a device tensor
         (reading it syncs)."""
@@ -289,6 +280,16 @@ class GraphedStep:
             self.loss_sum.zero_()  # in place: a captured graph adds into this storage
             self.n_summed = 0
         return out
+
+
+def reset_momentum(opt: torch.optim.Optimizer) -> None:
+    """Zero the momentum buffers in place (a captured graph keeps their addresses): DEC's official code starts a
+    fresh Caffe solver, with empty momentum history, at each target update."""
+    with torch.no_grad():
+        for st in opt.state.values():
+            buf = st.get("momentum_buffer")
+            if buf is not None:
+                buf.zero_()
 
 
 def sgd(params, lr: float, momentum: float, device: torch.device) -> torch.optim.SGD:

@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from methods.stages.sdae import StackedDenoisingAutoencoder
 
     SDAEConfig = StackedDenoisingAutoencoder.Config
+from methods.engine.hooks import poison_due_seeds
 from methods.engine.steps import (
     GraphedStep,
     SeedIndexStreams,
@@ -263,17 +264,6 @@ def _train(loss_fn, weights, biases, x_n: int, cfg: SDAEConfig, iters: int, ctxs
                 raise ctxs[0].failure  # type: ignore[misc]
         if progress.due() and it + 1 < iters:
             progress.save(stage, it + 1, step, stream)
-
-
-def poison_due_seeds(ctxs: list[TrialContext], stage: str, iteration: int, params: list[torch.Tensor]) -> None:
-    """Debug fault injection (``ctx.fault_due``): NaN into the weights of the seeds asked for."""
-    for s, ctx in enumerate(ctxs):
-        if ctx.fault_due(stage, iteration):
-            ctx.logger.warning("fault injection: seed %d's weights set to NaN after %s iteration %d", ctx.seed,
-                               stage, iteration)
-            with torch.no_grad():
-                for p in params:
-                    p[s].fill_(float("nan"))
 
 
 class _Progress:
