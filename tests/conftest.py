@@ -51,3 +51,23 @@ def skip_without(*rel: str):
 
 # test-only methods (NaN loss, wrong output length, a worker that dies), visible to Ray workers too
 os.environ["BENCH_PLUGINS"] = str(Path(__file__).resolve().parent / "plugins" / "fake_methods.py")
+
+
+class Cut(BaseException):
+    """A kill in the middle of a trial, simulated (not an Exception: nothing records it as a failure)."""
+
+
+def count_and_cut(monkeypatch, module, name: str) -> dict:
+    """Wrap ``module.name`` to count its calls and raise :class:`Cut` at call ``calls["cut_at"]`` (None: never)."""
+    real = getattr(module, name)
+    calls = {"n": 0, "cut_at": None}
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == calls["cut_at"]:
+            raise Cut
+        return real(*a, **k)
+
+    monkeypatch.setattr(module, name, counting)
+    return calls
+

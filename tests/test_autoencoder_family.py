@@ -24,6 +24,7 @@ from methods.nn.autoencoder import (
     pretrained_autoencoders,
 )
 from methods.stages.sdae import StackedDenoisingAutoencoder as SDAE
+from tests.conftest import Cut, count_and_cut
 
 # Tiny blobs with 40-iteration stages: the Caffe solver details (Euclidean loss x 1/2, burn-in, file order,
 # per-update momentum reset) would leave the autoencoder half trained; these tests are about seed batching
@@ -248,10 +249,6 @@ def test_depict_kmeans_diagnostic_is_curve_only_and_changes_nothing(tmp_path):
     assert torch.equal(plain.labels, probed.labels)  # its k-means draws from its own generator
 
 
-class _Cut(Exception):
-    """A kill, simulated: raised inside a run, after its checkpoint of the previous epoch is on disk."""
-
-
 @pytest.mark.parametrize("phase", ["init_head", "joint"])
 def test_depict_cut_mid_training_and_run_again_ends_like_an_uncut_run(tmp_path, monkeypatch, phase):
     """DEPICT cut in the third epoch of its head pre-fit (in the held-out NMI, after the epoch's steps) or of its
@@ -264,15 +261,7 @@ def test_depict_cut_mid_training_and_run_again_ends_like_an_uncut_run(tmp_path, 
     monkeypatch.setenv("BENCH_CHECKPOINT_S", "0")  # a checkpoint after every epoch
     module, name = (sklearn.metrics, "normalized_mutual_info_score") if phase == "init_head" else \
         (depict_mod, "frequency_normalised")
-    real, calls = getattr(module, name), {"n": 0, "cut_at": None}
-
-    def counting(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == calls["cut_at"]:
-            raise _Cut
-        return real(*a, **k)
-
-    monkeypatch.setattr(module, name, counting)
+    calls = count_and_cut(monkeypatch, module, name)
     data, _ = blobs(n_per=60, side=8, seed=5)
     kw = dict(filters=[6, 6], batch_size=20, lr=1e-3, pretrain_epochs=3, init_epochs=6, init_patience=10, epochs=5,
               init_n_init=2, stop_mse=0.0)
@@ -285,7 +274,7 @@ def test_depict_cut_mid_training_and_run_again_ends_like_an_uncut_run(tmp_path, 
     # calls: the baseline NMI and one per pre-fit epoch; the initial targets and one per joint epoch
     assert calls["n"] == 1 + 6 if phase == "init_head" else 1 + 5
     calls.update(n=0, cut_at=4)  # the third epoch's call
-    with pytest.raises(_Cut):
+    with pytest.raises(Cut):
         fit(tmp_path / "cut")
     assert list((tmp_path / "cut" / "art" / "0").glob(f"depict_{phase}-*.ckpt.pt"))
     calls.update(n=0, cut_at=None)

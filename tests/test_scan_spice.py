@@ -24,6 +24,7 @@ from bench.registry import get_method, resolve_config
 from bench.runner import run_suite
 from bench.stages import StageStore
 from bench.suite import parse_suite
+from tests.conftest import Cut, count_and_cut
 
 PRETEXT = {"image_size": 8, "pretext_epochs": 1, "pretext_batch_size": 16, "pretext_lr": 0.01, "eval_batch_size": 64}
 SCAN_TINY = {**PRETEXT, "scan_epochs": 2, "scan_batch_size": 8, "n_neighbors": 3, "eval_neighbors": 2,
@@ -151,33 +152,18 @@ def test_spice_variants_share_one_spice_self_build(tmp_path):
         assert only.info[k] == default.info[k]
 
 
-def _count_and_cut(monkeypatch, module, name: str) -> dict:
-    """Wrap ``module.name`` to count its calls and raise :class:`_Cut` at call ``calls["cut_at"]`` (None: never)."""
-    real = getattr(module, name)
-    calls = {"n": 0, "cut_at": None}
-
-    def counting(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == calls["cut_at"]:
-            raise _Cut
-        return real(*a, **k)
-
-    monkeypatch.setattr(module, name, counting)
-    return calls
-
-
 def test_spice_self_cut_and_run_again_ends_like_an_uncut_run(tmp_path, monkeypatch):
     """SPICE-Self cut in its third epoch (inside a round's sub-batch steps): the same trial run again resumes from the
     stage build's checkpoint after epoch 2 (not from scratch) and ends with the uncut run's labels, selection and
     curve."""
     import methods.stages.spice_self as self_mod
 
-    calls = _count_and_cut(monkeypatch, self_mod, "spice_self_loss")
+    calls = count_and_cut(monkeypatch, self_mod, "spice_self_loss")
     uncut, uncut_ctx = _fit("spice", "self", SPICE_TINY, tmp_path / "uncut")
     per_epoch = calls["n"] // SPICE_TINY["self_epochs"]
     assert per_epoch * SPICE_TINY["self_epochs"] == calls["n"] and per_epoch >= 2
     calls.update(n=0, cut_at=2 * per_epoch + 2)  # the second step of epoch 3
-    with pytest.raises(_Cut):
+    with pytest.raises(Cut):
         _fit("spice", "self", SPICE_TINY, tmp_path / "cut")
     assert list((tmp_path / "cut" / "stages").rglob("checkpoint.pt")), "the cut build left no checkpoint"
     calls.update(n=0, cut_at=None)
@@ -199,11 +185,11 @@ def test_spice_semi_cut_and_run_again_ends_like_an_uncut_run(tmp_path, monkeypat
     import methods.spice as spice_mod
 
     cfg = {**SPICE_TINY, "semi_iterations": 6}
-    calls = _count_and_cut(monkeypatch, spice_mod, "fixmatch_loss")
+    calls = count_and_cut(monkeypatch, spice_mod, "fixmatch_loss")
     uncut, uncut_ctx = _fit("spice", "default", cfg, tmp_path / "uncut")
     assert calls["n"] == 6
     calls.update(n=0, cut_at=4)
-    with pytest.raises(_Cut):
+    with pytest.raises(Cut):
         _fit("spice", "default", cfg, tmp_path / "cut")
     assert (tmp_path / "cut" / "spice" / "checkpoint.pt").exists(), "the cut run left no checkpoint"
     calls.update(n=0, cut_at=None)
@@ -256,10 +242,6 @@ def test_suite_builds_the_shared_pretext_once(store, digits01_dataset):
     assert len(nb) == 2  # SCAN's top-20 (here 3) on the projection; SPICE's 100 (here 3) on the backbone
 
 
-class _Cut(BaseException):
-    """Stands for a kill in the middle of a trial (not an Exception: nothing records it as a failure)."""
-
-
 @pytest.mark.parametrize("cut_kind,cut_call", [("scan", 7), ("self", 3)])
 def test_scan_killed_and_run_again_ends_like_an_uncut_run(tmp_path, monkeypatch, cut_kind, cut_call):
     """40 train images: a SCAN epoch is 5 steps (one SCAN-loss call each, all heads at once), a self-labelling
@@ -280,13 +262,13 @@ def test_scan_killed_and_run_again_ends_like_an_uncut_run(tmp_path, monkeypatch,
         def f(*a, **k):
             calls[kind] += 1
             if kind == cut["kind"] and calls[kind] == cut["call"]:
-                raise _Cut
+                raise Cut
             return real(*a, **k)
         return f
 
     monkeypatch.setattr(step_mod, "scan_loss", counting(step_mod.scan_loss, "scan"))
     monkeypatch.setattr(scan_mod, "confidence_ce", counting(scan_mod.confidence_ce, "self"))
-    with pytest.raises(_Cut):
+    with pytest.raises(Cut):
         _fit("scan", "default", cfg, tmp_path / "cut")
     # the SCAN step checkpoints in its stage's partial folder, self-labelling in the trial's artifact folder
     left = (list((tmp_path / "cut" / "stages" / "scan_clustering").glob(".partial-*/checkpoint.pt"))
