@@ -557,6 +557,7 @@ def test_bench_cuda_graphs_0_turns_graphed_passes_off(monkeypatch):
         def __init__(self):
             self.cfg, self.device, self._graphed, self.optimizer, self.streams = (
                 EngineConfig(), torch.device("cuda"), {}, None, {})
+            self.seed_batch, self.ctxs = False, []
 
     p = Pass("train", 8, lambda idx: {}, 4, graph=True)
     idx = torch.zeros(4, dtype=torch.long)
