@@ -52,3 +52,11 @@ def test_doctor_says_the_switches_parse(tmp_path):
     r = subprocess.run([sys.executable, "-m", "bench", "doctor", "--store", str(tmp_path / "st")], cwd=ROOT,
                        capture_output=True, text=True, env={**env, "PYTHONPATH": str(ROOT)}, timeout=300)
     assert "ok    environment       the BENCH_* switches and plugins parse" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("value", ["-1@cluster:40", "1@cluster:-5"])
+def test_a_fault_that_can_never_fire_is_refused(tmp_path, value):
+    # used to be accepted: no seed or iteration is negative, so the run ended ok as if isolation had been tested
+    r = bench("trial", "kmeans", "digits", "--store", str(tmp_path / "st"), BENCH_FAULT_NAN=value)
+    assert r.returncode == 2 and f"BENCH_FAULT_NAN item {value!r} is not SEED@STAGE:ITER" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "st").exists()
