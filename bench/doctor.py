@@ -1,7 +1,7 @@
 """``bench doctor``: check what a run needs before it runs, one line per check, each saying what to fix.
 
-Checks: the GPUs torch sees (none is fine for CPU suites, and said so), each dataset's files present
-and matching data.dvc (md5), the store writable and where it is, free disk under the store, the data
+Checks: the GPUs torch sees (none is fine for CPU suites, and said so), the BENCH_* switches and plugins,
+each dataset's files present and matching data.dvc (md5), the store writable and where it is, free disk under the store, the data
 cache writable, and, with ``--address``, that the Ray cluster answers. Exit 0 when nothing needs fixing,
 1 otherwise (warnings do not fail).
 """
@@ -84,7 +84,24 @@ def check_store(root: Path) -> list[Check]:
     return [Check("store", "ok", f"{where} is writable (--store or BENCH_STORE to change)"), disk]
 
 
+def check_environment() -> Check:
+    """The BENCH_* switches `bench run` parses before it plans (bench.env) and the plugins it imports: a value
+    it would refuse is a problem to fix here too, not an all-clear."""
+    from bench.env import check_environment as parse_switches
+    from bench.errors import BenchError
+    from bench.registry import METHODS
+
+    try:
+        parse_switches()
+        METHODS.names()  # imports BENCH_PLUGINS
+    except BenchError as exc:
+        return Check("environment", "FAIL", str(exc))
+    return Check("environment", "ok", "the BENCH_* switches and plugins parse")
+
+
 def check_cache(cache: Path) -> Check:
+    if cache.exists() and not cache.is_dir():
+        return Check("cache", "FAIL", f"{cache} is a file, not a folder; set BENCH_CACHE to a writable folder")
     probe = cache
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
@@ -134,7 +151,7 @@ def check_ray(address: str) -> Check:
 def run_checks(store, data_root: Path, *, address: str | None = None) -> int:
     from bench.data import default_cache_dir
 
-    checks = [check_gpu(), *check_datasets(data_root), *check_store(Path(store.root)),
+    checks = [check_gpu(), check_environment(), *check_datasets(data_root), *check_store(Path(store.root)),
               check_cache(default_cache_dir())]
     if address:
         checks.append(check_ray(address))

@@ -61,7 +61,10 @@ def fault_nan_specs() -> list[FaultSpec]:
         try:
             if not (at and colon and stage):
                 raise ValueError
-            specs.append(FaultSpec(int(seed), stage, int(it)))
+            spec = FaultSpec(int(seed), stage, int(it))
+            if spec.seed < 0 or spec.iteration < 0:
+                raise ValueError  # no seed or iteration matches: the fault would silently never fire
+            specs.append(spec)
         except ValueError:
             raise BenchError(f"BENCH_FAULT_NAN item {brief(item)} is not SEED@STAGE:ITER (e.g. 1@cluster:40); "
                              "fix it or unset BENCH_FAULT_NAN") from None

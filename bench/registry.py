@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import ValidationError
 
-from bench.errors import BenchError
+from bench.errors import BenchError, brief
 
 if TYPE_CHECKING:  # (bench.method imports bench.stages, which uses Registry: types only here)
     from bench.method import ClusteringMethod, MethodConfig
@@ -111,7 +111,13 @@ def _import_plugin(item: str) -> None:
         sys.modules[spec.name] = module
         spec.loader.exec_module(module)
     else:
-        importlib.import_module(item)
+        try:
+            importlib.import_module(item)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not (item == exc.name or item.startswith(exc.name + ".")):
+                raise  # the plugin itself imports something missing: its own traceback says what
+            raise BenchError(f"BENCH_PLUGINS names {brief(item)}, which is neither an importable module nor a path "
+                             "ending in .py; fix or unset BENCH_PLUGINS") from None
 
 
 def method_names() -> list[str]:

@@ -313,11 +313,12 @@ class DEPICT(ClusteringMethod):
         hw = cfg.hidden_loss_weight
         info: dict[str, Any] = {}
 
-        def train(name: str, step, pool: torch.Tensor, hooks: list, epochs: int, after=None) -> Engine:
+        def train(name: str, step, pool: torch.Tensor, hooks: list, epochs: int, after=None,
+                  keep_checkpoint: bool = False) -> Engine:
             """``epochs`` shuffled passes over ``pool`` (the "depict/data_order" stream, last partial batch dropped),
             each stage with a fresh Adam (as the official code), checkpointed in its own file."""
             opt = adam(list(model.parameters()), cfg.lr, dev, capturable=use_graph)
-            checkpoint = CheckpointHook(fingerprint=cfg.model_dump(mode="json"),
+            checkpoint = CheckpointHook(fingerprint=cfg.model_dump(mode="json"), keep=keep_checkpoint,
                                         checkpointer=ctx.checkpointer(f"depict_{name}"))
             engine = Engine(ctx, EngineConfig(eval_every=0, cuda_graph=cfg.cuda_graphs), modules={"model": model},
                             optimizer=opt, streams={"depict/data_order": gen},
@@ -375,8 +376,10 @@ class DEPICT(ClusteringMethod):
             # head's to start with); the best epoch's weights are kept
             patience = EarlyStopHook("val_nmi_to_init", patience=cfg.init_patience + 1, mode="max", baseline=val_nmi,
                                      restore_best=True)
+            # its checkpoint is kept until the trial ends: a kill before joint training's first checkpoint
+            # resumes the pre-fit instead of repeating it (README: a kill loses at most BENCH_CHECKPOINT_S of work)
             run = train("init_head", init_loss, train_idx, [MetricHook("val_nmi_to_init", val_nmi), patience],
-                        cfg.init_epochs)
+                        cfg.init_epochs, keep_checkpoint=True)
             info.update(init_epochs_run=run.epoch, init_best_val_nmi=patience.best)
 
         # ---- joint training with frequency-normalised soft targets ----------------------------------

@@ -280,13 +280,14 @@ def test_depict_cut_mid_training_and_run_again_ends_like_an_uncut_run(tmp_path, 
     calls.update(n=0, cut_at=None)
     again, again_ctx = fit(tmp_path / "cut")
     # resumed after epoch 2 of the cut phase: epochs 3..6 of the pre-fit (the joint run: all, from scratch), or the
-    # pre-fit from scratch and epochs 3..5 of the joint training
+    # pre-fit's last epoch from its kept checkpoint and epochs 3..5 of the joint training
     assert calls["n"] == (1 + 6 - 2 if phase == "init_head" else 5 - 2)
     assert torch.equal(again.labels, uncut.labels)
     assert again.info == uncut.info
     timing = {"elapsed_s", "epoch_s"}
     assert [{k: v for k, v in r.items() if k not in timing} for r in again_ctx.curve] == \
         [{k: v for k, v in r.items() if k not in timing} for r in uncut_ctx.curve]
+    again_ctx.remove_checkpoints()  # as the harness does once the trial's records are written (bench/trial.py)
     assert not list((tmp_path / "cut").rglob("*.ckpt.pt"))  # finished: nothing left to resume from
 
 

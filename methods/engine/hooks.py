@@ -396,14 +396,18 @@ class CheckpointHook(Hook):
       Once ``max_minutes`` of wall-clock time are spent it saves and raises :class:`TimeBudgetExceeded`,
       which the harness records as a failed trial whose error says to run the same command again. Killing the
       process (``timeout``) works too: the next run resumes, losing at most ``every`` epochs.
-    * ``after_run``: removes the checkpoint (a re-run should not resume a finished run).
+    * ``after_run``: removes the checkpoint (a re-run should not resume a finished run), unless ``keep``: a run
+      that a later one of the same trial continues (DEPICT's head pre-fit before joint training) keeps it until
+      the trial's records are written (``ctx.remove_checkpoints``), so a kill before the later run's first
+      checkpoint resumes it instead of starting it over.
     """
     priority = Priority.LOWEST
 
     def __init__(self, every: int = 1, max_minutes: float | None = None, fingerprint: dict[str, Any] | None = None,
-                 checkpointer: Checkpointer | None = None):
+                 checkpointer: Checkpointer | None = None, keep: bool = False):
         self.every, self.max_minutes, self.fingerprint = every, max_minutes, fingerprint or {}
         self.checkpointer = checkpointer
+        self.keep = keep
         self.t_start = time.monotonic()
         self.saved_epochs: list[int] = []
 
@@ -446,4 +450,5 @@ class CheckpointHook(Hook):
                 f"resume from epoch {engine.epoch + 1}")
 
     def after_run(self, engine: Engine) -> None:
-        self._path(engine).unlink(missing_ok=True)
+        if not self.keep:
+            self._path(engine).unlink(missing_ok=True)
