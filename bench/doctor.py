@@ -1,8 +1,8 @@
 """``bench doctor``: check what a run needs before it runs, one line per check, each saying what to fix.
 
 Checks: the GPUs torch sees (none is fine for CPU suites, and said so), the BENCH_* switches and plugins,
-each dataset's files present and matching data.dvc (md5), the store writable and where it is, free disk under the store, the data
-cache writable, and, with ``--address``, that the Ray cluster answers. Exit 0 when nothing needs fixing,
+each dataset's files present and matching data.dvc (md5), the store writable and where it is, free disk under the
+store, the data cache writable, and, with ``--address``, that the Ray cluster answers. Exit 0 when nothing needs fixing,
 1 otherwise (warnings do not fail).
 """
 
