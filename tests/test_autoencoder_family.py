@@ -291,6 +291,37 @@ def test_depict_cut_mid_training_and_run_again_ends_like_an_uncut_run(tmp_path, 
     assert not list((tmp_path / "cut").rglob("*.ckpt.pt"))  # finished: nothing left to resume from
 
 
+def test_depict_cut_in_joint_training_after_an_early_stopped_prefit_resumes_exactly(tmp_path, monkeypatch):
+    """The head pre-fit stopped early by its patience, then a kill in joint training: the run again resumes the
+    pre-fit from its kept checkpoint (saved before the stopping epoch, which is redone with the same draws and stops
+    again) and ends like the uncut run."""
+    import methods.depict as depict_mod
+
+    monkeypatch.setenv("BENCH_CHECKPOINT_S", "0")
+    calls = count_and_cut(monkeypatch, depict_mod, "frequency_normalised")
+    data, _ = blobs(n_per=60, side=8, seed=5)
+    kw = dict(filters=[6, 6], batch_size=20, lr=1e-3, pretrain_epochs=3, init_epochs=30, init_patience=1, epochs=4,
+              init_n_init=2, stop_mse=0.0)
+
+    def fit(root: Path) -> tuple:
+        seed_everything(0)
+        c = ctx(0, root)
+        return method("depict", **kw).fit(data, c), c
+
+    uncut, uncut_ctx = fit(tmp_path / "uncut")
+    assert uncut.info["init_epochs_run"] < 30  # the patience stopped the pre-fit: what this test is about
+    calls.update(n=0, cut_at=3)  # joint training's second epoch
+    with pytest.raises(Cut):
+        fit(tmp_path / "cut")
+    calls.update(n=0, cut_at=None)
+    again, again_ctx = fit(tmp_path / "cut")
+    assert torch.equal(again.labels, uncut.labels)
+    assert again.info == uncut.info
+    timing = {"elapsed_s", "epoch_s"}
+    assert [{k: v for k, v in r.items() if k not in timing} for r in again_ctx.curve] == \
+        [{k: v for k, v in r.items() if k not in timing} for r in uncut_ctx.curve]
+
+
 def test_dec_benchmark_script_prints_figures(tmp_path, capsys):
     from bench.perf.dec_seeds import main
 
