@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from typing import NamedTuple
 
 from bench.errors import BenchError, brief
@@ -45,6 +46,11 @@ def checkpoint_interval_s() -> float:
     return value
 
 
+#: the loops that poll BENCH_FAULT_NAN: the stacked autoencoder's layer-wise pretraining and fine-tuning
+#: (methods/nn/autoencoder.py) and DEC/IDEC's self-training (methods/dec.py, FaultInjectionHook("cluster"))
+FAULT_STAGES = re.compile(r"pretrain_layer[1-9][0-9]*|finetune|cluster")
+
+
 class FaultSpec(NamedTuple):
     seed: int
     stage: str
@@ -64,10 +70,13 @@ def fault_nan_specs() -> list[FaultSpec]:
             spec = FaultSpec(int(seed), stage, int(it))
             if spec.seed < 0 or spec.iteration < 0:
                 raise ValueError  # no seed or iteration matches: the fault would silently never fire
-            specs.append(spec)
         except ValueError:
             raise BenchError(f"BENCH_FAULT_NAN item {brief(item)} is not SEED@STAGE:ITER (e.g. 1@cluster:40); "
                              "fix it or unset BENCH_FAULT_NAN") from None
+        if not FAULT_STAGES.fullmatch(spec.stage):  # a typo would never fire either
+            raise BenchError(f"BENCH_FAULT_NAN item {brief(item)}: no loop named {brief(spec.stage)} injects faults; "
+                             "use pretrain_layerN, finetune or cluster")
+        specs.append(spec)
     return specs
 
 

@@ -283,6 +283,7 @@ def test_data_cache_that_is_a_file(env, capsys, monkeypatch):
     ("BENCH_CHECKPOINT_S", "nan", "BENCH_CHECKPOINT_S='nan'"),
     ("BENCH_FAULT_NAN", "1@cluster", "BENCH_FAULT_NAN item '1@cluster' is not SEED@STAGE:ITER"),
     ("BENCH_FAULT_NAN", "x@cluster:3", "is not SEED@STAGE:ITER"),
+    ("BENCH_FAULT_NAN", "1@clustr:40", "no loop named 'clustr' injects faults"),  # a typo never fires
 ])
 @pytest.mark.parametrize("command", ["run", "trial"])
 def test_malformed_environment_switches_are_refused_before_anything_runs(env, capsys, monkeypatch, var, value,
@@ -304,9 +305,9 @@ def test_environment_switches_parse_their_valid_forms(monkeypatch):
     assert cuda_graphs_enabled() and checkpoint_interval_s() == 120.0 and fault_nan_specs() == []
     monkeypatch.setenv("BENCH_CUDA_GRAPHS", " 0 ")
     monkeypatch.setenv("BENCH_CHECKPOINT_S", "0.5")
-    monkeypatch.setenv("BENCH_FAULT_NAN", "1@sdae/layer:40, 2@cluster:0")
+    monkeypatch.setenv("BENCH_FAULT_NAN", "1@pretrain_layer2:40, 2@cluster:0")
     assert not cuda_graphs_enabled() and checkpoint_interval_s() == 0.5
-    assert fault_nan_specs() == [FaultSpec(1, "sdae/layer", 40), FaultSpec(2, "cluster", 0)]
+    assert fault_nan_specs() == [FaultSpec(1, "pretrain_layer2", 40), FaultSpec(2, "cluster", 0)]
     monkeypatch.setenv("BENCH_CUDA_GRAPHS", "1")
     assert cuda_graphs_enabled()
 
