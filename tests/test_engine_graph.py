@@ -177,7 +177,10 @@ def test_graphed_autoencoder_family_equals_eager(tmp_path, name):
             seeds = [0]
         else:
             data, _ = blobs()
-            over = {**TINY_AE, "batch_size": 32, "update_interval": 10, "max_iters": 120, "n_init": 2,
+            # tol 0: both run all 120 iterations. With the paper's tol the stop point is a threshold on label
+            # changes, which the run-to-run jitter of GPU reductions (eager vs eager too) can move by an update
+            # interval: seen on the H200 (one run stopped at 30, the other ran to 120), a flaky comparison.
+            over = {**TINY_AE, "batch_size": 32, "update_interval": 10, "max_iters": 120, "n_init": 2, "tol": 0.0,
                     "pretrain_momentum_burnin": 20, "cuda_graphs": graphs}
             seeds = [0, 1]
         cfg = resolve_config(name, "default", "synthetic", over)
@@ -195,7 +198,8 @@ def test_graphed_autoencoder_family_equals_eager(tmp_path, name):
     finally:
         torch.backends.cudnn.deterministic = False
     for (le, ye, ie), (lg, yg, ig) in zip(eager, graphed):
-        assert len(le) == len(lg) >= 2 and ie == ig
-        np.testing.assert_allclose(lg, le, rtol=2e-3)
+        assert len(le) == len(lg) >= 2 and ie == ig, (ie, ig, le, lg)
+        # atol: the KL loss falls towards 1e-4 late in training, where GPU reduction jitter is relative-large
+        np.testing.assert_allclose(lg, le, rtol=2e-3, atol=2e-4)
         assert (yg == ye).mean() > 0.95
 
