@@ -16,8 +16,12 @@ import torch
 from bench.perf.fault_drill import suite_file
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY_DEPICT = {"filters": [8, 8], "batch_size": 64, "pretrain_epochs": 3, "init_epochs": 8, "init_patience": 100,
-               "init_n_init": 2, "epochs": 12, "stop_mse": 0.0}
+# Lengths chosen for the kill window (digits, ~0.16 s per pre-fit epoch, ~0.19 s per joint epoch on 2 CPU cores): the
+# head pre-fit outlasts BENCH_CHECKPOINT_S (3 s), so it saves at least once whatever the timing (with 8 epochs,
+# 1.3 s, a save happened only when the clock fell right, and the test failed when it did not); joint training
+# (~3.8 s) outlasts the kill at 1 s in, and its own first save comes 3 s after it starts.
+TINY_DEPICT = {"filters": [8, 8], "batch_size": 64, "pretrain_epochs": 3, "init_epochs": 30, "init_patience": 100,
+               "init_n_init": 2, "epochs": 20, "stop_mse": 0.0}
 
 
 @pytest.mark.slow
