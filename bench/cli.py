@@ -359,15 +359,18 @@ def cmd_stages(args) -> int:
                          "prints the default)")
     check_store(store.root, write=args.prune)
     stages = StageStore(store.stage_dir)
+    # stages first, then runs, then records: a stage listed here was built by a run whose manifest (written before
+    # its builds) is read below, or it is in that run's records. Listed last, a run that started while the records
+    # were read (seconds, on a big store) had its fresh stage pruned before its trials could read it.
+    entries = stages.entries()
     # runs before records: a run finishing in between has written its records before its manifest says so
     live = _stages_of_unfinished_runs(store)
     used: dict[str, list[str]] = {}
     for rec in store.records():
         for u in rec.stages:
             used.setdefault(u["key"], []).append(f"{rec.method}/{rec.dataset}/s{rec.seed}")
-    entries = stages.entries()
     if args.prune:
-        removed, n_stages = stages.prune(keep=set(used) | live)
+        removed, n_stages = stages.prune(keep=set(used) | live, entries=entries)
         for line, _ in removed:
             print(f"removed {line}")
         print(f"pruned {n_stages} unused stage(s) and {len(removed) - n_stages} leftover(s), "

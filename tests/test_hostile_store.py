@@ -1,0 +1,129 @@
+"""A hostile user of the store: damaged records and stages, and `bench stages --prune` racing a run.
+
+Each test is what a real attack (tiny digits suites, real `bench run` / `bench stages --prune` processes, real bytes;
+see the helper H report of session 6) showed broken, reduced to a fast in-process check."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.cli import main
+from bench.context import TrialContext
+from bench.method import ClusteringData
+from bench.stages import Stage, StageConfig, StageRequest, StageStore, register_stage
+from bench.suite import parse_suite
+
+
+@register_stage
+class HostileProbe(Stage):
+    """A tensor that depends on the seed; one line per build in ``log``."""
+
+    name = "hostile_probe"
+    version = 1
+
+    class Config(StageConfig):
+        log: str = ""
+
+    def build(self, data, inputs, ctx):
+        with open(self.config.log, "a") as fh:
+            fh.write(f"seed={ctx.seed}\n")
+        return {"w": torch.randn(4, generator=ctx.rng("probe"))}
+
+
+def _ctx(root: Path, seed: int, req: StageRequest) -> TrialContext:
+    x = torch.zeros(5, 1, 2, 2, dtype=torch.uint8)
+    ctx = TrialContext(seed=seed, device="cpu", artifact_dir=root / "art" / str(seed), stage_dir=root / "stages",
+                       data_md5="md5-h", code_version="c")
+    return ctx.bind(ClusteringData("synthetic", x, x, 2, "all", "all", "md5-h"), {"p": req})
+
+
+def _builds(log: Path) -> int:
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+@pytest.mark.parametrize("how", ["copied", "linked"])
+def test_a_stage_folder_copied_or_linked_over_another_keys_folder_is_not_read(tmp_path, how):
+    """Both hashes of a stage folder copied (or symlinked) over another key's folder are right: it passed every
+    check, and seed 0's trials trained on seed 1's autoencoder without a word (a real `bench run --force`)."""
+    log = tmp_path / "log"
+    req = StageRequest("hostile_probe", HostileProbe.Config(log=str(log)))
+    w0 = _ctx(tmp_path, 0, req).stage("p")["w"]
+    w1 = _ctx(tmp_path, 1, req).stage("p")["w"]
+    root = tmp_path / "stages" / "hostile_probe"
+    k0, k1 = req.key("md5-h", "all", 0), req.key("md5-h", "all", 1)
+    shutil.rmtree(root / k0)
+    if how == "copied":
+        shutil.copytree(root / k1, root / k0)
+    else:
+        (root / k0).symlink_to(root / k1)
+    got = _ctx(tmp_path, 0, req).stage("p")["w"]
+    assert torch.equal(got, w0) and not torch.equal(got, w1)  # seed 0's own stage, rebuilt
+    assert _builds(log) == 3 and (root / k0).is_dir() and not (root / k0).is_symlink()
+    assert torch.equal(_ctx(tmp_path, 1, req).stage("p")["w"], w1) and _builds(log) == 3  # seed 1's is untouched
+
+
+@pytest.mark.parametrize("meanwhile", ["removed", "replaced"])
+def test_a_stage_changed_between_its_check_and_its_load_is_never_read_unchecked(tmp_path, monkeypatch, meanwhile):
+    """The artifact was hashed, then opened again by torch.load: `bench stages --prune` (or a copy) acting in between
+    made the trial die of FileNotFoundError, or load bytes nobody checked."""
+
+    log = tmp_path / "log"
+    req = StageRequest("hostile_probe", HostileProbe.Config(log=str(log)))
+    w0 = _ctx(tmp_path, 0, req).stage("p")["w"]
+    _ctx(tmp_path, 1, req).stage("p")
+    root = tmp_path / "stages" / "hostile_probe"
+    folder, other = root / req.key("md5-h", "all", 0), root / req.key("md5-h", "all", 1)
+    real_load = torch.load
+
+    def load(f, *a, **kw):  # what another process does right before the bytes are deserialised
+        if meanwhile == "removed":
+            shutil.rmtree(folder, ignore_errors=True)
+        else:
+            shutil.copyfile(other / "artifact.pt", folder / "artifact.pt")
+        return real_load(f, *a, **kw)
+
+    monkeypatch.setattr(torch, "load", load)
+    got = _ctx(tmp_path, 0, req).stage("p")["w"]
+    assert torch.equal(got, w0)  # the bytes that were checked, never another seed's, never a crash
+
+
+def _digits_suite(tmp_path: Path):
+    return parse_suite({"name": "hs", "seeds": [0, 1], "datasets": ["digits"],
+                        "methods": [{"name": "kmeans", "config": {"n_init": 1}}]})
+
+
+def _run(tmp_path: Path):
+    from bench.runner import run_suite
+    from bench.store import ResultStore
+
+    store = ResultStore(tmp_path / "store")
+    man = run_suite(_digits_suite(tmp_path), store=store, data_root=tmp_path, inline=True)
+    return store, man
+
+
+def test_prune_keeps_a_stage_a_run_built_while_prune_read_the_records(tmp_path, monkeypatch, capsys):
+    """`bench stages --prune` read the runs, then the records (seconds, on a store of thousands), then listed the
+    stages: a run that started in between and built a stage had it pruned before its trials read it."""
+    import bench.cli
+    from bench.store import ResultStore, driver_identity
+
+    store = ResultStore(tmp_path / "store")
+    store.root.mkdir()
+    stages = StageStore(store.stage_dir)
+    real = bench.cli._stages_of_unfinished_runs
+
+    def live(st):  # prune has read the runs (none yet); now a run starts and builds its stage
+        out = real(st)
+        store.write_run({"run_id": "r1", "suite": "s", "started_at": "2026", "status": "running",
+                         "driver": driver_identity(), "trials": [], "stages": []})
+        stages.save("hostile_probe", "k" * 20, {"w": torch.zeros(1)}, {"seed": 0})
+        return out
+
+    monkeypatch.setattr(bench.cli, "_stages_of_unfinished_runs", live)
+    assert main(["stages", "--store", str(store.root), "--prune"]) == 0
+    assert stages.exists("hostile_probe", "k" * 20), capsys.readouterr().out
