@@ -221,10 +221,29 @@ def _report_suite(store, suite, out_dir: Path) -> None:
             f"(runs: {', '.join(view.run_ids) or 'none'}).")
     if view.missing:
         note += f" {len(view.missing)} trial(s) have no record yet: {'; '.join(view.missing)}."
+    damaged = _damaged_note(store)
+    if damaged:  # in the report too: a trial listed as missing may be one whose record file is damaged
+        note += f" {damaged}."
     paths = write_report(view.records, out_dir, title=f"Suite {suite.name}", tables=specs, note=note)
     if view.missing:
         print(f"{len(view.missing)} trial(s) of the grid have no record yet (`bench run` runs them)")
+    _warn_damaged(store)
     _print_report(paths)
+
+
+def _damaged_note(store) -> str:
+    bad = store.damaged_now()
+    if not bad:
+        return ""
+    names = ", ".join(p.name for p in bad[:3]) + (f" (+{len(bad) - 3})" if len(bad) > 3 else "")
+    return (f"{len(bad)} record file(s) in {store.records_dir} are damaged or unreadable and were skipped: {names} "
+            "(`bench run` re-runs their trials and keeps the damaged files aside)")
+
+
+def _warn_damaged(store) -> None:
+    """Say which record files were skipped: a byte flipped in a record is a clear skip, not a silent gap."""
+    if note := _damaged_note(store):
+        print(f"warning: {note}", file=sys.stderr)
 
 
 def cmd_report(args) -> int:
@@ -269,6 +288,7 @@ def _report_run(store, manifest: dict[str, Any], out: Path) -> int:
     tables = (manifest.get("spec") or {}).get("tables") or None
     paths = write_report(records_as_of_run(store, manifest), out / manifest["suite"],
                          title=f"Suite {manifest['suite']}, run {manifest['run_id']}", tables=tables, run=manifest)
+    _warn_damaged(store)
     _print_report(paths)
     return 0
 
@@ -369,6 +389,7 @@ def cmd_stages(args) -> int:
     for rec in store.records():
         for u in rec.stages:
             used.setdefault(u["key"], []).append(f"{rec.method}/{rec.dataset}/s{rec.seed}")
+    _warn_damaged(store)  # their stages count as unused: say so before pruning or listing
     if args.prune:
         removed, n_stages = stages.prune(keep=set(used) | live, entries=entries)
         for line, _ in removed:
@@ -558,6 +579,7 @@ def cmd_audit(args) -> int:
         print(f"audit of the store's view of suite {suite.name!r} (newest finished record per trial)")
     else:
         records = list(store.records())
+    _warn_damaged(store)
     rows = audit(claims, records)
     paths = write_audit(rows, records, Path(args.out))
     print(markdown(rows))

@@ -21,6 +21,7 @@ in its run's manifest and the history database), never over the record.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -51,6 +52,8 @@ def default_store_root() -> Path:
 class ResultStore:
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser().resolve()
+        #: record files that :meth:`records` skipped (unreadable, or bytes changed since written): commands say so
+        self.damaged: set[Path] = set()
 
     # -- layout ------------------------------------------------------------------------------
     @property
@@ -94,9 +97,14 @@ class ResultStore:
         with FileLock(str(self.lock_path(record.key)) + ".put"):  # check-and-replace is atomic across processes
             current = self.get(record.key)
             if current is not None and RANK[record.status] < RANK[current.status]:
-                atomic_write_bytes(self.attempt_path(record.key, record.run_id), record.to_json().encode())
+                atomic_write_bytes(self.attempt_path(record.key, record.run_id), _sealed(record))
                 return False
-            atomic_write_bytes(self.record_path(record.key), record.to_json().encode())
+            path = self.record_path(record.key)
+            if current is None and (path.exists() or path.is_symlink()):
+                # a record file that cannot be read (damaged bytes, a folder, a link): kept aside for a look, never
+                # written over blindly (a folder there made os.replace raise, a traceback that ended the run)
+                os.replace(path, path.with_name(f".damaged-{path.name}.{os.urandom(3).hex()}"))
+            atomic_write_bytes(path, _sealed(record))
             return True
 
     def attempt(self, key: str, run_id: str | None) -> ResultRecord | None:
@@ -108,7 +116,20 @@ class ResultStore:
         path = self.record_path(key)
         if not path.exists():
             return None
-        return _read_record(path)
+        rec = _read_record(path)
+        # a valid record copied over another key's file is not that key's result (it would be reused for it)
+        if rec is None or rec.key != key:
+            self.damaged.add(path)
+            return None
+        return rec
+
+    def damaged_now(self) -> list[Path]:
+        """The skipped record files that are still damaged (a run may have re-run the trial and set it aside since)."""
+        def still(p: Path) -> bool:
+            rec = _read_record(p) if p.exists() or p.is_symlink() else None
+            return (p.exists() or p.is_symlink()) and (rec is None or rec.key != p.stem)
+
+        return sorted(p for p in self.damaged if still(p))
 
     def has_ok(self, key: str) -> bool:
         rec = self.get(key)
@@ -118,9 +139,13 @@ class ResultStore:
         if not self.records_dir.exists():
             return
         for path in sorted(self.records_dir.glob("*.json")):
+            if path.name.startswith("."):  # temporaries, damaged ones kept aside
+                continue
             rec = _read_record(path)
-            if rec is not None:
+            if rec is not None and rec.key == path.stem:
                 yield rec
+            else:
+                self.damaged.add(path)
 
     # -- runs --------------------------------------------------------------------------------
     def write_run(self, manifest: dict[str, Any]) -> Path:
@@ -189,9 +214,32 @@ def driver_alive(driver: dict[str, Any] | None) -> bool | None:
     return started is not None and (driver.get("pid_started") is None or abs(started - driver["pid_started"]) < 1)
 
 
+#: the field of a record file that holds the sha256 of the rest of it (bench.records); records written before it
+#: existed lack it and are read as they are
+SEAL = "record_sha256"
+
+
+def _seal_of(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps({k: v for k, v in body.items() if k != SEAL}, sort_keys=True).encode()).hexdigest()
+
+
+def _sealed(record: ResultRecord) -> bytes:
+    """The record's JSON with its sha256: a byte flipped later (a digit of ACC, a seed) is detected when read,
+    instead of reaching a table silently."""
+    body = json.loads(record.to_json())
+    body[SEAL] = _seal_of(body)
+    return json.dumps(body, indent=1).encode()
+
+
 def _read_record(path: Path) -> ResultRecord | None:
     try:
-        return ResultRecord.model_validate_json(path.read_bytes())
+        blob = path.read_bytes()
+        body = json.loads(blob)
+        if isinstance(body, dict) and SEAL in body:
+            if body.pop(SEAL) != _seal_of(body):
+                return None  # bytes changed since it was written: damaged, skipped like an unreadable one
+            return ResultRecord.model_validate(body)  # (the seal is the file's, not the record's)
+        return ResultRecord.model_validate_json(blob)
     except (OSError, ValidationError, ValueError):
         return None  # unreadable file: skipped, the run manifest still lists the trial
 

@@ -106,6 +106,61 @@ def _run(tmp_path: Path):
     return store, man
 
 
+@pytest.mark.parametrize("edit", ["acc-digit", "seed", "copied-over-another"])
+def test_a_record_whose_bytes_changed_is_a_clear_skip_never_a_wrong_table(tmp_path, capsys, edit):
+    """A digit of ACC flipped in a record file went straight into `bench report`'s table and `bench run` reused it;
+    a flipped seed made it another trial's result. Records now carry their sha256: a changed one is skipped, said
+    so by every command, and re-run (the damaged file kept aside)."""
+    store, man = _run(tmp_path)
+    recs = {r.seed: r for r in store.run_records(man)}
+    path = store.record_path(recs[0].key)
+    text = path.read_text()
+    if edit == "acc-digit":
+        i = text.index('"acc": 0.') + len('"acc": 0.')
+        text = text[:i] + ("1" if text[i] != "1" else "2") + text[i + 1:]
+    elif edit == "seed":
+        text = text.replace('"seed": 0,', '"seed": 1,')
+    else:
+        text = store.record_path(recs[1].key).read_text()
+    path.write_text(text)
+    capsys.readouterr()
+    assert main(["report", "hs", "--store", str(store.root), "--out", str(tmp_path / "rep")]) == 0
+    out, err = capsys.readouterr()
+    assert "damaged or unreadable" in err and path.name in err and "1 trial(s) of the grid have no record" in out
+    table = (tmp_path / "rep" / "hs" / "table.md").read_text()
+    assert f"{100 * recs[1].metrics['acc']:.1f} |" in table  # seed 1 alone: n = 1, its own ACC
+    assert main(["stages", "--store", str(store.root)]) == 0 and "damaged" in capsys.readouterr().err
+    # `bench run` re-runs the trial instead of reusing the damaged record, and keeps the damaged file aside
+    from bench.runner import run_suite
+
+    again = run_suite(_digits_suite(tmp_path), store=store, data_root=tmp_path, inline=True)
+    assert [t["status"] for t in again["trials"]] == ["ok", "reused"]
+    assert store.get(recs[0].key).metrics == recs[0].metrics  # same numbers as the original (deterministic k-means)
+    assert len(list(store.records_dir.glob(".damaged-*"))) == 1
+    capsys.readouterr()
+    assert main(["report", "hs", "--store", str(store.root), "--out", str(tmp_path / "rep")]) == 0
+    assert "damaged" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["folder", "dangling-link"])
+def test_a_record_path_that_is_not_a_file_is_set_aside_not_a_traceback(tmp_path, kind):
+    """A record path made a folder: the re-run's write raised IsADirectoryError out of `bench run` (a traceback,
+    and the run's manifest never finished)."""
+    from bench.runner import run_suite
+
+    store, man = _run(tmp_path)
+    path = store.record_path(man["trials"][0]["key"])
+    path.unlink()
+    if kind == "folder":
+        path.mkdir()
+    else:
+        path.symlink_to(tmp_path / "nowhere.json")
+    again = run_suite(_digits_suite(tmp_path), store=store, data_root=tmp_path, inline=True)
+    assert again["status"] == "finished" and [t["status"] for t in again["trials"]] == ["ok", "reused"]
+    assert path.is_file() and store.get(path.stem).ok
+    assert len(list(store.records_dir.glob(".damaged-*"))) == 1
+
+
 def test_prune_keeps_a_stage_a_run_built_while_prune_read_the_records(tmp_path, monkeypatch, capsys):
     """`bench stages --prune` read the runs, then the records (seconds, on a store of thousands), then listed the
     stages: a run that started in between and built a stage had it pruned before its trials read it."""
