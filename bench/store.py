@@ -33,7 +33,20 @@ from filelock import FileLock
 from pydantic import ValidationError
 
 from bench.context import atomic_write_bytes
+from bench.errors import BenchError
 from bench.records import ResultRecord
+
+
+class StoreUnwritable(BenchError):
+    """The store stopped taking writes mid-run (made read-only, disk full): the run stops, keeps what it wrote, and
+    says so in one line; `bench run --resume` continues it once the store is writable again."""
+
+    exit_code = 1  # not the user's input: the run started and was cut short
+
+
+def _unwritable(path: Path, exc: OSError) -> StoreUnwritable:
+    return StoreUnwritable(f"cannot write {path} ({exc.strerror or type(exc).__name__}): the store stopped taking "
+                           "writes; records already written are kept; make it writable and `bench run SUITE --resume`")
 
 #: where results go unless --store or $BENCH_STORE says otherwise: the user's data directory, outside
 #: any source tree (platformdirs: ~/.local/share/clusterbench/results on Linux,
@@ -92,7 +105,14 @@ class ResultStore:
 
     def put(self, record: ResultRecord) -> bool:
         """Store ``record`` unless the stored record of its key is better (see the module docstring).
-        Returns whether it became the record; a refused one is kept as an attempt of its run."""
+        Returns whether it became the record; a refused one is kept as an attempt of its run. A store that no
+        longer takes writes raises StoreUnwritable (one line), never a bare OSError's traceback."""
+        try:
+            return self._put(record)
+        except OSError as exc:
+            raise _unwritable(Path(exc.filename or self.record_path(record.key)), exc) from None
+
+    def _put(self, record: ResultRecord) -> bool:
         self.lock_path(record.key).parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.lock_path(record.key)) + ".put"):  # check-and-replace is atomic across processes
             current = self.get(record.key)
@@ -150,7 +170,10 @@ class ResultStore:
     # -- runs --------------------------------------------------------------------------------
     def write_run(self, manifest: dict[str, Any]) -> Path:
         path = self.runs_dir / f"{manifest['run_id']}.json"
-        atomic_write_bytes(path, json.dumps(manifest, indent=1, default=str).encode())
+        try:
+            atomic_write_bytes(path, json.dumps(manifest, indent=1, default=str).encode())
+        except OSError as exc:
+            raise _unwritable(path, exc) from None
         return path
 
     def runs(self, suite: str | None = None) -> list[dict[str, Any]]:

@@ -182,3 +182,54 @@ def test_prune_keeps_a_stage_a_run_built_while_prune_read_the_records(tmp_path, 
     monkeypatch.setattr(bench.cli, "_stages_of_unfinished_runs", live)
     assert main(["stages", "--store", str(store.root), "--prune"]) == 0
     assert stages.exists("hostile_probe", "k" * 20), capsys.readouterr().out
+
+
+@pytest.mark.parametrize("where", ["records", "artifacts"])
+def test_a_store_made_read_only_mid_run_is_one_line_and_an_interrupted_manifest(tmp_path, monkeypatch, capsys, where):
+    """`chattr +i <store>/records` (read-only even for root) after the first record of a real `bench run`: a
+    traceback (PermissionError, then another from recording the unfinished trials), exit 1, and the manifest left
+    "running". Simulated here by the write failing as chattr makes it fail (EPERM)."""
+    import errno
+
+    import numpy as np
+
+    import bench.store
+    from bench.store import ResultStore
+
+    suite = tmp_path / "hs.yaml"
+    suite.write_text(json.dumps({"name": "hs", "seeds": [0, 1], "datasets": ["digits"],
+                                 "methods": [{"name": "kmeans", "config": {"n_init": 1}}]}))
+    store = ResultStore(tmp_path / "store")
+    writes = {"n": 0}
+    real_write, real_save = bench.store.atomic_write_bytes, np.save
+
+    def deny(path):
+        writes["n"] += 1
+        if writes["n"] > 1:  # the first record (or prediction) goes through; then the folder is read-only
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(path))
+
+    def write(path, data):
+        if Path(path).parent == store.records_dir:
+            deny(path)
+        return real_write(path, data)
+
+    def save(path, arr, *a, **kw):
+        deny(path)
+        return real_save(path, arr, *a, **kw)
+
+    if where == "records":
+        monkeypatch.setattr(bench.store, "atomic_write_bytes", write)
+    else:
+        monkeypatch.setattr(np, "save", save)
+    capsys.readouterr()
+    code = main(["run", str(suite), "--inline", "--store", str(store.root), "--no-report"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Operation not permitted" in lines[0] and "--resume" in lines[0]
+    (man,) = store.runs("hs")
+    assert man["status"] == "interrupted" and [t["status"] for t in man["trials"]] == ["ok", "interrupted"]
+    assert store.get(man["trials"][0]["key"]).ok  # the record written before is kept
+    monkeypatch.undo()
+    assert main(["run", str(suite), "--inline", "--store", str(store.root), "--no-report", "--resume"]) == 0
+    assert all(r.ok for r in store.records())
