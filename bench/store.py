@@ -268,8 +268,14 @@ def _read_record(path: Path) -> ResultRecord | None:
 
 
 def _record_from_entry(entry: dict[str, Any], manifest: dict[str, Any]) -> ResultRecord:
+    status = entry.get("status") or "interrupted"
+    if status not in RANK:  # "pending" (or "done") in the manifest of a run still running: `bench report --run`
+        # during the run raised a ValidationError here; such a trial is not finished, never averaged in
+        entry = {**entry, "error": entry.get("error") or f"not finished: the run was {manifest.get('status')} "
+                 f"when this was read ({status})"}
+        status = "interrupted"
     return ResultRecord(key=entry["key"], suite=manifest.get("suite"), run_id=manifest.get("run_id"),
                         method=entry["method"], variant=entry.get("variant", "default"), dataset=entry["dataset"],
                         seed=entry["seed"], config=entry.get("config", {}), protocol=entry.get("protocol", {}),
-                        data_md5=entry.get("data_md5", ""), status=entry.get("status") or "interrupted",
+                        data_md5=entry.get("data_md5", ""), status=status,
                         error=entry.get("error") or "no record was written (worker lost)")

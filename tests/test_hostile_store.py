@@ -233,3 +233,19 @@ def test_a_store_made_read_only_mid_run_is_one_line_and_an_interrupted_manifest(
     monkeypatch.undo()
     assert main(["run", str(suite), "--inline", "--store", str(store.root), "--no-report", "--resume"]) == 0
     assert all(r.ok for r in store.records())
+
+
+def test_report_and_audit_of_a_run_still_running_show_its_pending_trials_as_unfinished(tmp_path, capsys):
+    """`bench report --run RUN_ID` while that run was going: its manifest's "pending" trials became records of status
+    "pending", a pydantic ValidationError traceback (seen polling a real `bench run`)."""
+    store, man = _run(tmp_path)
+    store.record_path(man["trials"][1]["key"]).unlink()  # as if not written yet
+    running = {**man, "status": "running", "finished_at": None,
+               "trials": [man["trials"][0], {**man["trials"][1], "status": "pending", "metrics": {}}]}
+    store.write_run(running)
+    capsys.readouterr()
+    assert main(["report", "--run", man["run_id"], "--store", str(store.root), "--out", str(tmp_path / "r")]) == 0
+    assert main(["audit", "--run", man["run_id"], "--store", str(store.root), "--out", str(tmp_path / "a")]) in (0, 2)
+    assert "Traceback" not in capsys.readouterr().err
+    csv = (tmp_path / "r" / "hs" / "results.csv").read_text()
+    assert "not finished: the run was running" in csv
