@@ -276,6 +276,9 @@ def _finish_manifest(manifest: dict[str, Any], plan: Plan, store: ResultStore, i
                 except StoreUnwritable as exc:  # records/ no longer takes writes: the manifest below still may
                     unwritable = exc
             entry.update(status="interrupted", metrics={}, error=why)
+    # the store stopped taking writes (the unfinished trials' records could not be written): the run is resumable, as
+    # the one-line error says, also when its trials failed in Ray workers rather than here
+    interrupted = interrupted or unwritable is not None
     for st in manifest.get("stages", []):  # a build the run never reached (cut before it); a resume plans it again
         if st["status"] == "planned":
             st["status"] = "interrupted" if interrupted else "not built"

@@ -249,3 +249,29 @@ def test_report_and_audit_of_a_run_still_running_show_its_pending_trials_as_unfi
     assert "Traceback" not in capsys.readouterr().err
     csv = (tmp_path / "r" / "hs" / "results.csv").read_text()
     assert "not finished: the run was running" in csv
+
+
+def test_a_store_read_only_when_a_lost_workers_trials_are_recorded_leaves_a_resumable_run(tmp_path, monkeypatch):
+    """With Ray the failing write happens in the worker (the trial is 'lost'); the driver then cannot record the
+    trial as interrupted either. The run must end resumable (as the error line says), not 'finished'."""
+    import errno
+
+    import bench.runner
+    import bench.store
+    from bench.runner import run_suite
+    from bench.store import ResultStore, StoreUnwritable
+
+    store = ResultStore(tmp_path / "store")
+    real_write = bench.store.atomic_write_bytes
+
+    def write(path, data):
+        if Path(path).parent == store.records_dir:
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(path))
+        return real_write(path, data)
+
+    monkeypatch.setattr(bench.runner, "execute_unit", lambda unit: [])  # the worker died before writing
+    monkeypatch.setattr(bench.store, "atomic_write_bytes", write)
+    with pytest.raises(StoreUnwritable, match="Operation not permitted"):
+        run_suite(_digits_suite(tmp_path), store=store, data_root=tmp_path, inline=True)
+    (man,) = store.runs("hs")
+    assert man["status"] == "interrupted" and {t["status"] for t in man["trials"]} == {"interrupted"}
