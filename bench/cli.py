@@ -23,6 +23,7 @@ Ray, pandas and the methods load inside the command that needs them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -592,8 +593,28 @@ def cmd_history(args) -> int:
     from bench.history import history_table
 
     _check_history_args(args)
-    print(history_table(_store(args), suite_name(args.suite), args.db, rebuild=args.rebuild))
+    with _history_db_errors(args):
+        print(history_table(_store(args), suite_name(args.suite), args.db, rebuild=args.rebuild))
     return 0
+
+
+@contextlib.contextmanager
+def _history_db_errors(args):
+    """A damaged history database (flipped bytes, truncated, a folder) was an sqlite3 traceback from `bench history`
+    and `bench regress`: one line now, with the way out (the database is rebuilt from the store's JSON)."""
+    import sqlite3
+
+    from bench.history import damaged, default_db_path
+
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        db = args.db or default_db_path(_store(args))
+        if damaged(exc) is None:
+            raise BenchError(f"history database {db} is busy ({exc}); try again when the other process is done") \
+                from None
+        raise BenchError(f"history database {db} is damaged ({exc}); `bench history --rebuild` keeps it aside and "
+                         "rebuilds it from runs/ and records/") from None
 
 
 def cmd_regress(args) -> int:
@@ -607,7 +628,8 @@ def cmd_regress(args) -> int:
     _check_history_args(args)
     check_folder(args.out, "--out")
     out = Path(args.out) / name
-    code, md = regress_suite(_store(args), name, out_dir=out, db_path=args.db, window=args.window)
+    with _history_db_errors(args):
+        code, md = regress_suite(_store(args), name, out_dir=out, db_path=args.db, window=args.window)
     print(md)
     print(f"summary: {out / 'regress.md'}; trend plots: {out}/trend_*.png")
     return code

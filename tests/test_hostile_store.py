@@ -319,3 +319,27 @@ def test_a_kill_between_a_checkpoints_two_writes_leaves_the_previous_one_resumab
     assert ck.load()["epoch"] == 3
     ck.remove()
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "folder"])
+def test_a_damaged_history_database_is_one_line_and_rebuild_restores_it(tmp_path, capsys, damage):
+    """<store>/history.db with flipped bytes, truncated or a folder: `bench history` and `bench regress` were sqlite3
+    tracebacks, and `bench history --rebuild` (what `bench run` advises then) was one too."""
+    store, man = _run(tmp_path)
+    db = store.root / "history.db"
+    assert db.is_file()
+    if damage == "garbage":
+        db.write_bytes(bytes(range(256)) * 32)
+    elif damage == "truncated":
+        db.write_bytes(db.read_bytes()[:5000])
+    else:
+        db.unlink()
+        db.mkdir()
+    capsys.readouterr()
+    for cmd in (["history", "hs"], ["regress", "hs", "--out", str(tmp_path / "reg")]):
+        assert main([*cmd, "--store", str(store.root)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: history database") and "--rebuild" in err[0]
+    assert main(["history", "hs", "--store", str(store.root), "--rebuild"]) == 0
+    assert man["run_id"] in capsys.readouterr().out and list(store.root.glob("history.db.damaged-*"))
+    assert main(["history", "hs", "--store", str(store.root)]) == 0
