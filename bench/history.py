@@ -186,7 +186,13 @@ def sync(store, db_path: str | Path | None = None, *, rebuild: bool = False) -> 
             continue
         if have.get(man["run_id"]) == (man.get("finished_at"), man.get("status")):
             continue
-        append_run(store, man, path)
+        try:
+            append_run(store, man, path)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a hand-edited manifest (a trial without
+            # its key, ...) was a traceback of `bench history` and `bench regress`; it is skipped, and said
+            logging.getLogger("bench.history").warning("run %s: its manifest in runs/ is malformed (%s: %s); left out "
+                                                       "of the history", man["run_id"], type(exc).__name__, exc)
+            continue
         added += 1
     return {"imported": added, "total": len(have) + added}
 

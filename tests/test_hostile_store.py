@@ -343,3 +343,13 @@ def test_a_damaged_history_database_is_one_line_and_rebuild_restores_it(tmp_path
     assert main(["history", "hs", "--store", str(store.root), "--rebuild"]) == 0
     assert man["run_id"] in capsys.readouterr().out and list(store.root.glob("history.db.damaged-*"))
     assert main(["history", "hs", "--store", str(store.root)]) == 0
+
+
+def test_a_malformed_run_manifest_is_left_out_of_the_history_not_a_traceback(tmp_path, capsys, caplog):
+    store, man = _run(tmp_path)
+    (store.root / "history.db").unlink()
+    bad = {**man, "run_id": "hs-broken", "trials": [{k: v for k, v in t.items() if k != "key"} for t in man["trials"]]}
+    store.write_run(bad)
+    assert main(["history", "hs", "--store", str(store.root)]) == 0
+    out = capsys.readouterr().out
+    assert man["run_id"] in out and "hs-broken" not in out and "hs-broken: its manifest in runs/ is malformed" in caplog.text
