@@ -23,6 +23,7 @@ Ray, pandas and the methods load inside the command that needs them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -221,10 +222,29 @@ def _report_suite(store, suite, out_dir: Path) -> None:
             f"(runs: {', '.join(view.run_ids) or 'none'}).")
     if view.missing:
         note += f" {len(view.missing)} trial(s) have no record yet: {'; '.join(view.missing)}."
+    damaged = _damaged_note(store)
+    if damaged:  # in the report too: a trial listed as missing may be one whose record file is damaged
+        note += f" {damaged}."
     paths = write_report(view.records, out_dir, title=f"Suite {suite.name}", tables=specs, note=note)
     if view.missing:
         print(f"{len(view.missing)} trial(s) of the grid have no record yet (`bench run` runs them)")
+    _warn_damaged(store)
     _print_report(paths)
+
+
+def _damaged_note(store) -> str:
+    bad = store.damaged_now()
+    if not bad:
+        return ""
+    names = ", ".join(p.name for p in bad[:3]) + (f" (+{len(bad) - 3})" if len(bad) > 3 else "")
+    return (f"{len(bad)} record file(s) in {store.records_dir} are damaged or unreadable and were skipped: {names} "
+            "(`bench run` re-runs their trials and keeps the damaged files aside)")
+
+
+def _warn_damaged(store) -> None:
+    """Say which record files were skipped: a byte flipped in a record is a clear skip, not a silent gap."""
+    if note := _damaged_note(store):
+        print(f"warning: {note}", file=sys.stderr)
 
 
 def cmd_report(args) -> int:
@@ -269,6 +289,7 @@ def _report_run(store, manifest: dict[str, Any], out: Path) -> int:
     tables = (manifest.get("spec") or {}).get("tables") or None
     paths = write_report(records_as_of_run(store, manifest), out / manifest["suite"],
                          title=f"Suite {manifest['suite']}, run {manifest['run_id']}", tables=tables, run=manifest)
+    _warn_damaged(store)
     _print_report(paths)
     return 0
 
@@ -359,15 +380,19 @@ def cmd_stages(args) -> int:
                          "prints the default)")
     check_store(store.root, write=args.prune)
     stages = StageStore(store.stage_dir)
+    # stages first, then runs, then records: a stage listed here was built by a run whose manifest (written before
+    # its builds) is read below, or it is in that run's records. Listed last, a run that started while the records
+    # were read (seconds, on a big store) had its fresh stage pruned before its trials could read it.
+    entries = stages.entries()
     # runs before records: a run finishing in between has written its records before its manifest says so
     live = _stages_of_unfinished_runs(store)
     used: dict[str, list[str]] = {}
     for rec in store.records():
         for u in rec.stages:
             used.setdefault(u["key"], []).append(f"{rec.method}/{rec.dataset}/s{rec.seed}")
-    entries = stages.entries()
+    _warn_damaged(store)  # their stages count as unused: say so before pruning or listing
     if args.prune:
-        removed, n_stages = stages.prune(keep=set(used) | live)
+        removed, n_stages = stages.prune(keep=set(used) | live, entries=entries)
         for line, _ in removed:
             print(f"removed {line}")
         print(f"pruned {n_stages} unused stage(s) and {len(removed) - n_stages} leftover(s), "
@@ -555,6 +580,7 @@ def cmd_audit(args) -> int:
         print(f"audit of the store's view of suite {suite.name!r} (newest finished record per trial)")
     else:
         records = list(store.records())
+    _warn_damaged(store)
     rows = audit(claims, records)
     paths = write_audit(rows, records, Path(args.out))
     print(markdown(rows))
@@ -567,8 +593,28 @@ def cmd_history(args) -> int:
     from bench.history import history_table
 
     _check_history_args(args)
-    print(history_table(_store(args), suite_name(args.suite), args.db, rebuild=args.rebuild))
+    with _history_db_errors(args):
+        print(history_table(_store(args), suite_name(args.suite), args.db, rebuild=args.rebuild))
     return 0
+
+
+@contextlib.contextmanager
+def _history_db_errors(args):
+    """A damaged history database (flipped bytes, truncated, a folder) was an sqlite3 traceback from `bench history`
+    and `bench regress`: one line now, with the way out (the database is rebuilt from the store's JSON)."""
+    import sqlite3
+
+    from bench.history import damaged, default_db_path
+
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        db = args.db or default_db_path(_store(args))
+        if damaged(exc) is None:
+            raise BenchError(f"history database {db} is busy ({exc}); try again when the other process is done") \
+                from None
+        raise BenchError(f"history database {db} is damaged ({exc}); `bench history --rebuild` keeps it aside and "
+                         "rebuilds it from runs/ and records/") from None
 
 
 def cmd_regress(args) -> int:
@@ -582,7 +628,8 @@ def cmd_regress(args) -> int:
     _check_history_args(args)
     check_folder(args.out, "--out")
     out = Path(args.out) / name
-    code, md = regress_suite(_store(args), name, out_dir=out, db_path=args.db, window=args.window)
+    with _history_db_errors(args):
+        code, md = regress_suite(_store(args), name, out_dir=out, db_path=args.db, window=args.window)
     print(md)
     print(f"summary: {out / 'regress.md'}; trend plots: {out}/trend_*.png")
     return code

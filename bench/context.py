@@ -165,7 +165,7 @@ class TrialContext:
 
     def remove_checkpoints(self) -> None:
         for path in self._checkpoints:
-            path.unlink(missing_ok=True)
+            remove_checkpoint(path)
         self._checkpoints.clear()
 
     @property
@@ -175,14 +175,14 @@ class TrialContext:
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         """Atomically replace this trial's checkpoint. The artifact folder is keyed by the trial key,
         so re-running the same trial (same config, data, seed, code) finds it again."""
-        atomic_write_bytes(self.checkpoint_path, _torch_bytes(state))
+        write_checkpoint(self.checkpoint_path, state)
 
     def load_checkpoint(self) -> dict[str, Any] | None:
-        """The last checkpoint of this exact trial, or None. Unreadable checkpoints are ignored."""
+        """The last checkpoint of this exact trial, or None. Unreadable or changed checkpoints are ignored."""
         if not self.checkpoint_path.exists():
             return None
         try:
-            return torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+            return read_checkpoint(self.checkpoint_path)
         except Exception as exc:  # noqa: BLE001 - a torn or foreign file: start over, say so
             self.logger.warning("ignoring unreadable checkpoint %s: %s", self.checkpoint_path, exc)
             return None
@@ -232,14 +232,14 @@ class Checkpointer:
         return time.monotonic() - self._last >= self.every_s
 
     def save(self, state: dict[str, Any]) -> None:
-        atomic_write_bytes(self.path, _torch_bytes(state))
+        write_checkpoint(self.path, state)
         self._last = time.monotonic()
 
     def load(self) -> dict[str, Any] | None:
         if not self.path.exists():
             return None
         try:
-            state = torch.load(self.path, map_location="cpu", weights_only=False)
+            state = read_checkpoint(self.path)
         except Exception as exc:  # noqa: BLE001 - a foreign or damaged file: start over, say so
             self.logger.warning("ignoring unreadable checkpoint %s: %s", self.path, exc)
             return None
@@ -247,7 +247,43 @@ class Checkpointer:
         return state
 
     def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
+        remove_checkpoint(self.path)
+
+
+# A flipped byte in a checkpoint's tensors still unpickles: a resumed trial or stage build trained on from changed
+# weights without a word. Each checkpoint has a sidecar <name>.sha256 listing the sha256 of its newest bytes and of
+# the ones before (written first: a kill between the two renames leaves the previous checkpoint, still listed); a
+# checkpoint whose bytes are not listed (changed, or no sidecar) is ignored and the loop starts over.
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _digests(path: Path) -> list[str]:
+    try:
+        return _sidecar(path).read_text().split()
+    except (OSError, ValueError):
+        return []
+
+
+def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    blob = _torch_bytes(state)
+    atomic_write_bytes(_sidecar(path), "\n".join([hashlib.sha256(blob).hexdigest(), *_digests(path)[:1]]).encode())
+    atomic_write_bytes(path, blob)
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint's state, from bytes whose sha256 its sidecar lists; ValueError otherwise."""
+    import io
+
+    blob = Path(path).read_bytes()
+    if hashlib.sha256(blob).hexdigest() not in _digests(path):
+        raise ValueError("its bytes do not match the sha256 saved with it (changed since, or no .sha256 beside it)")
+    return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)
+
+
+def remove_checkpoint(path: Path) -> None:
+    Path(path).unlink(missing_ok=True)
+    _sidecar(Path(path)).unlink(missing_ok=True)
 
 
 def rng_state(generators: list[torch.Generator] = ()) -> dict[str, Any]:

@@ -30,6 +30,9 @@ record was since overwritten by a later run and only the manifest's metrics were
 from __future__ import annotations
 
 import json
+import logging
+import os
+import secrets
 import sqlite3
 import time
 from pathlib import Path
@@ -163,6 +166,38 @@ def sync(store, db_path: str | Path | None = None, *, rebuild: bool = False) -> 
     ``rebuild`` drops the database's contents first (the JSON layer is the source of truth). Runs still
     marked "running" are left out (their driver will append them when they finish)."""
     path = Path(db_path or default_db_path(store))
+    try:
+        have = _clear_and_list(path, rebuild)
+    except sqlite3.DatabaseError as exc:
+        if not rebuild or damaged(exc) is None:
+            raise
+        # a damaged file (flipped bytes, truncated, a folder): DELETE cannot run on it, and `--rebuild` is what every
+        # message about it advises; the JSON layer is the truth, so the file is kept aside and built again
+        aside = path.with_name(f"{path.name}.damaged-{secrets.token_hex(3)}")
+        os.replace(path, aside)
+        for extra in ("-wal", "-shm"):
+            Path(str(path) + extra).unlink(missing_ok=True)
+        logging.getLogger("bench.history").warning("history database %s is damaged (%s); kept aside as %s and "
+                                                   "rebuilt from runs/ and records/", path, exc, aside.name)
+        have = _clear_and_list(path, rebuild)
+    added = 0
+    for man in store.runs():
+        if man.get("status") == "running" or not man.get("finished_at") or man.get("kind") == "trial":
+            continue
+        if have.get(man["run_id"]) == (man.get("finished_at"), man.get("status")):
+            continue
+        try:
+            append_run(store, man, path)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a hand-edited manifest (a trial without
+            # its key, ...) was a traceback of `bench history` and `bench regress`; it is skipped, and said
+            logging.getLogger("bench.history").warning("run %s: its manifest in runs/ is malformed (%s: %s); left out "
+                                                       "of the history", man["run_id"], type(exc).__name__, exc)
+            continue
+        added += 1
+    return {"imported": added, "total": len(have) + added}
+
+
+def _clear_and_list(path: Path, rebuild: bool) -> dict[str, tuple]:
     con = connect(path)
     try:
         if rebuild:
@@ -170,19 +205,17 @@ def sync(store, db_path: str | Path | None = None, *, rebuild: bool = False) -> 
             con.execute("DELETE FROM results")
             con.execute("DELETE FROM runs")
             con.execute("COMMIT")
-        have = {r["run_id"]: (r["finished_at"], r["status"])
+        return {r["run_id"]: (r["finished_at"], r["status"])
                 for r in con.execute("SELECT run_id, finished_at, status FROM runs")}
     finally:
         con.close()
-    added = 0
-    for man in store.runs():
-        if man.get("status") == "running" or not man.get("finished_at") or man.get("kind") == "trial":
-            continue
-        if have.get(man["run_id"]) == (man.get("finished_at"), man.get("status")):
-            continue
-        append_run(store, man, path)
-        added += 1
-    return {"imported": added, "total": len(have) + added}
+
+
+def damaged(exc: BaseException) -> str | None:
+    """Why an sqlite error means the database file is damaged (not merely busy), or None."""
+    if not isinstance(exc, sqlite3.DatabaseError) or "locked" in str(exc) or "busy" in str(exc):
+        return None
+    return str(exc)
 
 
 def runs(con: sqlite3.Connection, suite: str | None = None) -> list[sqlite3.Row]:

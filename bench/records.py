@@ -31,6 +31,9 @@ timings                   started_at, finished_at (UTC ISO), wall_s, load_s, fit
 resources                 peak_rss_mb, peak_gpu_mem_mb, device
 env                       code_version, git_commit, git_dirty, python, torch, torchvision, ray,
                           numpy, cpu, gpu, hostname
+record_sha256             in the file only (bench.store): sha256 of the rest of the record's JSON; a file
+                          whose bytes no longer match is skipped as damaged (records written before it
+                          existed lack it and are read as they are)
 ========================  ===================================================================
 """
 

@@ -30,7 +30,7 @@ from bench.history import append_run_safely
 from bench.plan import Plan, plan_suite
 from bench.progress import RunProgress, output_to_file, trial_log_path, trial_name
 from bench.records import ResultRecord
-from bench.store import ResultStore, driver_alive, driver_identity
+from bench.store import ResultStore, StoreUnwritable, driver_alive, driver_identity
 from bench.suite import SuiteSpec, check_gpus
 from bench.trial import StageUnit, execute_stage_unit, execute_unit, stage_log_path, utcnow
 
@@ -114,6 +114,7 @@ def run_suite(suite: SuiteSpec, *, store: ResultStore, data_root: Path, inline: 
     print(f"{what}{n_seeds} trial(s) to run, {len(plan.skipped)} reused from {store.root}"
           + (f"; logs in {log_dir}/" if plan.units else ""), flush=True)
     received: list[str] = []
+    stopped: StoreUnwritable | None = None
     with trap_signals(received) as trap:
         try:
             if plan.units:
@@ -132,13 +133,18 @@ def run_suite(suite: SuiteSpec, *, store: ResultStore, data_root: Path, inline: 
             received[:] = received or ["SIGINT"]
             print(f"interrupted ({received[0]}): finished trials are kept; unfinished ones are recorded as "
                   f"interrupted; `bench run --resume {plan.run_id}` continues the run", file=sys.stderr, flush=True)
+        except StoreUnwritable as exc:  # a store made read-only (or full) mid-run: a traceback used to end the run,
+            stopped = exc               # its manifest left "running"; now it is recorded as interrupted, then said
         finally:
             trap.disarm()  # a signal from here on is noted, but the recording below always completes
             cut = list(received)
             if cut and not inline:
                 _ray_shutdown()  # stop the workers before the manifest says what finished
             # Ray Tune may swallow the signal and return normally; `cut` still tells us what happened
-            _finish_manifest(manifest, plan, store, bool(cut), reason=", ".join(cut))
+            _finish_manifest(manifest, plan, store, bool(cut) or stopped is not None,
+                             reason=", ".join(cut) or ("the store stopped taking writes" if stopped else ""))
+    if stopped is not None:
+        raise stopped
     if received:  # cut the run short, or arrived while its outcome was recorded: the exit code says so
         manifest["signal"] = received[0]
     return manifest
@@ -249,6 +255,7 @@ def _finish_manifest(manifest: dict[str, Any], plan: Plan, store: ResultStore, i
     in the manifest, never dropped, and never written over a stored record that is better (the
     store's rule, ``ResultStore.put``); an ok record another live run finished meanwhile is 'reused'."""
     run_id = plan.run_id
+    unwritable: StoreUnwritable | None = None
     for entry in manifest["trials"]:
         rec = store.get(entry["key"])
         own = rec if rec is not None and rec.run_id == run_id else store.attempt(entry["key"], run_id)
@@ -259,13 +266,19 @@ def _finish_manifest(manifest: dict[str, Any], plan: Plan, store: ResultStore, i
         else:
             why = "run interrupted" + (f" ({reason})" if reason else "") + " before this trial finished"
             why = why if interrupted else "worker lost before writing a record (killed, out of memory, or node failure)"
-            if rec is None or rec.status == "interrupted":
-                store.put(ResultRecord(key=entry["key"], suite=manifest["suite"], run_id=run_id,
-                                       method=entry["method"], variant=entry["variant"], dataset=entry["dataset"],
-                                       seed=entry["seed"], config=entry["config"], protocol=entry["protocol"],
-                                       data_md5=entry["data_md5"], status="interrupted", error=why,
-                                       env=dict(manifest.get("code") or {})))
+            if (rec is None or rec.status == "interrupted") and unwritable is None:
+                try:
+                    store.put(ResultRecord(key=entry["key"], suite=manifest["suite"], run_id=run_id,
+                                           method=entry["method"], variant=entry["variant"], dataset=entry["dataset"],
+                                           seed=entry["seed"], config=entry["config"], protocol=entry["protocol"],
+                                           data_md5=entry["data_md5"], status="interrupted", error=why,
+                                           env=dict(manifest.get("code") or {})))
+                except StoreUnwritable as exc:  # records/ no longer takes writes: the manifest below still may
+                    unwritable = exc
             entry.update(status="interrupted", metrics={}, error=why)
+    # the store stopped taking writes (the unfinished trials' records could not be written): the run is resumable, as
+    # the one-line error says, also when its trials failed in Ray workers rather than here
+    interrupted = interrupted or unwritable is not None
     for st in manifest.get("stages", []):  # a build the run never reached (cut before it); a resume plans it again
         if st["status"] == "planned":
             st["status"] = "interrupted" if interrupted else "not built"
@@ -273,6 +286,8 @@ def _finish_manifest(manifest: dict[str, Any], plan: Plan, store: ResultStore, i
     manifest["status"] = "interrupted" if interrupted else "finished"
     store.write_run(manifest)
     append_run_safely(store, manifest)  # history database (bench.history); the JSON above stays canonical
+    if unwritable is not None:
+        raise unwritable
 
 
 # -- unfinished runs and --resume ------------------------------------------------------------------

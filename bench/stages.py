@@ -38,6 +38,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import importlib
+import io
 import json
 import os
 import pkgutil
@@ -266,22 +267,36 @@ class StageStore:
         folder = self.path(name, key)
         if meta is None or not (folder / self.ARTIFACT).is_file():
             return None
-        what = self._damage(folder, meta)
+        # read once, then check and load these very bytes: hashing the file and loading it again left a window in
+        # which another process (`bench stages --prune`, a copy) could change or remove it, so unverified bytes were
+        # loaded or the trial died of a FileNotFoundError
+        try:
+            blob = (folder / self.ARTIFACT).read_bytes()
+        except OSError:  # removed (pruned) since stage.json was read: absent, built again under the lock
+            return None
+        what = self._damage(folder, meta, blob)
         if what:
             bad = folder.with_name(f".corrupt-{key}-{secrets.token_hex(3)}")
-            os.replace(folder, bad)
+            try:
+                os.replace(folder, bad)
+            except FileNotFoundError:  # removed meanwhile: nothing to keep aside
+                return None
             raise StageCorrupt(f"stage {name} {key}: {what}; moved aside to {bad.name} and rebuilt")
-        return torch.load(folder / self.ARTIFACT, map_location="cpu", weights_only=False), meta
+        return torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False), meta
 
-    def _damage(self, folder: Path, meta: dict[str, Any]) -> str | None:
+    def _damage(self, folder: Path, meta: dict[str, Any], blob: bytes) -> str | None:
         """Why a stored stage must not be read (its artifact's or its stage.json's bytes changed), or None.
         stage.json is checked too: its curve and owner reach every record that reuses the stage."""
-        if _sha256(folder / self.ARTIFACT) != meta.get("sha256"):
+        if hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
             return "artifact.pt does not match the sha256 recorded when it was built"
         if "meta_sha256" not in meta:
             return "stage.json has no meta_sha256 (written before stage.json was checked, or edited)"
         if _meta_sha256(meta) != meta["meta_sha256"]:
             return "stage.json was changed after the build (its meta_sha256 does not match)"
+        # the hashes only say the folder is *a* stage: one copied or linked over another key's folder (another
+        # seed's autoencoder, say) passes them, and a trial would silently train on the wrong stage
+        if meta.get("key") != folder.name or meta.get("name") != folder.parent.name:
+            return f"it holds stage {meta.get('name')} {meta.get('key')}, not this one (copied or linked here)"
         return None
 
     def save(self, name: str, key: str, artifacts: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
@@ -338,13 +353,14 @@ class StageStore:
                     out.append(p)
         return sorted(out)
 
-    def prune(self, keep: set[str]) -> tuple[list[tuple[str, int]], int]:
+    def prune(self, keep: set[str], entries: list[dict[str, Any]] | None = None) -> tuple[list[tuple[str, int]], int]:
         """Remove every stage whose key is not in ``keep`` and every leftover (partial builds of kept keys stay:
         a resumed run continues from them). A key whose lock is held (a build or a read in progress) is skipped.
+        ``entries``: the stages that may go, listed *before* ``keep`` was computed (default: those stored now).
         Returns ``([(what was removed, bytes)], number of whole stages among them)``."""
         removed: list[tuple[str, int]] = []
         n_stages = 0
-        for e in self.entries():
+        for e in self.entries() if entries is None else entries:
             if e["key"] not in keep:
                 freed = self._remove_unlocked(e["key"], Path(e["path"]))
                 if freed is not None:

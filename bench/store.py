@@ -21,6 +21,7 @@ in its run's manifest and the history database), never over the record.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -32,7 +33,20 @@ from filelock import FileLock
 from pydantic import ValidationError
 
 from bench.context import atomic_write_bytes
+from bench.errors import BenchError
 from bench.records import ResultRecord
+
+
+class StoreUnwritable(BenchError):
+    """The store stopped taking writes mid-run (made read-only, disk full): the run stops, keeps what it wrote, and
+    says so in one line; `bench run --resume` continues it once the store is writable again."""
+
+    exit_code = 1  # not the user's input: the run started and was cut short
+
+
+def _unwritable(path: Path, exc: OSError) -> StoreUnwritable:
+    return StoreUnwritable(f"cannot write {path} ({exc.strerror or type(exc).__name__}): the store stopped taking "
+                           "writes; records already written are kept; make it writable and `bench run SUITE --resume`")
 
 #: where results go unless --store or $BENCH_STORE says otherwise: the user's data directory, outside
 #: any source tree (platformdirs: ~/.local/share/clusterbench/results on Linux,
@@ -51,6 +65,8 @@ def default_store_root() -> Path:
 class ResultStore:
     def __init__(self, root: str | Path):
         self.root = Path(root).expanduser().resolve()
+        #: record files that :meth:`records` skipped (unreadable, or bytes changed since written): commands say so
+        self.damaged: set[Path] = set()
 
     # -- layout ------------------------------------------------------------------------------
     @property
@@ -89,14 +105,26 @@ class ResultStore:
 
     def put(self, record: ResultRecord) -> bool:
         """Store ``record`` unless the stored record of its key is better (see the module docstring).
-        Returns whether it became the record; a refused one is kept as an attempt of its run."""
+        Returns whether it became the record; a refused one is kept as an attempt of its run. A store that no
+        longer takes writes raises StoreUnwritable (one line), never a bare OSError's traceback."""
+        try:
+            return self._put(record)
+        except OSError as exc:
+            raise _unwritable(Path(exc.filename or self.record_path(record.key)), exc) from None
+
+    def _put(self, record: ResultRecord) -> bool:
         self.lock_path(record.key).parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.lock_path(record.key)) + ".put"):  # check-and-replace is atomic across processes
             current = self.get(record.key)
             if current is not None and RANK[record.status] < RANK[current.status]:
-                atomic_write_bytes(self.attempt_path(record.key, record.run_id), record.to_json().encode())
+                atomic_write_bytes(self.attempt_path(record.key, record.run_id), _sealed(record))
                 return False
-            atomic_write_bytes(self.record_path(record.key), record.to_json().encode())
+            path = self.record_path(record.key)
+            if current is None and (path.exists() or path.is_symlink()):
+                # a record file that cannot be read (damaged bytes, a folder, a link): kept aside for a look, never
+                # written over blindly (a folder there made os.replace raise, a traceback that ended the run)
+                os.replace(path, path.with_name(f".damaged-{path.name}.{os.urandom(3).hex()}"))
+            atomic_write_bytes(path, _sealed(record))
             return True
 
     def attempt(self, key: str, run_id: str | None) -> ResultRecord | None:
@@ -108,7 +136,20 @@ class ResultStore:
         path = self.record_path(key)
         if not path.exists():
             return None
-        return _read_record(path)
+        rec = _read_record(path)
+        # a valid record copied over another key's file is not that key's result (it would be reused for it)
+        if rec is None or rec.key != key:
+            self.damaged.add(path)
+            return None
+        return rec
+
+    def damaged_now(self) -> list[Path]:
+        """The skipped record files that are still damaged (a run may have re-run the trial and set it aside since)."""
+        def still(p: Path) -> bool:
+            rec = _read_record(p) if p.exists() or p.is_symlink() else None
+            return (p.exists() or p.is_symlink()) and (rec is None or rec.key != p.stem)
+
+        return sorted(p for p in self.damaged if still(p))
 
     def has_ok(self, key: str) -> bool:
         rec = self.get(key)
@@ -118,14 +159,21 @@ class ResultStore:
         if not self.records_dir.exists():
             return
         for path in sorted(self.records_dir.glob("*.json")):
+            if path.name.startswith("."):  # temporaries, damaged ones kept aside
+                continue
             rec = _read_record(path)
-            if rec is not None:
+            if rec is not None and rec.key == path.stem:
                 yield rec
+            else:
+                self.damaged.add(path)
 
     # -- runs --------------------------------------------------------------------------------
     def write_run(self, manifest: dict[str, Any]) -> Path:
         path = self.runs_dir / f"{manifest['run_id']}.json"
-        atomic_write_bytes(path, json.dumps(manifest, indent=1, default=str).encode())
+        try:
+            atomic_write_bytes(path, json.dumps(manifest, indent=1, default=str).encode())
+        except OSError as exc:
+            raise _unwritable(path, exc) from None
         return path
 
     def runs(self, suite: str | None = None) -> list[dict[str, Any]]:
@@ -189,16 +237,45 @@ def driver_alive(driver: dict[str, Any] | None) -> bool | None:
     return started is not None and (driver.get("pid_started") is None or abs(started - driver["pid_started"]) < 1)
 
 
+#: the field of a record file that holds the sha256 of the rest of it (bench.records); records written before it
+#: existed lack it and are read as they are
+SEAL = "record_sha256"
+
+
+def _seal_of(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps({k: v for k, v in body.items() if k != SEAL}, sort_keys=True).encode()).hexdigest()
+
+
+def _sealed(record: ResultRecord) -> bytes:
+    """The record's JSON with its sha256: a byte flipped later (a digit of ACC, a seed) is detected when read,
+    instead of reaching a table silently."""
+    body = json.loads(record.to_json())
+    body[SEAL] = _seal_of(body)
+    return json.dumps(body, indent=1).encode()
+
+
 def _read_record(path: Path) -> ResultRecord | None:
     try:
-        return ResultRecord.model_validate_json(path.read_bytes())
+        blob = path.read_bytes()
+        body = json.loads(blob)
+        if isinstance(body, dict) and SEAL in body:
+            if body.pop(SEAL) != _seal_of(body):
+                return None  # bytes changed since it was written: damaged, skipped like an unreadable one
+            return ResultRecord.model_validate(body)  # (the seal is the file's, not the record's)
+        return ResultRecord.model_validate_json(blob)
     except (OSError, ValidationError, ValueError):
         return None  # unreadable file: skipped, the run manifest still lists the trial
 
 
 def _record_from_entry(entry: dict[str, Any], manifest: dict[str, Any]) -> ResultRecord:
+    status = entry.get("status") or "interrupted"
+    if status not in RANK:  # "pending" (or "done") in the manifest of a run still running: `bench report --run`
+        # during the run raised a ValidationError here; such a trial is not finished, never averaged in
+        entry = {**entry, "error": entry.get("error") or f"not finished: the run was {manifest.get('status')} "
+                 f"when this was read ({status})"}
+        status = "interrupted"
     return ResultRecord(key=entry["key"], suite=manifest.get("suite"), run_id=manifest.get("run_id"),
                         method=entry["method"], variant=entry.get("variant", "default"), dataset=entry["dataset"],
                         seed=entry["seed"], config=entry.get("config", {}), protocol=entry.get("protocol", {}),
-                        data_md5=entry.get("data_md5", ""), status=entry.get("status") or "interrupted",
+                        data_md5=entry.get("data_md5", ""), status=status,
                         error=entry.get("error") or "no record was written (worker lost)")

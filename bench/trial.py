@@ -323,8 +323,13 @@ def _scored(base: dict, ctx: TrialContext, key: str, out: ClusterOutput, y_eval:
     if labels.shape[0] != y_eval.shape[0]:
         exc = ValueError(f"method returned {labels.shape[0]} labels for {y_eval.shape[0]} eval images")
         return _failed(base, ctx.seed, key, exc, unit, curve=ctx.curve)
-    ctx.artifact_dir.mkdir(parents=True, exist_ok=True)
-    np.save(ctx.artifact_dir / "pred.npy", labels.astype(np.int32))
+    try:
+        ctx.artifact_dir.mkdir(parents=True, exist_ok=True)
+        np.save(ctx.artifact_dir / "pred.npy", labels.astype(np.int32))
+    except OSError as exc:  # the store's artifacts/ made read-only (or full) mid-run: one line, not a traceback
+        from bench.store import _unwritable
+
+        raise _unwritable(ctx.artifact_dir / "pred.npy", exc) from None
     info = dict(out.info)
     info["n_clusters_found"] = int(np.unique(labels).size)
     profile = cluster_profile(labels, int(unit.protocol["n_clusters"]), y_eval)

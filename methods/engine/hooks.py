@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from bench.context import Checkpointer
+from bench.context import Checkpointer, remove_checkpoint
 from bench.errors import BenchError
 from methods.engine.steps import reset_momentum
 from methods.losses import update_memory
@@ -451,4 +451,4 @@ class CheckpointHook(Hook):
 
     def after_run(self, engine: Engine) -> None:
         if not self.keep:
-            self._path(engine).unlink(missing_ok=True)
+            remove_checkpoint(self._path(engine))  # (with its .sha256)
