@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import math
@@ -273,8 +274,6 @@ def write_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """The checkpoint's state, from bytes whose sha256 its sidecar lists; ValueError otherwise."""
-    import io
-
     blob = Path(path).read_bytes()
     if hashlib.sha256(blob).hexdigest() not in _digests(path):
         raise ValueError("its bytes do not match the sha256 saved with it (changed since, or no .sha256 beside it)")
@@ -303,8 +302,6 @@ def set_rng_state(state: dict[str, Any], generators: list[torch.Generator] = ())
 
 
 def _torch_bytes(obj: Any) -> bytes:
-    import io
-
     bio = io.BytesIO()
     torch.save(obj, bio)
     return bio.getvalue()

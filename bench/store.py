@@ -43,10 +43,12 @@ class StoreUnwritable(BenchError):
 
     exit_code = 1  # not the user's input: the run started and was cut short
 
+    @classmethod
+    def at(cls, path: Path, exc: OSError) -> StoreUnwritable:
+        return cls(f"cannot write {path} ({exc.strerror or type(exc).__name__}): the store stopped taking writes; "
+                   "records already written are kept; make it writable and `bench run SUITE --resume`")
 
-def _unwritable(path: Path, exc: OSError) -> StoreUnwritable:
-    return StoreUnwritable(f"cannot write {path} ({exc.strerror or type(exc).__name__}): the store stopped taking "
-                           "writes; records already written are kept; make it writable and `bench run SUITE --resume`")
+
 
 #: where results go unless --store or $BENCH_STORE says otherwise: the user's data directory, outside
 #: any source tree (platformdirs: ~/.local/share/clusterbench/results on Linux,
@@ -110,7 +112,7 @@ class ResultStore:
         try:
             return self._put(record)
         except OSError as exc:
-            raise _unwritable(Path(exc.filename or self.record_path(record.key)), exc) from None
+            raise StoreUnwritable.at(Path(exc.filename or self.record_path(record.key)), exc) from None
 
     def _put(self, record: ResultRecord) -> bool:
         self.lock_path(record.key).parent.mkdir(parents=True, exist_ok=True)
@@ -136,20 +138,14 @@ class ResultStore:
         path = self.record_path(key)
         if not path.exists():
             return None
-        rec = _read_record(path)
-        # a valid record copied over another key's file is not that key's result (it would be reused for it)
-        if rec is None or rec.key != key:
+        rec = _read_own_record(path)
+        if rec is None:
             self.damaged.add(path)
-            return None
         return rec
 
     def damaged_now(self) -> list[Path]:
         """The skipped record files that are still damaged (a run may have re-run the trial and set it aside since)."""
-        def still(p: Path) -> bool:
-            rec = _read_record(p) if p.exists() or p.is_symlink() else None
-            return (p.exists() or p.is_symlink()) and (rec is None or rec.key != p.stem)
-
-        return sorted(p for p in self.damaged if still(p))
+        return sorted(p for p in self.damaged if (p.exists() or p.is_symlink()) and _read_own_record(p) is None)
 
     def has_ok(self, key: str) -> bool:
         rec = self.get(key)
@@ -161,8 +157,8 @@ class ResultStore:
         for path in sorted(self.records_dir.glob("*.json")):
             if path.name.startswith("."):  # temporaries, damaged ones kept aside
                 continue
-            rec = _read_record(path)
-            if rec is not None and rec.key == path.stem:
+            rec = _read_own_record(path)
+            if rec is not None:
                 yield rec
             else:
                 self.damaged.add(path)
@@ -173,7 +169,7 @@ class ResultStore:
         try:
             atomic_write_bytes(path, json.dumps(manifest, indent=1, default=str).encode())
         except OSError as exc:
-            raise _unwritable(path, exc) from None
+            raise StoreUnwritable.at(path, exc) from None
         return path
 
     def runs(self, suite: str | None = None) -> list[dict[str, Any]]:
@@ -265,6 +261,13 @@ def _read_record(path: Path) -> ResultRecord | None:
         return ResultRecord.model_validate_json(blob)
     except (OSError, ValidationError, ValueError):
         return None  # unreadable file: skipped, the run manifest still lists the trial
+
+
+def _read_own_record(path: Path) -> ResultRecord | None:
+    """The record in ``records/<key>.json`` if it is readable, unchanged and that key's own; else None. A valid record
+    copied over another key's file is not that key's result (it would be reused for it)."""
+    rec = _read_record(path)
+    return rec if rec is not None and rec.key == path.stem else None
 
 
 def _record_from_entry(entry: dict[str, Any], manifest: dict[str, Any]) -> ResultRecord:

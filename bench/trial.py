@@ -327,9 +327,9 @@ def _scored(base: dict, ctx: TrialContext, key: str, out: ClusterOutput, y_eval:
         ctx.artifact_dir.mkdir(parents=True, exist_ok=True)
         np.save(ctx.artifact_dir / "pred.npy", labels.astype(np.int32))
     except OSError as exc:  # the store's artifacts/ made read-only (or full) mid-run: one line, not a traceback
-        from bench.store import _unwritable
+        from bench.store import StoreUnwritable
 
-        raise _unwritable(ctx.artifact_dir / "pred.npy", exc) from None
+        raise StoreUnwritable.at(ctx.artifact_dir / "pred.npy", exc) from None
     info = dict(out.info)
     info["n_clusters_found"] = int(np.unique(labels).size)
     profile = cluster_profile(labels, int(unit.protocol["n_clusters"]), y_eval)

@@ -352,4 +352,5 @@ def test_a_malformed_run_manifest_is_left_out_of_the_history_not_a_traceback(tmp
     store.write_run(bad)
     assert main(["history", "hs", "--store", str(store.root)]) == 0
     out = capsys.readouterr().out
-    assert man["run_id"] in out and "hs-broken" not in out and "hs-broken: its manifest in runs/ is malformed" in caplog.text
+    assert man["run_id"] in out and "hs-broken" not in out
+    assert "hs-broken: its manifest in runs/ is malformed" in caplog.text
