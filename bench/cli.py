@@ -1,7 +1,7 @@
 """``bench``: run suites, build reports, list methods and datasets.
 
     bench run [SUITE] [--inline] [--address ADDR] [--force | --resume [RUN_ID]] [--only M,...] [--datasets D,...]
-              [--dry-run]
+              [--seeds S,...] [--dry-run]
     bench report [SUITE] [--run RUN_ID] [--store DIR] [--out DIR]
     bench trial METHOD DATASET [--seed N] [--variant V] [--set key=value ...]
     bench trials [--store DIR]                           (the single trials `bench trial` ran)
@@ -93,8 +93,10 @@ def cmd_run(args) -> int:
     check_environment()
     if args.resume and args.force:
         raise BenchError("--resume continues a run with that run's own --force setting; drop --force")
-    if args.resume and (args.only or args.datasets):
-        raise BenchError(f"--resume continues a run as it was started; drop {'--only' if args.only else '--datasets'}")
+    narrowed = [flag for flag, given in (("--only", args.only), ("--datasets", args.datasets), ("--seeds", args.seeds))
+                if given]
+    if args.resume and narrowed:
+        raise BenchError(f"--resume continues a run as it was started; drop {narrowed[0]}")
     if isinstance(args.resume, str) and not args.suite:  # `bench run --resume RUN_ID`: the run names its suite
         suite, path = resumed_suite(_store(args), args.resume)
     else:
@@ -102,13 +104,14 @@ def cmd_run(args) -> int:
         suite = load_suite(path)  # a malformed suite stops here, before torch or Ray are imported
     only = only_methods(suite, args.only) if args.only else None
     datasets = only_datasets(suite, args.datasets) if args.datasets else None
+    seeds = only_seeds(suite, args.seeds) if args.seeds else None
     store = _store(args)  # (bench.store imports torch: only after the suite passed its checks)
     check_store(store.root, write=not args.dry_run)
     if not args.no_report and not args.dry_run:
         check_folder(args.out, "--out")
     _check_data_args(args)
     if args.dry_run:
-        return _dry_run(suite, args, only, datasets)
+        return _dry_run(suite, args, only, datasets, seeds)
     from bench.runner import exit_code_for, run_suite, trap_signals
 
     # A signal before the run starts aborts it (nothing is written); during the run, run_suite records it;
@@ -118,7 +121,7 @@ def cmd_run(args) -> int:
         try:
             manifest = run_suite(suite, store=store, data_root=_data_root(args), inline=args.inline,
                                  address=args.address, force=args.force, suite_path=str(path), resume=args.resume,
-                                 only=only, datasets=datasets)
+                                 only=only, datasets=datasets, seeds=seeds)
         except KeyboardInterrupt:
             name = received[0] if received else "SIGINT"
             print(f"{name} before the run started: nothing was run", file=sys.stderr)
@@ -153,7 +156,8 @@ def resumed_suite(store, run_id: str):
     return parse_suite(man["spec"], f"run {run_id}"), Path(man.get("suite_path") or f"run {run_id}")
 
 
-def _dry_run(suite, args, only: set[str] | None = None, datasets: set[str] | None = None) -> int:
+def _dry_run(suite, args, only: set[str] | None = None, datasets: set[str] | None = None,
+             seeds: set[int] | None = None) -> int:
     """Plan as `bench run` would (every name, config, data file and resource checked), print it, write nothing."""
     from bench.plan import plan_suite
     from bench.runner import _gpu_count
@@ -164,7 +168,7 @@ def _dry_run(suite, args, only: set[str] | None = None, datasets: set[str] | Non
     gpus = _gpu_count(None)
     check_gpus(suite, gpus)
     plan = plan_suite(suite, _store(args), _data_root(args), force=args.force, gpus_available=gpus, only=only,
-                      datasets=datasets)
+                      datasets=datasets, seeds=seeds)
     n_seeds = sum(len(u.seeds) for u in plan.units)
     print(f"dry run of suite {suite.name!r}: {n_seeds} trial(s) in {len(plan.units)} unit(s) to run, "
           f"{len(plan.skipped)} reused from {_store(args).root}; nothing was run or written")
@@ -200,6 +204,23 @@ def only_datasets(suite, names: list[str]) -> set[str]:
     if unknown:
         raise BenchError(f"--datasets {', '.join(unknown)}: not a dataset of suite {suite.name!r} "
                          f"(it has {', '.join(suite.datasets)})")
+    return wanted
+
+
+def only_seeds(suite, items: list[str]) -> set[int]:
+    """The seeds named by ``--seeds 1,2`` (repeatable), checked against the suite: a seed outside it would
+    write records that no report of the suite shows."""
+    names = [n.strip() for item in items for n in item.split(",") if n.strip()]
+    if not names:
+        raise BenchError("--seeds names no seed; pass seeds of the suite, e.g. --seeds 1")
+    bad = [n for n in names if not n.isdigit()]
+    if bad:
+        raise BenchError(f"--seeds {', '.join(bad)}: a seed is a whole number >= 0, e.g. --seeds 0,1")
+    wanted = {int(n) for n in names}
+    unknown = sorted(wanted - set(suite.seeds))
+    if unknown:
+        shown = ", ".join(map(str, suite.seeds[:12])) + (", ..." if len(suite.seeds) > 12 else "")
+        raise BenchError(f"--seeds {', '.join(map(str, unknown))}: not a seed of suite {suite.name!r} (it has {shown})")
     return wanted
 
 
@@ -505,6 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only these methods of the suite (a later full run reuses their records)")
     r.add_argument("--datasets", action="append", default=[], metavar="DATASET[,DATASET]",
                    help="run only these datasets of the suite (combines with --only)")
+    r.add_argument("--seeds", action="append", default=[], metavar="SEED[,SEED]",
+                   help="run only these seeds of the suite (combines with --only and --datasets); the report "
+                        "still shows the whole suite")
     r.add_argument("--out", default="reports", help="where the report goes (default: reports/)")
     r.add_argument("--no-report", action="store_true")
     r.add_argument("--dry-run", action="store_true",

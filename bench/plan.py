@@ -97,9 +97,9 @@ def suite_grid(suite: SuiteSpec, only: set[str] | None = None, datasets: set[str
 def plan_suite(suite: SuiteSpec, store: ResultStore, data_root: Path, *, force: bool = False,
                gpus_available: float = 0.0, code: dict[str, Any] | None = None,
                cache_dir: Path | None = None, run_id: str | None = None, only: set[str] | None = None,
-               datasets: set[str] | None = None) -> Plan:
+               datasets: set[str] | None = None, seeds: set[int] | None = None) -> Plan:
     """``run_id``: a run being resumed (its finished trials are not planned again, even with ``force``);
-    ``only``, ``datasets``: plan just these methods / datasets of the suite."""
+    ``only``, ``datasets``, ``seeds``: plan just these methods / datasets / seeds of the suite."""
     from bench.provenance import code_version
 
     code = code or code_version()
@@ -118,6 +118,8 @@ def plan_suite(suite: SuiteSpec, store: ResultStore, data_root: Path, *, force: 
             gpus = cls.gpu_share if gpus_available > 0 and suite.device != "cpu" else 0.0
         todo: list[tuple[int, str, str | None]] = []
         for seed in suite.seeds:
+            if seeds is not None and seed not in seeds:
+                continue
             key = trial_key(method=entry.name, variant=variant, dataset=ds, seed=seed, config=config,
                             protocol=protocol, data_md5=md5s[ds], code_version=str(code["code_version"]))
             stored = store.get(key)

@@ -61,14 +61,16 @@ def _gpu_count(address: str | None) -> float:
 def run_suite(suite: SuiteSpec, *, store: ResultStore, data_root: Path, inline: bool = False,
               address: str | None = None, force: bool = False, suite_path: str | None = None,
               code: dict[str, Any] | None = None, resume: str | bool = False, only: set[str] | None = None,
-              datasets: set[str] | None = None, kind: str = "suite") -> dict[str, Any]:
+              datasets: set[str] | None = None, seeds: set[int] | None = None,
+              kind: str = "suite") -> dict[str, Any]:
     """Plan, run and record a suite. Returns the finished run manifest; ``manifest["signal"]`` names the
     signal (SIGINT, SIGTERM) that cut the run short, if one did.
 
     ``resume``: True (the latest unfinished run of the suite) or a run id: continue that run under its
     own id, force flag and code version; trials it finished are not rerun, unfinished ones start from
-    their last checkpoint. ``only``, ``datasets``: run just these methods / datasets (the manifest keeps the
-    whole suite's spec, so the report shows the whole grid). ``kind`` is "trial" for `bench trial`."""
+    their last checkpoint. ``only``, ``datasets``, ``seeds``: run just these methods / datasets / seeds (the
+    manifest keeps the whole suite's spec, so the report shows the whole grid).
+    ``kind`` is "trial" for `bench trial`."""
     from bench.provenance import code_version
 
     if address and inline:
@@ -81,6 +83,7 @@ def run_suite(suite: SuiteSpec, *, store: ResultStore, data_root: Path, inline: 
         force = bool(previous.get("force"))
         only = set(previous["only"]) if previous.get("only") else None  # resume what that run was asked to run
         datasets = set(previous["only_datasets"]) if previous.get("only_datasets") else None
+        seeds = set(previous["only_seeds"]) if previous.get("only_seeds") else None
     if not inline:
         _ray_init(address)  # before our signal handlers: ray.init installs its own SIGTERM handler
         if address:
@@ -90,10 +93,11 @@ def run_suite(suite: SuiteSpec, *, store: ResultStore, data_root: Path, inline: 
     check_gpus(suite, gpus, None if inline else _ray_cpu_count())
     started = previous["started_at"] if previous else utcnow()
     plan = plan_suite(suite, store, data_root, force=force, gpus_available=gpus, code=code,
-                      run_id=previous["run_id"] if previous else None, only=only, datasets=datasets)
+                      run_id=previous["run_id"] if previous else None, only=only, datasets=datasets, seeds=seeds)
     manifest: dict[str, Any] = {
         "run_id": plan.run_id, "suite": suite.name, "suite_path": suite_path, "spec": suite.model_dump(mode="json"),
         "only": sorted(only) if only else None, "only_datasets": sorted(datasets) if datasets else None,
+        "only_seeds": sorted(seeds) if seeds else None,
         "kind": kind,
         "started_at": started, "finished_at": None, "status": "running", "mode": "inline" if inline else "ray",
         "ray_address": address, "code": plan.units[0].code if plan.units else code, "force": force,

@@ -172,3 +172,30 @@ def test_an_inline_run_leaves_the_process_thread_count_alone(tmp_path):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(old)
+
+
+def test_run_only_some_seeds_and_resume_keeps_to_them(tmp_path, capsys):
+    from bench.store import ResultStore
+
+    s = tmp_path / "s.yaml"
+    s.write_text("name: part\nseeds: 4\ndatasets: [digits]\nmethods: [test_first_pixel]\n")
+    args = ["--inline", "--store", str(tmp_path / "st"), "--no-report"]
+    assert main(["run", str(s), "--seeds", "1", "--seeds", "2", *args]) == 0
+    assert "2 ok, 0 reused" in capsys.readouterr().out
+    store = ResultStore(tmp_path / "st")
+    assert sorted(r.seed for r in store.records()) == [1, 2]
+    man = store.latest_run("part")
+    assert man["only_seeds"] == [1, 2] and man["spec"]["seeds"] == [0, 1, 2, 3]  # the report shows the whole grid
+    # a resumed run continues what it was asked to run: seeds 0 and 3 stay unrun
+    store.write_run({**man, "status": "interrupted"})
+    assert main(["run", str(s), "--resume", *args]) == 0
+    assert sorted(r.seed for r in store.records()) == [1, 2]
+    assert main(["run", str(s), *args]) == 0  # the full run reuses 1 and 2
+    assert "2 ok, 2 reused" in capsys.readouterr().out
+    for bad, says in ((["--seeds", "4"], "--seeds 4: not a seed of suite 'part' (it has 0, 1, 2, 3)"),
+                      (["--seeds", "1,-1"], "--seeds -1: a seed is a whole number >= 0"),
+                      (["--seeds", ","], "--seeds names no seed"),
+                      (["--resume", "--seeds", "1"], "drop --seeds")):
+        assert main(["run", str(s), *bad, *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and says in err and err.count("\n") == 1
