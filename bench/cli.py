@@ -213,7 +213,7 @@ def only_seeds(suite, items: list[str]) -> set[int]:
     names = [n.strip() for item in items for n in item.split(",") if n.strip()]
     if not names:
         raise BenchError("--seeds names no seed; pass seeds of the suite, e.g. --seeds 1")
-    bad = [n for n in names if not n.isdigit()]
+    bad = [n for n in names if not (n.isascii() and n.isdigit())]  # int() refuses some isdigit() characters
     if bad:
         raise BenchError(f"--seeds {', '.join(bad)}: a seed is a whole number >= 0, e.g. --seeds 0,1")
     wanted = {int(n) for n in names}
@@ -234,7 +234,7 @@ def _print_report(paths: dict[str, Path]) -> None:
 def _report_suite(store, suite, out_dir: Path) -> None:
     """The store's view of the suite (bench.view): every trial of its grid, newest finished record."""
     from bench.report import write_report
-    from bench.view import suite_view
+    from bench.view import missing_summary, suite_view
 
     view = suite_view(store, suite)
     specs = [t.model_dump() for t in suite.tables] or None
@@ -242,7 +242,7 @@ def _report_suite(store, suite, out_dir: Path) -> None:
             f"{len(view.records) + len(view.missing)} trials, the newest finished record, whichever run wrote it "
             f"(runs: {', '.join(view.run_ids) or 'none'}).")
     if view.missing:
-        note += f" {len(view.missing)} trial(s) have no record yet: {'; '.join(view.missing)}."
+        note += f" {len(view.missing)} trial(s) have no record yet: {missing_summary(view.missing)}."
     damaged = _damaged_note(store)
     if damaged:  # in the report too: a trial listed as missing may be one whose record file is damaged
         note += f" {damaged}."

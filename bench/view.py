@@ -73,3 +73,25 @@ def suite_view(store, suite, only: set[str] | None = None) -> SuiteView:
                   key=lambda rid: min(str((r.timings or {}).get("finished_at") or "") for r in records
                                       if r.run_id == rid))
     return SuiteView(records, missing, runs)
+
+
+def seed_ranges(seeds: list[int]) -> str:
+    """``[0, 1, 2, 5, 7, 8]`` -> ``"0-2, 5, 7-8"``."""
+    seeds, parts, i = sorted(set(seeds)), [], 0
+    while i < len(seeds):
+        j = i
+        while j + 1 < len(seeds) and seeds[j + 1] == seeds[j] + 1:
+            j += 1
+        parts.append(str(seeds[i]) if i == j else f"{seeds[i]}-{seeds[j]}")
+        i = j + 1
+    return ", ".join(parts)
+
+
+def missing_summary(missing: list[str]) -> str:
+    """The missing trials grouped per method/variant and dataset, seeds as ranges: a 10-seed grid of three
+    datasets lists 12 groups, not 120 trials (``"scan/default on cifar10 seeds 2-9; ..."``)."""
+    groups: dict[str, list[int]] = {}
+    for item in missing:  # "method/variant on dataset seed N"
+        cell, _, seed = item.rpartition(" seed ")
+        groups.setdefault(cell, []).append(int(seed))
+    return "; ".join(f"{cell} seed{'s' if len(s) > 1 else ''} {seed_ranges(s)}" for cell, s in groups.items())

@@ -186,6 +186,11 @@ def test_run_only_some_seeds_and_resume_keeps_to_them(tmp_path, capsys):
     assert sorted(r.seed for r in store.records()) == [1, 2]
     man = store.latest_run("part")
     assert man["only_seeds"] == [1, 2] and man["spec"]["seeds"] == [0, 1, 2, 3]  # the report shows the whole grid
+    # the report lists what is missing per cell, seeds as ranges
+    assert main(["report", str(s), "--store", str(tmp_path / "st"), "--out", str(tmp_path / "rep")]) == 0
+    capsys.readouterr()
+    assert ("2 trial(s) have no record yet: test_first_pixel/default on digits seeds 0, 3."
+            in (tmp_path / "rep" / "part" / "table.md").read_text())
     # a resumed run continues what it was asked to run: seeds 0 and 3 stay unrun
     store.write_run({**man, "status": "interrupted"})
     assert main(["run", str(s), "--resume", *args]) == 0
@@ -194,8 +199,19 @@ def test_run_only_some_seeds_and_resume_keeps_to_them(tmp_path, capsys):
     assert "2 ok, 2 reused" in capsys.readouterr().out
     for bad, says in ((["--seeds", "4"], "--seeds 4: not a seed of suite 'part' (it has 0, 1, 2, 3)"),
                       (["--seeds", "1,-1"], "--seeds -1: a seed is a whole number >= 0"),
+                      (["--seeds", "\u00b2"], "--seeds \u00b2: a seed is a whole number >= 0"),
                       (["--seeds", ","], "--seeds names no seed"),
                       (["--resume", "--seeds", "1"], "drop --seeds")):
         assert main(["run", str(s), *bad, *args]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and says in err and err.count("\n") == 1
+
+
+def test_missing_trials_are_listed_per_cell_with_seed_ranges():
+    from bench.view import missing_summary, seed_ranges
+
+    assert seed_ranges([7, 0, 1, 2, 5, 8, 2]) == "0-2, 5, 7-8" and seed_ranges([3]) == "3"
+    missing = [f"scan/default on {ds} seed {s}" for ds in ("cifar10", "stl10") for s in range(10)
+               if (ds, s) != ("cifar10", 1)]
+    assert missing_summary(missing) == "scan/default on cifar10 seeds 0, 2-9; scan/default on stl10 seeds 0-9"
+    assert missing_summary(["kmeans/default on digits seed 4"]) == "kmeans/default on digits seed 4"
