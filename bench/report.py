@@ -319,23 +319,28 @@ def publish(out_dir: Path, write: Callable[[Path], dict[str, Path]], legacy: Ite
     """Run ``write(staging_folder)``, then move what it wrote into ``out_dir`` and remove the files that an
     earlier report put there (listed in OWNED_LIST, or the ``legacy`` names for folders from before the list)
     and this one did not write. Other files in ``out_dir`` are left alone. If ``write`` fails, ``out_dir`` is
-    untouched."""
+    untouched. Two reports published into one folder at once do not mix: the moves hold the folder's lock, so
+    the folder ends up with one report's files, the last one's."""
+    from filelock import FileLock
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
     try:
         paths = write(stage)
         new = sorted(p.name for p in stage.iterdir() if p.is_file())
-        try:
-            old = json.loads((out_dir / OWNED_LIST).read_text())
-        except (OSError, ValueError):
-            old = list(legacy)
-        for name in new:
-            os.replace(stage / name, out_dir / name)
-        for name in set(map(str, old)) - set(new):
-            if "/" not in name and name not in ("", ".", ".."):
-                (out_dir / name).unlink(missing_ok=True)
-        (out_dir / OWNED_LIST).write_text(json.dumps(new))
+        # beside the folder, like the staging folder: a report folder holds only what reports wrote
+        with FileLock(str(out_dir.parent / f".{out_dir.name}.lock")):
+            try:
+                old = json.loads((out_dir / OWNED_LIST).read_text())
+            except (OSError, ValueError):
+                old = list(legacy)
+            for name in new:
+                os.replace(stage / name, out_dir / name)
+            for name in set(map(str, old)) - set(new):
+                if "/" not in name and name not in ("", ".", ".."):
+                    (out_dir / name).unlink(missing_ok=True)
+            (out_dir / OWNED_LIST).write_text(json.dumps(new))
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return {k: out_dir / Path(p).name for k, p in paths.items()}

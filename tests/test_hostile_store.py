@@ -6,7 +6,9 @@ see the helper H report of session 6) showed broken, reduced to a fast in-proces
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -354,3 +356,46 @@ def test_a_malformed_run_manifest_is_left_out_of_the_history_not_a_traceback(tmp
     out = capsys.readouterr().out
     assert man["run_id"] in out and "hs-broken" not in out
     assert "hs-broken: its manifest in runs/ is malformed" in caplog.text
+
+
+def _publish(out: str, tag: str, start_after: float, pause: float) -> None:
+    """A report whose files move in one by one, ``pause`` seconds apart, starting ``start_after`` seconds late."""
+    import bench.report as report
+
+    real = os.replace
+
+    def slow_replace(a, b):
+        real(a, b)
+        time.sleep(pause)
+
+    report.os.replace = slow_replace  # this child process only
+
+    def write(stage: Path) -> dict[str, Path]:
+        for name in report.REPORT_FILES:
+            (stage / name).write_text(tag)
+        time.sleep(start_after)
+        return {"markdown": stage / "table.md"}
+
+    report.publish(Path(out), write)
+
+
+def test_two_reports_published_into_one_folder_at_once_do_not_mix(tmp_path):
+    """A slow report (0.2 s per file) and a fast one that starts while the slow one moves its files in: without
+    the folder's lock the fast one's files land between the slow one's and the folder mixes the two reports."""
+    import multiprocessing as mp
+
+    from bench.report import OWNED_LIST, REPORT_FILES
+
+    out = tmp_path / "reports" / "suite"
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_publish, args=(str(out), "slow", 0.0, 0.2)),
+             ctx.Process(target=_publish, args=(str(out), "fast", 0.3, 0.0))]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    tags = [(out / name).read_text() for name in REPORT_FILES]
+    assert len(set(tags)) == 1, f"the folder mixes two reports: {dict(zip(REPORT_FILES, tags))}"
+    assert sorted(json.loads((out / OWNED_LIST).read_text())) == sorted(REPORT_FILES)
+    assert sorted(p.name for p in out.iterdir()) == sorted([*REPORT_FILES, OWNED_LIST])
