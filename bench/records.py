@@ -24,7 +24,7 @@ cluster_profile           ok seeds: n_clusters, n_nonempty, largest_share, size_
 degenerate                ok seeds: the collapse flag by bench.metrics.DEGENERATE_RULE; null when unknown
 selection_rule            how the reported assignment was chosen, without labels
 curve                     per-epoch rows: epoch, loss, ..., eval_acc/eval_nmi/eval_ari when logged
-stages                    the shared stages the trial read (bench.stages): [{name, key, reused}];
+stages                    the shared stages the trial read (bench.stages): [{name, key, reused, build_s}];
                           reused is false only for the trial a stage was built for, in the run that built it
 info                      method-specific facts (iterations, stop reason, ...)
 timings                   started_at, finished_at (UTC ISO), wall_s, load_s, fit_s

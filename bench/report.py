@@ -39,15 +39,23 @@ def records_frame(records: Iterable[ResultRecord]) -> pd.DataFrame:
             "error": r.error, **{m: r.metrics.get(m, np.nan) for m in ALL_METRICS}, "degenerate": r.degenerate,
             "largest_share": (r.cluster_profile or {}).get("largest_share"),
             "n_nonempty": (r.cluster_profile or {}).get("n_nonempty"),
-            "wall_s": r.timings.get("wall_s", np.nan), "peak_gpu_mem_mb": r.resources.get("peak_gpu_mem_mb"),
+            "wall_s": r.timings.get("wall_s", np.nan), "stages_s": _stages_s(r),
+            "peak_gpu_mem_mb": r.resources.get("peak_gpu_mem_mb"),
             "config_hash": stable_hash(r.config, 8), "protocol": protocol_text(r.protocol),
             "data_md5": r.data_md5, "code_version": r.env.get("code_version"), "selection_rule": r.selection_rule,
             "key": r.key,
         })
     cols = ["method", "variant", "dataset", "seed", "status", "error", *ALL_METRICS, "degenerate", "largest_share",
-            "n_nonempty", "wall_s", "peak_gpu_mem_mb",
+            "n_nonempty", "wall_s", "stages_s", "peak_gpu_mem_mb",
             "config_hash", "protocol", "data_md5", "code_version", "selection_rule", "key"]
     return pd.DataFrame(rows, columns=cols)
+
+
+def _stages_s(r: ResultRecord) -> float:
+    """Seconds spent building the stages the trial read (each built once and shared; NaN for records from
+    before stages noted their build time)."""
+    times = [s["build_s"] for s in r.stages if s.get("build_s") is not None]
+    return float(sum(times)) if times else np.nan
 
 
 def protocol_text(p: dict[str, Any]) -> str:
@@ -84,6 +92,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
             rec[f"{m}_std"] = vals.std(ddof=1) if len(vals) > 1 else np.nan
             rec[f"{m}_values"] = list(vals)  # per seed, for the plots' points and the LaTeX significance marks
         rec["wall_s_mean"] = ok["wall_s"].astype(float).mean() if len(ok) else np.nan
+        rec["stages_s_mean"] = ok["stages_s"].astype(float).mean() if len(ok) else np.nan
         rec["protocol"] = "; ".join(sorted(set(g["protocol"])))
         rec["data_md5"] = ", ".join(sorted(set(g["data_md5"])))
         rec["code_version"] = ", ".join(sorted({str(c) for c in g["code_version"] if c}))
@@ -220,12 +229,18 @@ def _tex(s: str) -> str:
         .replace("#", "\\#")
 
 
+def _stages_note(seconds: float) -> str:
+    if seconds != seconds:  # NaN: no stages, or records from before their build time was noted
+        return ""
+    return f" + {seconds:.1f} s building the stages it read (once per seed, shared with the suite's other trials)"
+
+
 def notes(summary: pd.DataFrame) -> str:
     lines = ["Protocol, data and code of each row (mean ± std over n seeds; failed seeds are not averaged):", ""]
     for _, r in summary.iterrows():
         lines.append(f"- **{r['row']}** on {r['dataset']}: {r['protocol']}; seeds {r['seeds'] or '–'}; "
                      f"data md5 `{r['data_md5']}`; code `{r['code_version']}`; selection: {r['selection_rule']}; "
-                     f"mean wall {r['wall_s_mean']:.1f} s")
+                     f"mean wall {r['wall_s_mean']:.1f} s" + _stages_note(r["stages_s_mean"]))
     degenerate = summary[summary["n_degenerate"] > 0]
     if len(degenerate):
         lines += ["", f"Degenerate seeds (⚠; kept in the means, they are what the method produced; {DEGENERATE_RULE}):",

@@ -512,7 +512,7 @@ def materialize(ctxs: list[TrialContext], request: StageRequest) -> list[dict[st
             reused = False
         else:  # built earlier: by this trial's own stage node in this run (planned for it), or for someone else
             reused = ctx.key is None or meta.get("owner") != ctx.key or meta.get("run_id") != ctx.run_id
-        if _note(ctx, name, keys[i], reused=reused):
+        if _note(ctx, name, keys[i], reused=reused, build_s=meta.get("build_s")):
             ctx.curve.extend({**row, "stage": row.get("stage", name)} for row in meta.get("curve", []))
     return results  # type: ignore[return-value]
 
@@ -533,12 +533,15 @@ def _load_stored(store: StageStore, name: str, keys: list[str], ctxs: list[Trial
                                 got[1].get("created_at"))
 
 
-def _note(ctx: TrialContext, name: str, key: str, *, reused: bool, status: str = "ok") -> bool:
-    """Add the stage to the trial's ``stages_used`` (once); True when it was new."""
+def _note(ctx: TrialContext, name: str, key: str, *, reused: bool, status: str = "ok",
+          build_s: float | None = None) -> bool:
+    """Add the stage to the trial's ``stages_used`` (once); True when it was new. ``build_s``: how long the
+    stage took to build (once, whoever it was built for), so a report can show what a row really cost."""
     if any(u["key"] == key for u in ctx.stages_used):
         return False
-    ctx.stages_used.append({"name": name, "key": key, "reused": reused, **({} if status == "ok" else
-                                                                           {"status": status})})
+    ctx.stages_used.append({"name": name, "key": key, "reused": reused,
+                            **({} if build_s is None else {"build_s": round(float(build_s), 3)}),
+                            **({} if status == "ok" else {"status": status})})
     return True
 
 

@@ -212,6 +212,12 @@ def test_suite_builds_the_shared_autoencoder_once_per_seed_and_a_new_commit_reus
     for rs in by_seed.values():
         assert len({r.stages[0]["key"] for r in rs}) == 1  # AE + k-means, DEC and IDEC read the same weights
         assert sorted(r.stages[0]["reused"] for r in rs) == [False, True, True]  # built for one, reused by two
+        # each reader notes the one build's time, so a report shows what the row cost beyond its own trial
+        assert len({r.stages[0]["build_s"] for r in rs}) == 1 and rs[0].stages[0]["build_s"] > 0
+    from bench.report import write_report
+
+    md = write_report(recs, tmp_path / "rep", title="family")["markdown"].read_text()
+    assert md.count("s building the stages it read") == 3  # one note line per row: AE + k-means, DEC, IDEC
     assert [s["status"] for s in man["stages"]] == ["built", "built"]
     assert len(StageStore(store.stage_dir).entries()) == 2
     # a new code version re-runs every trial but reads the same stages (their version did not change)
