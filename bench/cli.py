@@ -6,6 +6,7 @@
     bench trial METHOD DATASET [--seed N] [--variant V] [--set key=value ...]
     bench trials [--store DIR]                           (the single trials `bench trial` ran)
     bench stages [--store DIR] [--prune]                 (stored stages and the records that read them)
+    bench import SOURCE [--store DIR]                    (merge another store's records and runs into this one)
     bench list [METHOD]
     bench doctor [--store DIR] [--data DIR] [--address ADDR]
     bench audit [--suite SUITE | --run RUN_ID] [--claims DIR] [--store DIR] [--out DIR]
@@ -390,6 +391,30 @@ def cmd_trials(args) -> int:
     return 0
 
 
+def cmd_import(args) -> int:
+    """Merge another store's records, artifacts and run manifests into this one under the store's promise."""
+    from bench.store import ResultStore
+    from bench.suite import check_folder, check_store
+
+    src_root = check_folder(args.source, "SOURCE", write=False)
+    if not src_root.exists() or not ((src_root / "records").is_dir() or (src_root / "runs").is_dir()):
+        raise BenchError(f"SOURCE {src_root} is not a results store (no records/ or runs/ folder in it); pass the "
+                         "folder another `bench run --store` wrote")
+    dst = _store(args)
+    if dst.root.exists() and os.path.samefile(dst.root, src_root):
+        raise BenchError(f"SOURCE {src_root} is the store itself; pass another store (the destination is --store)")
+    check_store(dst.root, write=True)
+    src = ResultStore(src_root)
+    got = dst.import_from(src)
+    for path in got["damaged"]:
+        print(f"warning: skipped {path}: its bytes changed since it was written (not imported)", file=sys.stderr)
+    print(f"imported from {src_root} into {dst.root}: {got['new']} new record(s), {got['replaced']} replacing a worse "
+          f"or older one, {got['kept']} kept as they were (this store's is better, or as good and newer), "
+          f"{got['identical']} identical, {len(got['damaged'])} damaged skipped, {got['busy']} skipped because a run "
+          f"is computing them now (import again later); {got['runs']} run manifest(s) added")
+    return 1 if got["damaged"] or got["busy"] else 0
+
+
 def cmd_stages(args) -> int:
     """The stored stages (bench.stages) and the records that read them; ``--prune`` removes what nothing uses."""
     from bench.stages import StageStore
@@ -564,6 +589,12 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--prune", action="store_true", help="remove stages no record uses (and partial builds)")
     common(sg, data=False)
     sg.set_defaults(func=cmd_stages)
+
+    im = sub.add_parser("import", help="merge another store's records and runs into this one (a finished record is "
+                                       "never replaced by a worse or older one)")
+    im.add_argument("source", help="the other store's folder (e.g. copied from another machine)")
+    common(im, data=False)
+    im.set_defaults(func=cmd_import)
 
     d = sub.add_parser("doctor", help="check what a run needs: GPU, data, store, disk, Ray cluster")
     d.add_argument("--address", help="also check that this Ray cluster is reachable (e.g. auto)")

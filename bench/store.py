@@ -163,6 +163,55 @@ class ResultStore:
             else:
                 self.damaged.add(path)
 
+    # -- merging another store ----------------------------------------------------------------
+    def import_from(self, src: ResultStore) -> dict[str, Any]:
+        """Bring ``src``'s records (with their artifacts) and run manifests into this store under the store's
+        promise: a record comes in only where this store has none of its key, or a worse one (interrupted <
+        failed < ok), or an equally good one that finished earlier; never over a better or newer one. A source
+        record whose bytes changed since it was written is skipped (listed in ``damaged``). Manifests of runs
+        this store lacks are added (bench history reads them). Returns the counts and the damaged paths."""
+        from filelock import Timeout
+
+        out: dict[str, Any] = {"new": 0, "replaced": 0, "kept": 0, "identical": 0, "busy": 0, "runs": 0,
+                               "damaged": []}
+        for rec in src.records():
+            cur = self.get(rec.key)
+            if cur is not None and _sealed(cur) == _sealed(rec):
+                out["identical"] += 1
+                continue
+            if cur is not None and (RANK[rec.status], _finished(rec)) <= (RANK[cur.status], _finished(cur)):
+                out["kept"] += 1  # this store's record is better, or as good and newer
+                continue
+            try:  # a run computing this key holds its lock: its checkpoints and record are left alone
+                with self.key_lock(rec.key).acquire(timeout=0):
+                    self._import_artifacts(src, rec.key)  # before the record: a reader never sees one without them
+                    out["replaced" if cur is not None else "new"] += 1 if self.put(rec) else 0
+            except Timeout:
+                out["busy"] += 1
+        out["damaged"] = [str(p) for p in src.damaged_now()]
+        have = {m["run_id"] for m in self.runs()}
+        for man in src.runs():
+            if man["run_id"] not in have:
+                self.write_run(man)
+                out["runs"] += 1
+        return out
+
+    def _import_artifacts(self, src: ResultStore, key: str) -> None:
+        """Copy ``src``'s artifact folder of ``key`` over this store's (copied aside first, then swapped in)."""
+        import shutil
+
+        origin, final = src.artifact_dir(key), self.artifact_dir(key)
+        if not origin.is_dir():
+            return
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f".import-{key}-{os.urandom(3).hex()}")
+        shutil.copytree(origin, tmp, symlinks=True)
+        old = final.with_name(f".replaced-{key}-{os.urandom(3).hex()}")
+        if final.exists() or final.is_symlink():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+
     # -- runs --------------------------------------------------------------------------------
     def write_run(self, manifest: dict[str, Any]) -> Path:
         path = self.runs_dir / f"{manifest['run_id']}.json"
@@ -236,6 +285,10 @@ def driver_alive(driver: dict[str, Any] | None) -> bool | None:
 #: the field of a record file that holds the sha256 of the rest of it (bench.records); records written before it
 #: existed lack it and are read as they are
 SEAL = "record_sha256"
+
+
+def _finished(r: ResultRecord) -> str:
+    return str((r.timings or {}).get("finished_at") or "")
 
 
 def _seal_of(body: dict[str, Any]) -> str:

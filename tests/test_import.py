@@ -1,0 +1,110 @@
+"""`bench import`: merging a store written elsewhere (another machine, another GPU session) into this one keeps the
+store's promise: a finished record is never replaced by a worse or older one, a record whose bytes changed is not
+brought in, the artifacts come with their records, and bad input is one error line with nothing written."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from bench.cli import main
+from bench.store import ResultStore
+
+SUITE = "name: split\nseeds: 2\ndatasets: [digits]\nmethods: [kmeans]\n"
+
+
+def _run(tmp_path, store: str, *args: str) -> ResultStore:
+    s = tmp_path / "s.yaml"
+    s.write_text(SUITE)
+    assert main(["run", str(s), "--inline", "--no-report", "--store", str(tmp_path / store), *args]) == 0
+    return ResultStore(tmp_path / store)
+
+
+def _files(root) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+            and "locks" not in p.parts}
+
+
+def test_seeds_run_apart_merge_into_one_report_and_a_second_import_changes_nothing(tmp_path, capsys):
+    a = _run(tmp_path, "a", "--seeds", "0")
+    b = _run(tmp_path, "b", "--seeds", "1")
+    capsys.readouterr()
+    assert main(["import", str(b.root), "--store", str(a.root)]) == 0
+    out = capsys.readouterr().out
+    assert "1 new record(s), 0 replacing" in out and "1 run manifest(s) added" in out
+    assert sorted(r.seed for r in a.records()) == [0, 1]
+    (rec1,) = [r for r in a.records() if r.seed == 1]
+    pred = "pred.npy"
+    assert np.array_equal(np.load(a.artifact_dir(rec1.key) / pred), np.load(b.artifact_dir(rec1.key) / pred))
+    assert main(["report", str(tmp_path / "s.yaml"), "--store", str(a.root), "--out", str(tmp_path / "rep")]) == 0
+    assert "| k-means | " in capsys.readouterr().out and "| 2 |" in (tmp_path / "rep/split/table.md").read_text()
+    before = _files(a.root)
+    assert main(["import", str(b.root), "--store", str(a.root)]) == 0
+    assert "0 new record(s), 0 replacing a worse or older one, 0 kept as they were (this store's is better, or as " \
+           "good and newer), 1 identical" in capsys.readouterr().out
+    assert _files(a.root) == before
+
+
+def test_an_ok_record_is_never_replaced_by_a_failed_or_an_older_one(tmp_path, capsys):
+    a = _run(tmp_path, "a")
+    b = ResultStore(tmp_path / "b")
+    good = {r.key: r for r in a.records()}
+    k0, k1 = sorted(good)
+    # the source store holds a failed record at one key and an older ok record at the other
+    b.put(good[k0].model_copy(update={"status": "failed", "metrics": {}, "error": "boom", "run_id": "other"}))
+    b.put(good[k1].model_copy(update={"timings": {**good[k1].timings, "finished_at": "2000-01-01T00:00:00"},
+                                      "metrics": {**good[k1].metrics, "acc": 0.01}, "run_id": "old"}))
+    capsys.readouterr()
+    assert main(["import", str(b.root), "--store", str(a.root)]) == 0
+    assert "2 kept as they were" in capsys.readouterr().out
+    assert a.get(k0).ok and a.get(k0).metrics == good[k0].metrics
+    assert a.get(k1).metrics == good[k1].metrics
+    # the other way round, the better and newer records do come in
+    assert main(["import", str(a.root), "--store", str(b.root)]) == 0
+    assert "2 replacing a worse or older one" in capsys.readouterr().out
+    assert b.get(k0).ok and b.get(k1).metrics == good[k1].metrics
+    assert all((b.artifact_dir(k) / "pred.npy").read_bytes() == (a.artifact_dir(k) / "pred.npy").read_bytes()
+               for k in (k0, k1))  # the artifacts came with the records that replaced the worse ones
+
+
+def test_a_record_whose_bytes_changed_is_not_imported(tmp_path, capsys):
+    a = _run(tmp_path, "a", "--seeds", "0")
+    b = _run(tmp_path, "b", "--seeds", "1")
+    (path,) = list(b.records_dir.glob("*.json"))
+    body = json.loads(path.read_text())
+    body["metrics"]["acc"] = 0.99  # a digit changed by hand or by a disk
+    path.write_text(json.dumps(body, indent=1))
+    capsys.readouterr()
+    assert main(["import", str(b.root), "--store", str(a.root)]) == 1
+    captured = capsys.readouterr()
+    assert "0 new record(s)" in captured.out and "1 damaged skipped" in captured.out
+    assert f"skipped {path}" in captured.err
+    assert sorted(r.seed for r in a.records()) == [0]
+
+
+def test_bad_sources_are_one_error_line_and_nothing_is_written(tmp_path, capsys):
+    a = _run(tmp_path, "a")
+    before = _files(a.root)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "file").write_text("x")
+    for src, says in ((tmp_path / "missing", "is not a results store"), (tmp_path / "empty", "is not a results store"),
+                      (tmp_path / "file", "is a file, not a folder"), (a.root, "is the store itself")):
+        capsys.readouterr()
+        assert main(["import", str(src), "--store", str(a.root)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and says in err and err.count("\n") == 1, err
+    assert _files(a.root) == before
+
+
+def test_a_key_that_a_run_is_computing_now_is_left_alone(tmp_path, capsys):
+    a = _run(tmp_path, "a", "--seeds", "0")
+    b = _run(tmp_path, "b", "--seeds", "1")
+    (key,) = [r.key for r in b.records()]
+    capsys.readouterr()
+    with a.key_lock(key):  # what a trial of that key in a run on store a holds while it computes
+        assert main(["import", str(b.root), "--store", str(a.root)]) == 1
+    assert "0 new record(s)" in (out := capsys.readouterr().out) and "1 skipped because a run is computing" in out
+    assert a.get(key) is None and not a.artifact_dir(key).exists()
+    assert main(["import", str(b.root), "--store", str(a.root)]) == 0  # once it is free, the record comes in
+    assert a.get(key).ok and (a.artifact_dir(key) / "pred.npy").exists()
