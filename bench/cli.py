@@ -408,11 +408,13 @@ def cmd_import(args) -> int:
     got = dst.import_from(src)
     for path in got["damaged"]:
         print(f"warning: skipped {path}: its bytes changed since it was written (not imported)", file=sys.stderr)
+    for why in got["refused"]:
+        print(f"warning: skipped {why}", file=sys.stderr)
     print(f"imported from {src_root} into {dst.root}: {got['new']} new record(s), {got['replaced']} replacing a worse "
           f"or older one, {got['kept']} kept as they were (this store's is better, or as good and newer), "
           f"{got['identical']} identical, {len(got['damaged'])} damaged skipped, {got['busy']} skipped because a run "
           f"is computing them now (import again later); {got['runs']} run manifest(s) added")
-    return 1 if got["damaged"] or got["busy"] else 0
+    return 1 if got["damaged"] or got["busy"] or got["refused"] else 0
 
 
 def cmd_stages(args) -> int:
