@@ -200,13 +200,16 @@ class ResultStore:
             except Timeout:
                 out["busy"] += 1
         out["damaged"] = [str(p) for p in src.damaged_now()]
-        have = {m["run_id"] for m in self.runs()}
+        have = {m["run_id"]: m for m in self.runs()}
         for man in src.runs():
             if not _RUN_ID.fullmatch(man["run_id"]):  # "../x", "/abs": written outside runs/ (anywhere) before
                 out["refused"].append(f"run manifest with run_id {man['run_id']!r}: not a run id this harness "
                                       "writes; not imported")
                 continue
-            if man["run_id"] not in have:
+            mine = have.get(man["run_id"])
+            if mine is None or (mine.get("status") != "finished" and man.get("status") == "finished"
+                                and driver_alive(mine.get("driver")) is not True):
+                # absent, or brought in (or left) unfinished before its run ended elsewhere: the finished one wins
                 self.write_run(man)
                 out["runs"] += 1
         return out

@@ -168,3 +168,16 @@ def test_a_record_a_run_finishes_while_the_import_waits_is_not_overwritten(tmp_p
     main(["import", str(src.root), "--store", str(a.root)])
     assert a.get(rec.key).ok
     assert (a.artifact_dir(rec.key) / "pred.npy").read_bytes() == ok_pred
+
+
+def test_a_manifest_imported_while_its_run_was_still_running_is_updated_by_a_later_import(tmp_path, capsys):
+    a = _run(tmp_path, "a", "--seeds", "0")
+    b = _run(tmp_path, "b", "--seeds", "1")
+    (man,) = b.runs()
+    # what an import taken while b's run was running brought in: the manifest as of then, from another host
+    a.write_run({**man, "status": "running", "finished_at": None, "driver": {"host": "elsewhere", "pid": 1},
+                 "trials": [{**t, "status": "pending", "metrics": {}} for t in man["trials"]]})
+    capsys.readouterr()
+    main(["import", str(b.root), "--store", str(a.root)])
+    (now,) = [m for m in a.runs() if m["run_id"] == man["run_id"]]
+    assert now["status"] == "finished" and now["trials"] == man["trials"]
