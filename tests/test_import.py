@@ -181,3 +181,15 @@ def test_a_manifest_imported_while_its_run_was_still_running_is_updated_by_a_lat
     main(["import", str(b.root), "--store", str(a.root)])
     (now,) = [m for m in a.runs() if m["run_id"] == man["run_id"]]
     assert now["status"] == "finished" and now["trials"] == man["trials"]
+
+
+def test_a_store_whose_locks_folder_cannot_be_written_is_one_error_line(tmp_path, capsys):
+    a = ResultStore(tmp_path / "a")
+    b = _run(tmp_path, "b", "--seeds", "1")
+    a.records_dir.mkdir(parents=True)
+    (a.root / "locks").write_text("")  # (chattr +i locks/ or a read-only mount do the same; root ignores chmod)
+    capsys.readouterr()
+    assert main(["import", str(b.root), "--store", str(a.root)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "locks/" in err and err.count("\n") == 1, err
+    assert list(a.records()) == []
