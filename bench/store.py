@@ -231,6 +231,10 @@ class ResultStore:
         if not origin.is_dir():
             return
         final.parent.mkdir(parents=True, exist_ok=True)
+        # an import of this key killed midway left its copy or the folder it swapped out (the caller holds the key's
+        # lock, so no live import is using them): removed, or every killed import leaked a copy of the artifacts
+        for left in [*final.parent.glob(f".import-{key}-*"), *final.parent.glob(f".replaced-{key}-*")]:
+            shutil.rmtree(left, ignore_errors=True)
         tmp = final.with_name(f".import-{key}-{os.urandom(3).hex()}")
         # links inside are left out: one pointing outside the source would put a foreign file (or a path on the
         # source's machine) into this store, read by reports or written through by a later resume

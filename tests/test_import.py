@@ -193,3 +193,15 @@ def test_a_store_whose_locks_folder_cannot_be_written_is_one_error_line(tmp_path
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "locks/" in err and err.count("\n") == 1, err
     assert list(a.records()) == []
+
+
+def test_what_an_import_killed_midway_left_in_artifacts_is_removed_by_the_next_import_of_that_key(tmp_path, capsys):
+    a = ResultStore(tmp_path / "a")
+    b = _run(tmp_path, "b", "--seeds", "1")
+    (key,) = [r.key for r in b.records()]
+    for left in (f".import-{key}-0a0b0c", f".replaced-{key}-0d0e0f"):  # a SIGKILL mid-copy / mid-swap leaves these
+        (a.root / "artifacts" / left).mkdir(parents=True)
+        (a.root / "artifacts" / left / "big.bin").write_bytes(b"x" * 1000)
+    capsys.readouterr()
+    assert main(["import", str(b.root), "--store", str(a.root)]) == 0
+    assert sorted(p.name for p in (a.root / "artifacts").iterdir()) == [key]
