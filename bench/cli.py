@@ -166,10 +166,20 @@ def _dry_run(suite, args, only: set[str] | None = None, datasets: set[str] | Non
 
     if args.address:
         raise BenchError("--dry-run plans on this machine; leave out --address")
+    force, run_id = args.force, None
+    if args.resume:  # plan what the resume would run: that run's narrowing, force and finished trials
+        from bench.provenance import code_version
+        from bench.runner import resumable_run
+
+        prev = resumable_run(_store(args), suite.name, None if args.resume is True else args.resume, code_version())
+        force, run_id = bool(prev.get("force")), prev["run_id"]
+        only = set(prev["only"]) if prev.get("only") else None
+        datasets = set(prev["only_datasets"]) if prev.get("only_datasets") else None
+        seeds = set(prev["only_seeds"]) if prev.get("only_seeds") else None
     gpus = _gpu_count(None)
     check_gpus(suite, gpus)
-    plan = plan_suite(suite, _store(args), _data_root(args), force=args.force, gpus_available=gpus, only=only,
-                      datasets=datasets, seeds=seeds)
+    plan = plan_suite(suite, _store(args), _data_root(args), force=force, gpus_available=gpus, only=only,
+                      datasets=datasets, seeds=seeds, run_id=run_id)
     n_seeds = sum(len(u.seeds) for u in plan.units)
     print(f"dry run of suite {suite.name!r}: {n_seeds} trial(s) in {len(plan.units)} unit(s) to run, "
           f"{len(plan.skipped)} reused from {_store(args).root}; nothing was run or written")
@@ -408,11 +418,13 @@ def cmd_import(args) -> int:
     got = dst.import_from(src)
     for path in got["damaged"]:
         print(f"warning: skipped {path}: its bytes changed since it was written (not imported)", file=sys.stderr)
+    for why in got["refused"]:
+        print(f"warning: skipped {why}", file=sys.stderr)
     print(f"imported from {src_root} into {dst.root}: {got['new']} new record(s), {got['replaced']} replacing a worse "
           f"or older one, {got['kept']} kept as they were (this store's is better, or as good and newer), "
           f"{got['identical']} identical, {len(got['damaged'])} damaged skipped, {got['busy']} skipped because a run "
           f"is computing them now (import again later); {got['runs']} run manifest(s) added")
-    return 1 if got["damaged"] or got["busy"] else 0
+    return 1 if got["damaged"] or got["busy"] or got["refused"] else 0
 
 
 def cmd_stages(args) -> int:

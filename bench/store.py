@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,27 +175,53 @@ class ResultStore:
 
         out: dict[str, Any] = {"new": 0, "replaced": 0, "kept": 0, "identical": 0, "busy": 0, "runs": 0,
                                "damaged": []}
+        out["refused"] = []
         for rec in src.records():
-            cur = self.get(rec.key)
-            if cur is not None and _sealed(cur) == _sealed(rec):
-                out["identical"] += 1
+            verdict = self._import_verdict(rec)
+            if verdict != "take":
+                out[verdict] += 1
                 continue
-            if cur is not None and (RANK[rec.status], _finished(rec)) <= (RANK[cur.status], _finished(cur)):
-                out["kept"] += 1  # this store's record is better, or as good and newer
+            origin = src.artifact_dir(rec.key)
+            if origin.is_symlink() or (origin.exists() and not origin.is_dir()):
+                # a link (possibly to anywhere on the source's machine) or a file: not artifacts this harness wrote
+                out["refused"].append(f"{origin}: not a folder of artifacts (a link or a file); its record was not "
+                                      "imported")
                 continue
             try:  # a run computing this key holds its lock: its checkpoints and record are left alone
                 with self.key_lock(rec.key).acquire(timeout=0):
+                    # read again under the lock: a run may have finished the key since the check above
+                    verdict = self._import_verdict(rec)
+                    if verdict != "take":
+                        out[verdict] += 1
+                        continue
+                    cur = self.get(rec.key)
                     self._import_artifacts(src, rec.key)  # before the record: a reader never sees one without them
                     out["replaced" if cur is not None else "new"] += 1 if self.put(rec) else 0
             except Timeout:
                 out["busy"] += 1
         out["damaged"] = [str(p) for p in src.damaged_now()]
-        have = {m["run_id"] for m in self.runs()}
+        have = {m["run_id"]: m for m in self.runs()}
         for man in src.runs():
-            if man["run_id"] not in have:
+            if not _RUN_ID.fullmatch(man["run_id"]):  # "../x", "/abs": written outside runs/ (anywhere) before
+                out["refused"].append(f"run manifest with run_id {man['run_id']!r}: not a run id this harness "
+                                      "writes; not imported")
+                continue
+            mine = have.get(man["run_id"])
+            if mine is None or (mine.get("status") != "finished" and man.get("status") == "finished"
+                                and driver_alive(mine.get("driver")) is not True):
+                # absent, or brought in (or left) unfinished before its run ended elsewhere: the finished one wins
                 self.write_run(man)
                 out["runs"] += 1
         return out
+
+    def _import_verdict(self, rec: ResultRecord) -> str:
+        """"take" if ``rec`` should replace this store's record of its key, else "identical" or "kept"."""
+        cur = self.get(rec.key)
+        if cur is not None and _sealed(cur) == _sealed(rec):
+            return "identical"
+        if cur is not None and (RANK[rec.status], _finished(rec)) <= (RANK[cur.status], _finished(cur)):
+            return "kept"  # this store's record is better, or as good and newer
+        return "take"
 
     def _import_artifacts(self, src: ResultStore, key: str) -> None:
         """Copy ``src``'s artifact folder of ``key`` over this store's (copied aside first, then swapped in)."""
@@ -204,8 +231,15 @@ class ResultStore:
         if not origin.is_dir():
             return
         final.parent.mkdir(parents=True, exist_ok=True)
+        # an import of this key killed midway left its copy or the folder it swapped out (the caller holds the key's
+        # lock, so no live import is using them): removed, or every killed import leaked a copy of the artifacts
+        for left in [*final.parent.glob(f".import-{key}-*"), *final.parent.glob(f".replaced-{key}-*")]:
+            shutil.rmtree(left, ignore_errors=True)
         tmp = final.with_name(f".import-{key}-{os.urandom(3).hex()}")
-        shutil.copytree(origin, tmp, symlinks=True)
+        # links inside are left out: one pointing outside the source would put a foreign file (or a path on the
+        # source's machine) into this store, read by reports or written through by a later resume
+        shutil.copytree(origin, tmp, symlinks=True,
+                        ignore=lambda d, names: [n for n in names if os.path.islink(os.path.join(d, n))])
         old = final.with_name(f".replaced-{key}-{os.urandom(3).hex()}")
         if final.exists() or final.is_symlink():
             os.replace(final, old)
@@ -285,6 +319,9 @@ def driver_alive(driver: dict[str, Any] | None) -> bool | None:
 #: the field of a record file that holds the sha256 of the rest of it (bench.records); records written before it
 #: existed lack it and are read as they are
 SEAL = "record_sha256"
+
+#: a run id as `bench run` makes them (suite name, time, random tail): a plain file name, never a path
+_RUN_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
 
 
 def _finished(r: ResultRecord) -> str:

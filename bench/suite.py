@@ -488,7 +488,7 @@ def _can_create_in(folder: Path) -> bool:
 def check_store(path: str | Path, flag: str = "--store", *, write: bool = True) -> Path:
     """The results store and the folders in it that a run writes."""
     root = check_folder(path, flag, write=write)
-    for sub in ("records", "runs", "artifacts", "stages"):
+    for sub in ("records", "runs", "artifacts", "stages", "locks", "attempts"):
         if (root / sub).exists() or (root / sub).is_symlink():
             check_folder(root / sub, f"{flag} (its {sub}/ folder)", write=write)
     return root

@@ -108,3 +108,100 @@ def test_a_key_that_a_run_is_computing_now_is_left_alone(tmp_path, capsys):
     assert a.get(key) is None and not a.artifact_dir(key).exists()
     assert main(["import", str(b.root), "--store", str(a.root)]) == 0  # once it is free, the record comes in
     assert a.get(key).ok and (a.artifact_dir(key) / "pred.npy").exists()
+
+
+def test_a_source_manifest_whose_run_id_climbs_out_of_runs_is_not_written_outside_the_store(tmp_path, capsys):
+    a = _run(tmp_path, "a", "--seeds", "0")
+    b = _run(tmp_path, "b", "--seeds", "1")
+    (b.runs_dir / "evil.json").write_text(json.dumps({"run_id": "../../escaped", "suite": "split", "trials": []}))
+    (b.runs_dir / "abs.json").write_text(json.dumps({"run_id": str(tmp_path / "abs-escaped"), "trials": []}))
+    capsys.readouterr()
+    main(["import", str(b.root), "--store", str(a.root)])
+    assert not (tmp_path / "escaped.json").exists() and not (tmp_path / "abs-escaped.json").exists()
+    assert all(p.parent == a.runs_dir for p in a.root.rglob("*.json") if "runs" in p.parts)
+
+
+def test_a_source_artifact_folder_that_links_outside_is_not_copied_in(tmp_path, capsys):
+    a = _run(tmp_path, "a", "--seeds", "0")
+    b = _run(tmp_path, "b", "--seeds", "1")
+    (key,) = [r.key for r in b.records()]
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "id_rsa").write_text("PRIVATE")
+    art = b.artifact_dir(key)
+    (art / "link.npy").symlink_to(secret / "id_rsa")  # a link inside the folder, pointing outside the source
+    capsys.readouterr()
+    main(["import", str(b.root), "--store", str(a.root)])
+    assert not any(p.is_symlink() for p in a.root.rglob("*"))
+    import shutil
+
+    shutil.rmtree(art)
+    art.symlink_to(secret)  # the folder itself a link to outside
+    shutil.rmtree(a.artifact_dir(key))
+    a.record_path(key).unlink()
+    main(["import", str(b.root), "--store", str(a.root)])
+    assert not any("PRIVATE" in p.read_text(errors="ignore") for p in a.root.rglob("*") if p.is_file())
+    assert not any(p.is_symlink() for p in a.root.rglob("*"))
+
+
+def test_a_record_a_run_finishes_while_the_import_waits_is_not_overwritten(tmp_path, capsys, monkeypatch):
+    a = ResultStore(tmp_path / "a")
+    b = _run(tmp_path, "b", "--seeds", "1")
+    (rec,) = list(b.records())
+    ok_pred = (b.artifact_dir(rec.key) / "pred.npy").read_bytes()
+    # the source holds a failed record of the key, with its own artifacts
+    failed = rec.model_copy(update={"status": "failed", "metrics": {}, "error": "boom", "run_id": "other"})
+    src = ResultStore(tmp_path / "src")
+    src.put(failed)
+    src.artifact_dir(rec.key).mkdir(parents=True)
+    (src.artifact_dir(rec.key) / "pred.npy").write_bytes(b"junk")
+    real = ResultStore.key_lock
+
+    def run_finishes_first(self, key):  # a run on store a finishes the key right after the import read a's record
+        if self.root == a.root and self.get(key) is None:
+            self.artifact_dir(key).mkdir(parents=True, exist_ok=True)
+            (self.artifact_dir(key) / "pred.npy").write_bytes(ok_pred)
+            self.put(rec)
+        return real(self, key)
+
+    monkeypatch.setattr(ResultStore, "key_lock", run_finishes_first)
+    main(["import", str(src.root), "--store", str(a.root)])
+    assert a.get(rec.key).ok
+    assert (a.artifact_dir(rec.key) / "pred.npy").read_bytes() == ok_pred
+
+
+def test_a_manifest_imported_while_its_run_was_still_running_is_updated_by_a_later_import(tmp_path, capsys):
+    a = _run(tmp_path, "a", "--seeds", "0")
+    b = _run(tmp_path, "b", "--seeds", "1")
+    (man,) = b.runs()
+    # what an import taken while b's run was running brought in: the manifest as of then, from another host
+    a.write_run({**man, "status": "running", "finished_at": None, "driver": {"host": "elsewhere", "pid": 1},
+                 "trials": [{**t, "status": "pending", "metrics": {}} for t in man["trials"]]})
+    capsys.readouterr()
+    main(["import", str(b.root), "--store", str(a.root)])
+    (now,) = [m for m in a.runs() if m["run_id"] == man["run_id"]]
+    assert now["status"] == "finished" and now["trials"] == man["trials"]
+
+
+def test_a_store_whose_locks_folder_cannot_be_written_is_one_error_line(tmp_path, capsys):
+    a = ResultStore(tmp_path / "a")
+    b = _run(tmp_path, "b", "--seeds", "1")
+    a.records_dir.mkdir(parents=True)
+    (a.root / "locks").write_text("")  # (chattr +i locks/ or a read-only mount do the same; root ignores chmod)
+    capsys.readouterr()
+    assert main(["import", str(b.root), "--store", str(a.root)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "locks/" in err and err.count("\n") == 1, err
+    assert list(a.records()) == []
+
+
+def test_what_an_import_killed_midway_left_in_artifacts_is_removed_by_the_next_import_of_that_key(tmp_path, capsys):
+    a = ResultStore(tmp_path / "a")
+    b = _run(tmp_path, "b", "--seeds", "1")
+    (key,) = [r.key for r in b.records()]
+    for left in (f".import-{key}-0a0b0c", f".replaced-{key}-0d0e0f"):  # a SIGKILL mid-copy / mid-swap leaves these
+        (a.root / "artifacts" / left).mkdir(parents=True)
+        (a.root / "artifacts" / left / "big.bin").write_bytes(b"x" * 1000)
+    capsys.readouterr()
+    assert main(["import", str(b.root), "--store", str(a.root)]) == 0
+    assert sorted(p.name for p in (a.root / "artifacts").iterdir()) == [key]

@@ -215,3 +215,22 @@ def test_missing_trials_are_listed_per_cell_with_seed_ranges():
                if (ds, s) != ("cifar10", 1)]
     assert missing_summary(missing) == "scan/default on cifar10 seeds 0, 2-9; scan/default on stl10 seeds 0-9"
     assert missing_summary(["kmeans/default on digits seed 4"]) == "kmeans/default on digits seed 4"
+
+
+def test_dry_run_of_a_resume_plans_what_the_resume_would_run(tmp_path, capsys):
+    """`bench run --resume --dry-run` of a run started with --seeds 1 listed every seed of the suite (the resume itself
+    runs only seed 1's unfinished trial): the dry run ignored the resumed run's narrowing and run id."""
+    s = tmp_path / "s.yaml"
+    s.write_text("name: narrow\nseeds: 3\ndatasets: [digits]\nmethods: [kmeans]\n")
+    st = tmp_path / "st"
+    assert main(["run", str(s), "--inline", "--no-report", "--store", str(st), "--seeds", "1"]) == 0
+    (path,) = (st / "runs").glob("*.json")
+    man = json.loads(path.read_text())
+    man["status"] = "interrupted"
+    man["trials"][0]["status"] = "interrupted"
+    path.write_text(json.dumps(man))
+    (st / "records" / f"{man['trials'][0]['key']}.json").unlink()
+    capsys.readouterr()
+    assert main(["run", str(s), "--inline", "--no-report", "--store", str(st), "--resume", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "1 trial(s) in 1 unit(s)" in out and "seeds [1]" in out, out
