@@ -174,8 +174,7 @@ class ResultStore:
         from filelock import Timeout
 
         out: dict[str, Any] = {"new": 0, "replaced": 0, "kept": 0, "identical": 0, "busy": 0, "runs": 0,
-                               "damaged": []}
-        out["refused"] = []
+                               "damaged": [], "refused": []}
         for rec in src.records():
             verdict = self._import_verdict(rec)
             if verdict != "take":
