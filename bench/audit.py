@@ -105,13 +105,13 @@ def _pick(records: list[ResultRecord]) -> list[ResultRecord]:
         by_cfg.setdefault(stable_hash({"config": r.config, "protocol": r.protocol}, 12), []).append(r)
 
     def newest(rs):
-        return max(str(r.timings.get("finished_at") or "") for r in rs)
+        return max(r.finished_at for r in rs)
 
     # finished *seeds*, not records: two suites that re-ran the same config and seeds must not outvote a
     # newer config with as many seeds
     best = max(by_cfg.values(), key=lambda rs: (len({r.seed for r in rs if r.ok}), newest(rs)))
     per_seed: dict[int, ResultRecord] = {}
-    for r in sorted(best, key=lambda r: (r.ok, str(r.timings.get("finished_at") or ""))):
+    for r in sorted(best, key=lambda r: (r.ok, r.finished_at)):
         per_seed[r.seed] = r  # ok and newer records win
     return sorted(per_seed.values(), key=lambda r: r.seed)
 

@@ -169,13 +169,10 @@ def _dry_run(suite, args, only: set[str] | None = None, datasets: set[str] | Non
     force, run_id = args.force, None
     if args.resume:  # plan what the resume would run: that run's narrowing, force and finished trials
         from bench.provenance import code_version
-        from bench.runner import resumable_run
+        from bench.runner import resumable_run, resumed_scope
 
         prev = resumable_run(_store(args), suite.name, None if args.resume is True else args.resume, code_version())
-        force, run_id = bool(prev.get("force")), prev["run_id"]
-        only = set(prev["only"]) if prev.get("only") else None
-        datasets = set(prev["only_datasets"]) if prev.get("only_datasets") else None
-        seeds = set(prev["only_seeds"]) if prev.get("only_seeds") else None
+        (force, only, datasets, seeds), run_id = resumed_scope(prev), prev["run_id"]
     gpus = _gpu_count(None)
     check_gpus(suite, gpus)
     plan = plan_suite(suite, _store(args), _data_root(args), force=force, gpus_available=gpus, only=only,
@@ -192,10 +189,15 @@ def _dry_run(suite, args, only: set[str] | None = None, datasets: set[str] | Non
     return 0
 
 
+def _listed(items: list[str]) -> list[str]:
+    """The names of a repeatable comma-list option (``--only a,b --only c``), blanks dropped."""
+    return [n.strip() for item in items for n in item.split(",") if n.strip()]
+
+
 def only_methods(suite, names: list[str]) -> set[str]:
     """The methods named by ``--only dec,idec`` (repeatable), checked against the suite. Trial keys do
     not depend on the suite, so a later full run reuses what a restricted run stored."""
-    wanted = {n.strip() for item in names for n in item.split(",") if n.strip()}
+    wanted = set(_listed(names))
     if not wanted:
         raise BenchError("--only names no method; pass method names of the suite, e.g. --only dec,idec")
     present = [m.name for m in suite.methods]
@@ -208,7 +210,7 @@ def only_methods(suite, names: list[str]) -> set[str]:
 
 def only_datasets(suite, names: list[str]) -> set[str]:
     """The datasets named by ``--datasets mnist,usps`` (repeatable), checked against the suite."""
-    wanted = {n.strip() for item in names for n in item.split(",") if n.strip()}
+    wanted = set(_listed(names))
     if not wanted:
         raise BenchError("--datasets names no dataset; pass dataset names of the suite, e.g. --datasets mnist")
     unknown = sorted(wanted - set(suite.datasets))
@@ -221,7 +223,7 @@ def only_datasets(suite, names: list[str]) -> set[str]:
 def only_seeds(suite, items: list[str]) -> set[int]:
     """The seeds named by ``--seeds 1,2`` (repeatable), checked against the suite: a seed outside it would
     write records that no report of the suite shows."""
-    names = [n.strip() for item in items for n in item.split(",") if n.strip()]
+    names = _listed(items)
     if not names:
         raise BenchError("--seeds names no seed; pass seeds of the suite, e.g. --seeds 1")
     bad = [n for n in names if not (n.isascii() and n.isdigit())]  # int() refuses some isdigit() characters

@@ -85,6 +85,11 @@ class ResultRecord(BaseModel):
     def ok(self) -> bool:
         return self.status == "ok"
 
+    @property
+    def finished_at(self) -> str:
+        """``timings.finished_at`` (UTC ISO, sorts as time), "" when unknown."""
+        return str((self.timings or {}).get("finished_at") or "")
+
 
 def trial_key(*, method: str, variant: str, dataset: str, seed: int, config: dict[str, Any],
               protocol: dict[str, Any], data_md5: str, code_version: str) -> str:

@@ -58,6 +58,14 @@ def _gpu_count(address: str | None) -> float:
     return float(ray.cluster_resources().get("GPU", 0))
 
 
+def resumed_scope(previous: dict[str, Any]) -> tuple[bool, set[str] | None, set[str] | None, set[int] | None]:
+    """(force, only, datasets, seeds) of a run being resumed: it resumes what that run was asked to run."""
+    def narrowed(field: str) -> set | None:
+        return set(previous[field]) if previous.get(field) else None
+
+    return bool(previous.get("force")), narrowed("only"), narrowed("only_datasets"), narrowed("only_seeds")
+
+
 def run_suite(suite: SuiteSpec, *, store: ResultStore, data_root: Path, inline: bool = False,
               address: str | None = None, force: bool = False, suite_path: str | None = None,
               code: dict[str, Any] | None = None, resume: str | bool = False, only: set[str] | None = None,
@@ -80,10 +88,7 @@ def run_suite(suite: SuiteSpec, *, store: ResultStore, data_root: Path, inline: 
     if previous is None:
         note_unfinished(store, suite.name)
     else:
-        force = bool(previous.get("force"))
-        only = set(previous["only"]) if previous.get("only") else None  # resume what that run was asked to run
-        datasets = set(previous["only_datasets"]) if previous.get("only_datasets") else None
-        seeds = set(previous["only_seeds"]) if previous.get("only_seeds") else None
+        force, only, datasets, seeds = resumed_scope(previous)
     if not inline:
         _ray_init(address)  # before our signal handlers: ray.init installs its own SIGTERM handler
         if address:

@@ -176,7 +176,7 @@ class ResultStore:
         out: dict[str, Any] = {"new": 0, "replaced": 0, "kept": 0, "identical": 0, "busy": 0, "runs": 0,
                                "damaged": [], "refused": []}
         for rec in src.records():
-            verdict = self._import_verdict(rec)
+            verdict, _ = self._import_verdict(rec)
             if verdict != "take":
                 out[verdict] += 1
                 continue
@@ -189,11 +189,10 @@ class ResultStore:
             try:  # a run computing this key holds its lock: its checkpoints and record are left alone
                 with self.key_lock(rec.key).acquire(timeout=0):
                     # read again under the lock: a run may have finished the key since the check above
-                    verdict = self._import_verdict(rec)
+                    verdict, cur = self._import_verdict(rec)
                     if verdict != "take":
                         out[verdict] += 1
                         continue
-                    cur = self.get(rec.key)
                     self._import_artifacts(src, rec.key)  # before the record: a reader never sees one without them
                     out["replaced" if cur is not None else "new"] += 1 if self.put(rec) else 0
             except Timeout:
@@ -213,14 +212,15 @@ class ResultStore:
                 out["runs"] += 1
         return out
 
-    def _import_verdict(self, rec: ResultRecord) -> str:
-        """"take" if ``rec`` should replace this store's record of its key, else "identical" or "kept"."""
+    def _import_verdict(self, rec: ResultRecord) -> tuple[str, ResultRecord | None]:
+        """("take" if ``rec`` should replace this store's record of its key, else "identical" or "kept"; that
+        record)."""
         cur = self.get(rec.key)
         if cur is not None and _sealed(cur) == _sealed(rec):
-            return "identical"
-        if cur is not None and (RANK[rec.status], _finished(rec)) <= (RANK[cur.status], _finished(cur)):
-            return "kept"  # this store's record is better, or as good and newer
-        return "take"
+            return "identical", cur
+        if cur is not None and (RANK[rec.status], rec.finished_at) <= (RANK[cur.status], cur.finished_at):
+            return "kept", cur  # this store's record is better, or as good and newer
+        return "take", cur
 
     def _import_artifacts(self, src: ResultStore, key: str) -> None:
         """Copy ``src``'s artifact folder of ``key`` over this store's (copied aside first, then swapped in)."""
@@ -321,10 +321,6 @@ SEAL = "record_sha256"
 
 #: a run id as `bench run` makes them (suite name, time, random tail): a plain file name, never a path
 _RUN_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
-
-
-def _finished(r: ResultRecord) -> str:
-    return str((r.timings or {}).get("finished_at") or "")
 
 
 def _seal_of(body: dict[str, Any]) -> str:

@@ -46,7 +46,7 @@ def config_defaults(method: str) -> dict[str, Any]:
 
 
 def _newness(r: ResultRecord) -> tuple:
-    return r.ok, str((r.timings or {}).get("finished_at") or ""), r.run_id or ""
+    return r.ok, r.finished_at, r.run_id or ""
 
 
 def suite_view(store, suite, only: set[str] | None = None) -> SuiteView:
@@ -70,7 +70,7 @@ def suite_view(store, suite, only: set[str] | None = None) -> SuiteView:
         else:
             missing.append(f"{cell.method}/{cell.variant} on {cell.dataset} seed {seed}")
     runs = sorted({r.run_id for r in records if r.run_id},
-                  key=lambda rid: min(str((r.timings or {}).get("finished_at") or "") for r in records
+                  key=lambda rid: min(r.finished_at for r in records
                                       if r.run_id == rid))
     return SuiteView(records, missing, runs)
 
