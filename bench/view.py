@@ -14,16 +14,28 @@ failed, never averaged in); a trial with no record at all is listed as missing.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from bench.context import stable_hash
 from bench.records import ResultRecord
 
 
+class MissingTrial(NamedTuple):
+    """A trial of the grid that has no record yet."""
+
+    method: str
+    variant: str
+    dataset: str
+    seed: int
+
+    def __str__(self) -> str:
+        return f"{self.method}/{self.variant} on {self.dataset} seed {self.seed}"
+
+
 @dataclass
 class SuiteView:
     records: list[ResultRecord]
-    missing: list[str] = field(default_factory=list)  # "dec/default on digits seed 2"
+    missing: list[MissingTrial] = field(default_factory=list)
     run_ids: list[str] = field(default_factory=list)  # the runs that wrote the records shown, oldest first
 
 
@@ -68,7 +80,7 @@ def suite_view(store, suite, only: set[str] | None = None) -> SuiteView:
         if k in best:
             records.append(best[k])
         else:
-            missing.append(f"{cell.method}/{cell.variant} on {cell.dataset} seed {seed}")
+            missing.append(MissingTrial(cell.method, cell.variant, cell.dataset, int(seed)))
     runs = sorted({r.run_id for r in records if r.run_id},
                   key=lambda rid: min(r.finished_at for r in records
                                       if r.run_id == rid))
@@ -87,11 +99,10 @@ def seed_ranges(seeds: list[int]) -> str:
     return ", ".join(parts)
 
 
-def missing_summary(missing: list[str]) -> str:
+def missing_summary(missing: list[MissingTrial]) -> str:
     """The missing trials grouped per method/variant and dataset, seeds as ranges: a 10-seed grid of three
     datasets lists 12 groups, not 120 trials (``"scan/default on cifar10 seeds 2-9; ..."``)."""
     groups: dict[str, list[int]] = {}
-    for item in missing:  # "method/variant on dataset seed N"
-        cell, _, seed = item.rpartition(" seed ")
-        groups.setdefault(cell, []).append(int(seed))
+    for t in missing:
+        groups.setdefault(f"{t.method}/{t.variant} on {t.dataset}", []).append(t.seed)
     return "; ".join(f"{cell} seed{'s' if len(s) > 1 else ''} {seed_ranges(s)}" for cell, s in groups.items())

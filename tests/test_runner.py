@@ -208,13 +208,13 @@ def test_run_only_some_seeds_and_resume_keeps_to_them(tmp_path, capsys):
 
 
 def test_missing_trials_are_listed_per_cell_with_seed_ranges():
-    from bench.view import missing_summary, seed_ranges
+    from bench.view import MissingTrial, missing_summary, seed_ranges
 
     assert seed_ranges([7, 0, 1, 2, 5, 8, 2]) == "0-2, 5, 7-8" and seed_ranges([3]) == "3"
-    missing = [f"scan/default on {ds} seed {s}" for ds in ("cifar10", "stl10") for s in range(10)
+    missing = [MissingTrial("scan", "default", ds, s) for ds in ("cifar10", "stl10") for s in range(10)
                if (ds, s) != ("cifar10", 1)]
     assert missing_summary(missing) == "scan/default on cifar10 seeds 0, 2-9; scan/default on stl10 seeds 0-9"
-    assert missing_summary(["kmeans/default on digits seed 4"]) == "kmeans/default on digits seed 4"
+    assert missing_summary([MissingTrial("kmeans", "default", "digits", 4)]) == "kmeans/default on digits seed 4"
 
 
 def test_dry_run_of_a_resume_plans_what_the_resume_would_run(tmp_path, capsys):
