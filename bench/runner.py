@@ -116,6 +116,7 @@ def run_suite(suite: SuiteSpec, *, store: ResultStore, data_root: Path, inline: 
         manifest["resumed"] = [*previous.get("resumed", []), {"at": utcnow(), "driver": manifest["driver"],
                                                               "previous_status": previous.get("status")}]
     store.write_run(manifest)
+    store.settle_all_artifacts()  # an import killed mid-swap put a record's artifacts (checkpoints) aside: back first
     n_seeds = sum(len(u.seeds) for u in plan.units)
     log_dir = store.log_dir(plan.run_id)
     what = f"resuming run {plan.run_id}: {len(plan.done)} trial(s) already finished, " if previous else \

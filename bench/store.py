@@ -175,6 +175,7 @@ class ResultStore:
 
         out: dict[str, Any] = {"new": 0, "replaced": 0, "kept": 0, "identical": 0, "busy": 0, "runs": 0,
                                "damaged": [], "refused": []}
+        self.settle_all_artifacts()  # an earlier import killed mid-swap: its record's artifacts go back first
         for rec in src.records():
             verdict, _ = self._import_verdict(rec)
             if verdict != "take":
@@ -230,10 +231,7 @@ class ResultStore:
         if not origin.is_dir():
             return
         final.parent.mkdir(parents=True, exist_ok=True)
-        # an import of this key killed midway left its copy or the folder it swapped out (the caller holds the key's
-        # lock, so no live import is using them): removed, or every killed import leaked a copy of the artifacts
-        for left in [*final.parent.glob(f".import-{key}-*"), *final.parent.glob(f".replaced-{key}-*")]:
-            shutil.rmtree(left, ignore_errors=True)
+        self.settle_artifacts(key)
         tmp = final.with_name(f".import-{key}-{os.urandom(3).hex()}")
         # links inside are left out: one pointing outside the source would put a foreign file (or a path on the
         # source's machine) into this store, read by reports or written through by a later resume
@@ -244,6 +242,33 @@ class ResultStore:
             os.replace(final, old)
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
+
+    def settle_artifacts(self, key: str) -> None:
+        """Undo what an import of ``key`` killed midway left in ``artifacts/`` (the caller holds the key's lock, so no
+        live import is using it). Killed between the swap's two renames, it left the record's own folder aside as
+        ``.replaced-<key>-*`` and no ``<key>/``: that folder goes back (its record is still the one in place, which
+        is written after the swap). Every other leftover (a copy never swapped in) is removed, or every killed
+        import would leak a copy of the artifacts."""
+        import shutil
+
+        final = self.artifact_dir(key)
+        aside = sorted(final.parent.glob(f".replaced-{key}-*"), key=lambda p: p.stat().st_mtime)
+        if aside and not (final.exists() or final.is_symlink()):
+            os.replace(aside.pop(), final)
+        for left in [*final.parent.glob(f".import-{key}-*"), *aside]:
+            shutil.rmtree(left, ignore_errors=True)
+
+    def settle_all_artifacts(self) -> None:
+        """:meth:`settle_artifacts` for every key an import was killed on, except keys a run or import holds now."""
+        from filelock import Timeout
+
+        names = {p.name for p in self.root.glob("artifacts/.*-*") if p.name.startswith((".import-", ".replaced-"))}
+        for key in sorted({k for n in names if _KEY.fullmatch(k := n.split("-")[1])}):
+            try:
+                with self.key_lock(key).acquire(timeout=0):
+                    self.settle_artifacts(key)
+            except Timeout:
+                continue
 
     # -- runs --------------------------------------------------------------------------------
     def write_run(self, manifest: dict[str, Any]) -> Path:
@@ -319,6 +344,9 @@ def driver_alive(driver: dict[str, Any] | None) -> bool | None:
 #: existed lack it and are read as they are
 SEAL = "record_sha256"
 
+#: a key as bench.context.stable_hash makes them: hex digits, never a path
+_KEY = re.compile(r"[0-9a-f]{8,64}")
+
 #: a run id as `bench run` makes them (suite name, time, random tail): a plain file name, never a path
 _RUN_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
 
@@ -335,8 +363,15 @@ def _sealed(record: ResultRecord) -> bytes:
     return json.dumps(body, indent=1).encode()
 
 
+#: no record this harness writes comes near this (a 500-epoch SCAN record with its curves is 135 KB): a larger file in
+#: records/ is not one, and reading it whole (a stray multi-GB file, a source store's junk) could exhaust memory
+MAX_RECORD_BYTES = 64 * 2**20
+
+
 def _read_record(path: Path) -> ResultRecord | None:
     try:
+        if path.stat().st_size > MAX_RECORD_BYTES:
+            return None  # skipped like an unreadable one (listed as damaged), never read into memory
         blob = path.read_bytes()
         body = json.loads(blob)
         if isinstance(body, dict) and SEAL in body:

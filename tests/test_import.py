@@ -205,3 +205,58 @@ def test_what_an_import_killed_midway_left_in_artifacts_is_removed_by_the_next_i
     capsys.readouterr()
     assert main(["import", str(b.root), "--store", str(a.root)]) == 0
     assert sorted(p.name for p in (a.root / "artifacts").iterdir()) == [key]
+
+
+def test_an_import_killed_between_the_artifact_swaps_renames_loses_no_artifacts(tmp_path, capsys):
+    """A real SIGKILL right after the swap's first rename (the record's own artifacts moved aside, the new ones not
+    yet in): the record in place keeps its artifacts, put back by the next `bench run` or import."""
+    import subprocess
+    import sys
+
+    a = _run(tmp_path, "a", "--seeds", "0")
+    b = _run(tmp_path, "b", "--seeds", "0")  # the same key, finished later: an import takes it
+    (key,) = [r.key for r in a.records()]
+    mine, pred = a.get(key), (a.artifact_dir(key) / "pred.npy").read_bytes()
+    (b.artifact_dir(key) / "from_b.txt").write_text("b")
+    script = (
+        "import os, signal, sys\n"
+        "import bench.store as st\n"
+        "real = os.replace\n"
+        "def replace(src, dst):\n"
+        "    real(src, dst)\n"
+        "    if os.path.basename(str(dst)).startswith('.replaced-'):\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "st.os.replace = replace\n"
+        "from bench.cli import main\n"
+        "sys.exit(main(['import', sys.argv[1], '--store', sys.argv[2]]))\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(b.root), str(a.root)], capture_output=True)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    assert not a.artifact_dir(key).exists() and list((a.root / "artifacts").glob(f".replaced-{key}-*"))
+    assert a.get(key).run_id == mine.run_id  # the record is written after the swap: still this store's own
+    _run(tmp_path, "a", "--seeds", "0")  # a later run (it reuses the record) puts the artifacts back first
+    assert (a.artifact_dir(key) / "pred.npy").read_bytes() == pred
+    assert sorted(p.name for p in (a.root / "artifacts").iterdir()) == [key]
+    capsys.readouterr()
+    assert main(["import", str(b.root), "--store", str(a.root)]) == 0  # and the import, done again, completes
+    assert "0 new record(s), 1 replacing" in capsys.readouterr().out
+    assert a.get(key).run_id == b.get(key).run_id and (a.artifact_dir(key) / "from_b.txt").read_text() == "b"
+    assert sorted(p.name for p in (a.root / "artifacts").iterdir()) == [key]
+
+
+def test_a_huge_file_among_the_source_records_is_skipped_unread(tmp_path, capsys, monkeypatch):
+    import bench.store as st
+
+    a = _run(tmp_path, "a", "--seeds", "0")
+    b = _run(tmp_path, "b", "--seeds", "1")
+    (path,) = list(b.records_dir.glob("*.json"))
+    key = path.stem
+    with open(path, "r+b") as f:  # sparse: 5 GB on paper, no disk used; read whole it would take 5 GB of memory
+        f.truncate(5 * 2**30)
+    read = []
+    real = st.Path.read_bytes
+    monkeypatch.setattr(st.Path, "read_bytes", lambda p: read.append(p.name) or real(p))
+    capsys.readouterr()
+    assert main(["import", str(b.root), "--store", str(a.root)]) == 1
+    captured = capsys.readouterr()
+    assert "1 damaged skipped" in captured.out and path.name in captured.out + captured.err
+    assert path.name not in read and a.get(key) is None
