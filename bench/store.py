@@ -252,11 +252,16 @@ class ResultStore:
         import shutil
 
         final = self.artifact_dir(key)
-        aside = sorted(final.parent.glob(f".replaced-{key}-*"), key=lambda p: p.stat().st_mtime)
-        if aside and not (final.exists() or final.is_symlink()):
-            os.replace(aside.pop(), final)
+        aside = sorted(final.parent.glob(f".replaced-{key}-*"), key=lambda p: p.lstat().st_mtime)
+        real = [p for p in aside if p.is_dir() and not p.is_symlink()]  # a link put there is not what a swap left
+        if real and not (final.exists() or final.is_symlink()):
+            os.replace(real[-1], final)
+            aside.remove(real[-1])
         for left in [*final.parent.glob(f".import-{key}-*"), *aside]:
-            shutil.rmtree(left, ignore_errors=True)
+            if left.is_symlink() or not left.is_dir():
+                left.unlink(missing_ok=True)  # rmtree refuses links (and would follow none): the link itself goes
+            else:
+                shutil.rmtree(left, ignore_errors=True)
 
     def settle_all_artifacts(self) -> None:
         """:meth:`settle_artifacts` for every key an import was killed on, except keys a run or import holds now."""
@@ -267,7 +272,7 @@ class ResultStore:
             try:
                 with self.key_lock(key).acquire(timeout=0):
                     self.settle_artifacts(key)
-            except Timeout:
+            except (Timeout, OSError):  # busy, or not ours to move: tidying must never stop a run or an import
                 continue
 
     # -- runs --------------------------------------------------------------------------------
