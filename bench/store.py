@@ -194,8 +194,12 @@ class ResultStore:
                     if verdict != "take":
                         out[verdict] += 1
                         continue
-                    self._import_artifacts(src, rec.key)  # before the record: a reader never sees one without them
-                    out["replaced" if cur is not None else "new"] += 1 if self.put(rec) else 0
+                    self._import_artifacts(src, rec.key, cur)  # before the record: never one without them
+                    try:
+                        took = self.put(rec)
+                    finally:  # only now the folder swapped out goes: put back if the record did not come in
+                        self.settle_artifacts(rec.key)
+                    out["replaced" if cur is not None else "new"] += 1 if took else 0
             except Timeout:
                 out["busy"] += 1
         out["damaged"] = [str(p) for p in src.damaged_now()]
@@ -223,8 +227,9 @@ class ResultStore:
             return "kept", cur  # this store's record is better, or as good and newer
         return "take", cur
 
-    def _import_artifacts(self, src: ResultStore, key: str) -> None:
-        """Copy ``src``'s artifact folder of ``key`` over this store's (copied aside first, then swapped in)."""
+    def _import_artifacts(self, src: ResultStore, key: str, cur: ResultRecord | None) -> None:
+        """Copy ``src``'s artifact folder of ``key`` over this store's (copied aside first, then swapped in). The
+        folder swapped out is named after ``cur``, the record it belongs to, and left for :meth:`settle_artifacts`."""
         import shutil
 
         origin, final = src.artifact_dir(key), self.artifact_dir(key)
@@ -237,26 +242,35 @@ class ResultStore:
         # source's machine) into this store, read by reports or written through by a later resume
         shutil.copytree(origin, tmp, symlinks=True,
                         ignore=lambda d, names: [n for n in names if os.path.islink(os.path.join(d, n))])
-        old = final.with_name(f".replaced-{key}-{os.urandom(3).hex()}")
+        # killed between this swap and the record's write, the record in place was left with the source's artifacts
+        # and its own removed: the name says whose folder this is, so settle_artifacts puts it back
+        old = final.with_name(f".replaced-{key}-{_owner(cur)}-{os.urandom(3).hex()}")
         if final.exists() or final.is_symlink():
             os.replace(final, old)
         os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
 
     def settle_artifacts(self, key: str) -> None:
         """Undo what an import of ``key`` killed midway left in ``artifacts/`` (the caller holds the key's lock, so no
-        live import is using it). Killed between the swap's two renames, it left the record's own folder aside as
-        ``.replaced-<key>-*`` and no ``<key>/``: that folder goes back (its record is still the one in place, which
-        is written after the swap). Every other leftover (a copy never swapped in) is removed, or every killed
-        import would leak a copy of the artifacts."""
+        live import is using it). Killed after the swap's first rename but before its record was written, it left
+        the record's own folder aside as ``.replaced-<key>-<owner>-*`` (``_owner`` of the record in place) and maybe
+        the source's as ``<key>/``: the record's own goes back (also what an import does when its record was not
+        taken). Every other leftover (a copy never swapped in, a folder whose record was replaced) is removed, or every
+        killed import would leak a copy of the artifacts."""
         import shutil
 
         final = self.artifact_dir(key)
         aside = sorted(final.parent.glob(f".replaced-{key}-*"), key=lambda p: p.lstat().st_mtime)
         real = [p for p in aside if p.is_dir() and not p.is_symlink()]  # a link put there is not what a swap left
-        if real and not (final.exists() or final.is_symlink()):
-            os.replace(real[-1], final)
-            aside.remove(real[-1])
+        tags = {p: p.name.split("-") for p in real}  # [".replaced", key, owner, hex]; [".replaced", key, hex] before
+        own = [p for p in real if len(tags[p]) == 4 and tags[p][2] == _owner(self.get(key))]
+        if own and (final.exists() or final.is_symlink()):
+            # the record in place is the one this folder was swapped out from: what was swapped in is not its own
+            os.replace(final, final.with_name(f".import-{key}-{os.urandom(3).hex()}"))  # removed below
+        if not own and not (final.exists() or final.is_symlink()):
+            own = [p for p in real if len(tags[p]) == 3]  # named before the owner was: the newest
+        if own:
+            os.replace(own[-1], final)
+            aside.remove(own[-1])
         for left in [*final.parent.glob(f".import-{key}-*"), *aside]:
             if left.is_symlink() or not left.is_dir():
                 left.unlink(missing_ok=True)  # rmtree refuses links (and would follow none): the link itself goes
@@ -351,6 +365,12 @@ SEAL = "record_sha256"
 
 #: a key as bench.context.stable_hash makes them: hex digits, never a path
 _KEY = re.compile(r"[0-9a-f]{8,64}")
+
+def _owner(record: ResultRecord | None) -> str:
+    """A short name for ``record`` (None: no readable record), in the name of the artifact folder an import set
+    aside from it."""
+    return hashlib.sha256(_sealed(record)).hexdigest()[:12] if record is not None else "none"
+
 
 #: a run id as `bench run` makes them (suite name, time, random tail): a plain file name, never a path
 _RUN_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from bench.cli import main
 from bench.store import ResultStore
@@ -260,3 +261,44 @@ def test_a_huge_file_among_the_source_records_is_skipped_unread(tmp_path, capsys
     captured = capsys.readouterr()
     assert "1 damaged skipped" in captured.out and path.name in captured.out + captured.err
     assert path.name not in read and a.get(key) is None
+
+
+@pytest.mark.parametrize("at", ["swapped-in", "record-write"])
+def test_an_import_killed_after_the_swap_before_its_record_is_written_keeps_the_records_own_artifacts(tmp_path, at):
+    """A real SIGKILL after the new artifacts were swapped in but before the record that goes with them was written:
+    the record in place (this store's) was left with the source's artifacts, and its own were deleted (by the import
+    itself, or by the next run that took them for a leftover). The next run puts the record's own back."""
+    import subprocess
+    import sys
+
+    a = _run(tmp_path, "a", "--seeds", "0")
+    b = _run(tmp_path, "b", "--seeds", "0")
+    (key,) = [r.key for r in a.records()]
+    mine = a.get(key)
+    (a.artifact_dir(key) / "from_a.txt").write_text("a")
+    (b.artifact_dir(key) / "from_b.txt").write_text("b")
+    script = (
+        "import os, signal, sys\n"
+        "import bench.store as st\n"
+        "real = os.replace\n"
+        "def replace(src, dst):\n"
+        "    real(src, dst)\n"
+        "    if sys.argv[3] == 'swapped-in' and os.path.basename(str(src)).startswith('.import-'):\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "st.os.replace = replace\n"
+        "def put(self, rec):\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "if sys.argv[3] == 'record-write':\n"
+        "    st.ResultStore.put = put\n"
+        "from bench.cli import main\n"
+        "sys.exit(main(['import', sys.argv[1], '--store', sys.argv[2]]))\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(b.root), str(a.root), at], capture_output=True)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    assert a.get(key).run_id == mine.run_id
+    _run(tmp_path, "a", "--seeds", "0")
+    assert (a.artifact_dir(key) / "from_a.txt").read_text() == "a"
+    assert not (a.artifact_dir(key) / "from_b.txt").exists()
+    assert sorted(p.name for p in (a.root / "artifacts").iterdir()) == [key]
+    assert main(["import", str(b.root), "--store", str(a.root)]) == 0  # done again, the import completes
+    assert a.get(key).run_id == b.get(key).run_id and (a.artifact_dir(key) / "from_b.txt").read_text() == "b"
+    assert sorted(p.name for p in (a.root / "artifacts").iterdir()) == [key]
