@@ -26,6 +26,7 @@ import json
 import os
 import re
 import socket
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -304,8 +305,8 @@ class ResultStore:
         out = []
         for path in self.runs_dir.glob("*.json"):
             try:
-                man = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
+                man = json.loads(_read_capped(path))  # a FIFO or /dev/zero link here hung every command
+            except (OSError, ValueError):
                 continue
             if not isinstance(man, dict) or not isinstance(man.get("run_id"), str):
                 continue  # not a manifest this harness wrote (hand-edited, foreign): ignored, never a crash
@@ -393,11 +394,24 @@ def _sealed(record: ResultRecord) -> bytes:
 MAX_RECORD_BYTES = 64 * 2**20
 
 
+def _read_capped(path: Path) -> bytes:
+    """The bytes of the regular file ``path``; OSError for anything else or anything over MAX_RECORD_BYTES. Opened
+    without blocking (a FIFO there waited forever for a writer) and checked once open (a link to /dev/zero has size
+    0 and never ends: reading it ate all memory); read at most the cap (a file growing meanwhile)."""
+    with open(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_RECORD_BYTES:
+            raise OSError(f"{path}: not a regular file of at most {MAX_RECORD_BYTES} bytes")
+        blob = fh.read(MAX_RECORD_BYTES + 1)
+    if len(blob) > MAX_RECORD_BYTES:
+        raise OSError(f"{path}: over {MAX_RECORD_BYTES} bytes")
+    return blob
+
+
 def _read_record(path: Path) -> ResultRecord | None:
     try:
-        if path.stat().st_size > MAX_RECORD_BYTES:
-            return None  # skipped like an unreadable one (listed as damaged), never read into memory
-        blob = path.read_bytes()
+        # skipped like an unreadable one (listed as damaged), never read into memory whole
+        blob = _read_capped(path)
         body = json.loads(blob)
         if isinstance(body, dict) and SEAL in body:
             if body.pop(SEAL) != _seal_of(body):

@@ -399,3 +399,36 @@ def test_two_reports_published_into_one_folder_at_once_do_not_mix(tmp_path):
     assert len(set(tags)) == 1, f"the folder mixes two reports: {dict(zip(REPORT_FILES, tags))}"
     assert sorted(json.loads((out / OWNED_LIST).read_text())) == sorted(REPORT_FILES)
     assert sorted(p.name for p in out.iterdir()) == sorted([*REPORT_FILES, OWNED_LIST])
+
+
+@pytest.mark.parametrize("what", ["record-fifo", "record-link-to-dev-zero", "manifest-fifo"])
+def test_a_record_or_manifest_that_is_a_fifo_or_an_endless_device_is_skipped_never_read(tmp_path, what):
+    """records/<key>.json a FIFO: `bench import` (and run, report) waited forever for a writer; a link to /dev/zero has
+    size 0, so the 64 MiB cap let it through and reading it ate all memory. runs/ had the same hang. A real process,
+    its memory capped, under a time limit."""
+    import subprocess
+    import sys
+
+    store, _ = _run(tmp_path)
+    path = sorted(store.records_dir.glob("*.json"))[0] if what.startswith("record") else store.runs_dir / "x.json"
+    path.unlink(missing_ok=True)
+    if what == "record-link-to-dev-zero":
+        path.symlink_to("/dev/zero")
+    else:
+        os.mkfifo(path)
+    script = ("import resource, sys\n"
+              "import psutil, bench.store\n"
+              "cap = psutil.Process().memory_info().vms + 2 * 2**30\n"
+              "resource.setrlimit(resource.RLIMIT_AS, (cap, cap))\n"
+              "from bench.cli import main\n"
+              "sys.exit(main(['import', sys.argv[1], '--store', sys.argv[2]]))\n")
+    try:
+        proc = subprocess.run([sys.executable, "-c", script, str(store.root), str(tmp_path / "dst")],
+                              capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"bench import hung on a {what}")
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    if what == "manifest-fifo":
+        assert proc.returncode == 0 and "2 new record(s)" in proc.stdout
+    else:
+        assert proc.returncode == 1 and "1 new record(s)" in proc.stdout and "1 damaged skipped" in proc.stdout
