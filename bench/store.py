@@ -21,6 +21,7 @@ in its run's manifest and the history database), never over the record.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -199,7 +200,8 @@ class ResultStore:
                     try:
                         took = self.put(rec)
                     finally:  # only now the folder swapped out goes: put back if the record did not come in
-                        self.settle_artifacts(rec.key)
+                        with contextlib.suppress(OSError):  # (a store that stopped taking writes: the next run does)
+                            self.settle_artifacts(rec.key)
                     out["replaced" if cur is not None else "new"] += 1 if took else 0
             except Timeout:
                 out["busy"] += 1

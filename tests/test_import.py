@@ -302,3 +302,31 @@ def test_an_import_killed_after_the_swap_before_its_record_is_written_keeps_the_
     assert main(["import", str(b.root), "--store", str(a.root)]) == 0  # done again, the import completes
     assert a.get(key).run_id == b.get(key).run_id and (a.artifact_dir(key) / "from_b.txt").read_text() == "b"
     assert sorted(p.name for p in (a.root / "artifacts").iterdir()) == [key]
+
+
+def test_a_store_that_stops_taking_writes_at_the_imports_record_is_one_line(tmp_path, capsys, monkeypatch):
+    """put raising StoreUnwritable (read-only, disk full) after the swap: putting the record's own artifacts back
+    fails too; that must not turn the one line into a traceback (the next import or run puts them back)."""
+    import bench.store as st
+
+    a = _run(tmp_path, "a", "--seeds", "0")
+    b = _run(tmp_path, "b", "--seeds", "0")
+    (key,) = [r.key for r in a.records()]
+    (b.artifact_dir(key) / "from_b.txt").write_text("b")
+    real = st.os.replace
+
+    def put(self, rec):
+        def read_only(src, dst):
+            raise PermissionError(30, "Read-only file system", str(src))
+        monkeypatch.setattr(st.os, "replace", read_only)
+        raise st.StoreUnwritable.at(self.record_path(rec.key), OSError(30, "Read-only file system"))
+
+    monkeypatch.setattr(st.ResultStore, "put", put)
+    capsys.readouterr()
+    assert main(["import", str(b.root), "--store", str(a.root)]) == 1
+    assert capsys.readouterr().err.startswith("error: cannot write")
+    monkeypatch.setattr(st.os, "replace", real)
+    monkeypatch.undo()
+    _run(tmp_path, "a", "--seeds", "0")  # writable again: the next run puts the record's own artifacts back
+    assert a.get(key).run_id != b.get(key).run_id and not (a.artifact_dir(key) / "from_b.txt").exists()
+    assert sorted(p.name for p in (a.root / "artifacts").iterdir()) == [key]
