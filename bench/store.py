@@ -242,9 +242,10 @@ class ResultStore:
         self.settle_artifacts(key)
         tmp = final.with_name(f".import-{key}-{os.urandom(3).hex()}")
         # links inside are left out: one pointing outside the source would put a foreign file (or a path on the
-        # source's machine) into this store, read by reports or written through by a later resume
-        shutil.copytree(origin, tmp, symlinks=True,
-                        ignore=lambda d, names: [n for n in names if os.path.islink(os.path.join(d, n))])
+        # source's machine) into this store, read by reports or written through by a later resume; so are FIFOs,
+        # sockets and devices (copytree raised on them: a traceback that stopped the import midway)
+        shutil.copytree(origin, tmp, symlinks=True, ignore=lambda d, names: [
+            n for n in names if not stat.S_ISREG(m := os.lstat(os.path.join(d, n)).st_mode) and not stat.S_ISDIR(m)])
         # killed between this swap and the record's write, the record in place was left with the source's artifacts
         # and its own removed: the name says whose folder this is, so settle_artifacts puts it back
         old = final.with_name(f".replaced-{key}-{_owner(cur)}-{os.urandom(3).hex()}")

@@ -330,3 +330,21 @@ def test_a_store_that_stops_taking_writes_at_the_imports_record_is_one_line(tmp_
     _run(tmp_path, "a", "--seeds", "0")  # writable again: the next run puts the record's own artifacts back
     assert a.get(key).run_id != b.get(key).run_id and not (a.artifact_dir(key) / "from_b.txt").exists()
     assert sorted(p.name for p in (a.root / "artifacts").iterdir()) == [key]
+
+
+def test_a_fifo_in_the_sources_artifacts_is_left_out_not_a_traceback(tmp_path, capsys):
+    """copytree raised shutil.Error on a named pipe (or a socket, a device) in the source's artifact folder: a
+    traceback that stopped the import midway, a copy left behind. Like a link, it is not an artifact this harness
+    writes: left out."""
+    import os
+
+    a = _run(tmp_path, "a", "--seeds", "0")
+    b = _run(tmp_path, "b", "--seeds", "0")
+    (key,) = [r.key for r in b.records()]
+    os.mkfifo(b.artifact_dir(key) / "pipe")
+    (b.artifact_dir(key) / "from_b.txt").write_text("b")
+    capsys.readouterr()
+    assert main(["import", str(b.root), "--store", str(a.root)]) == 0
+    assert a.get(key).run_id == b.get(key).run_id and (a.artifact_dir(key) / "from_b.txt").read_text() == "b"
+    assert not (a.artifact_dir(key) / "pipe").exists() and not (a.artifact_dir(key) / "pipe").is_symlink()
+    assert sorted(p.name for p in (a.root / "artifacts").iterdir()) == [key]
