@@ -401,11 +401,11 @@ def test_two_reports_published_into_one_folder_at_once_do_not_mix(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == sorted([*REPORT_FILES, OWNED_LIST])
 
 
-@pytest.mark.parametrize("what", ["record-fifo", "record-link-to-dev-zero", "manifest-fifo"])
+@pytest.mark.parametrize("what", ["record-fifo", "record-link-to-dev-zero", "manifest-fifo", "manifest-5gb"])
 def test_a_record_or_manifest_that_is_a_fifo_or_an_endless_device_is_skipped_never_read(tmp_path, what):
     """records/<key>.json a FIFO: `bench import` (and run, report) waited forever for a writer; a link to /dev/zero has
-    size 0, so the 64 MiB cap let it through and reading it ate all memory. runs/ had the same hang. A real process,
-    its memory capped, under a time limit."""
+    size 0, so the 64 MiB cap let it through and reading it ate all memory. runs/ had the same hang, and no cap (a
+    sparse 5 GB manifest was read whole). A real process, its memory capped, under a time limit."""
     import subprocess
     import sys
 
@@ -414,6 +414,9 @@ def test_a_record_or_manifest_that_is_a_fifo_or_an_endless_device_is_skipped_nev
     path.unlink(missing_ok=True)
     if what == "record-link-to-dev-zero":
         path.symlink_to("/dev/zero")
+    elif what == "manifest-5gb":
+        with open(path, "wb") as f:  # sparse: no disk used
+            f.truncate(5 * 2**30)
     else:
         os.mkfifo(path)
     script = ("import resource, sys\n"
@@ -428,7 +431,7 @@ def test_a_record_or_manifest_that_is_a_fifo_or_an_endless_device_is_skipped_nev
     except subprocess.TimeoutExpired:
         pytest.fail(f"bench import hung on a {what}")
     assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    if what == "manifest-fifo":
+    if what.startswith("manifest"):
         assert proc.returncode == 0 and "2 new record(s)" in proc.stdout
     else:
         assert proc.returncode == 1 and "1 new record(s)" in proc.stdout and "1 damaged skipped" in proc.stdout
