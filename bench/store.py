@@ -370,6 +370,7 @@ SEAL = "record_sha256"
 #: a key as bench.context.stable_hash makes them: hex digits, never a path
 _KEY = re.compile(r"[0-9a-f]{8,64}")
 
+
 def _owner(record: ResultRecord | None) -> str:
     """A short name for ``record`` (None: no readable record), in the name of the artifact folder an import set
     aside from it."""
