@@ -48,9 +48,9 @@ Speed (one H200, bf16, CIFAR-10 train + test, code 46a83e948f52; reports/deepclu
 3.4 s per epoch (features + PCA + k-means + training), 3.7 s with the checkpoint; the first epoch 32 s
 (compilation). main.py's 200 epochs: about 13 minutes, two 10-minute commands (resumes from the per-epoch
 checkpoint). After 6 epochs: ACC 20.0, NMI 9.0, ARI 4.2 (claim 37.4 ACC). The full 200 epochs
-(suites/deepcluster_paper.yaml, code 5b038049c94b, two seeds sharing one H200 at 3.45 s per epoch each,
+(suites/deepcluster_paper.yaml, code 5b038049c94b, two seeds sharing one H200 at 3.45-3.52 s per epoch each,
 reports/deepcluster_paper/NOTES.md): ACC 17.3 / NMI 6.1 / ARI 2.0; the pseudo-labels never settle with k = 10
-(NMI to the previous epoch's 0.32-0.49 throughout), as deepcluster issue #22 reports for the official code.
+(NMI to the previous epoch's 0.25-0.51 throughout), as deepcluster issue #22 reports for the official code.
 """
 
 from __future__ import annotations
