@@ -196,7 +196,11 @@ class ResultStore:
                     if verdict != "take":
                         out[verdict] += 1
                         continue
-                    self._import_artifacts(src, rec.key, cur)  # before the record: never one without them
+                    try:
+                        self._import_artifacts(src, rec.key, cur)  # before the record: never one without them
+                    except SourceChanged as exc:
+                        out["refused"].append(str(exc))
+                        continue
                     try:
                         took = self.put(rec)
                     finally:  # only now the folder swapped out goes: put back if the record did not come in
@@ -244,8 +248,18 @@ class ResultStore:
         # links inside are left out: one pointing outside the source would put a foreign file (or a path on the
         # source's machine) into this store, read by reports or written through by a later resume; so are FIFOs,
         # sockets and devices (copytree raised on them: a traceback that stopped the import midway)
-        shutil.copytree(origin, tmp, symlinks=True, ignore=lambda d, names: [
-            n for n in names if not stat.S_ISREG(m := os.lstat(os.path.join(d, n)).st_mode) and not stat.S_ISDIR(m)])
+        try:
+            shutil.copytree(origin, tmp, symlinks=True, ignore=_not_file_or_folder)
+        except (shutil.Error, FileNotFoundError) as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            # a file listed but gone when copied (a run or import writing the source meanwhile): that copy is not the
+            # record's artifacts, so neither comes in; any other failure (this store's disk) stays an error
+            gone = [e[0] for e in exc.args[0]] if isinstance(exc, shutil.Error) else [exc.filename]
+            if any(isinstance(g, str) and g.startswith(str(origin)) and not os.path.lexists(g) for g in gone):
+                raise SourceChanged(f"{origin}: changed while it was copied (is a run or an import writing the "
+                                    "source store?); its record was not imported; import again once nothing "
+                                    "writes there") from exc
+            raise
         # killed between this swap and the record's write, the record in place was left with the source's artifacts
         # and its own removed: the name says whose folder this is, so settle_artifacts puts it back
         old = final.with_name(f".replaced-{key}-{_owner(cur)}-{os.urandom(3).hex()}")
@@ -369,6 +383,17 @@ SEAL = "record_sha256"
 
 #: a key as bench.context.stable_hash makes them: hex digits, never a path
 _KEY = re.compile(r"[0-9a-f]{8,64}")
+
+
+def _not_file_or_folder(folder: str, names: list[str]) -> list[str]:
+    """copytree's ``ignore``: the names in ``folder`` that are neither a plain file nor a folder (links, FIFOs,
+    sockets, devices)."""
+    modes = {n: os.lstat(os.path.join(folder, n)).st_mode for n in names}
+    return [n for n, m in modes.items() if not stat.S_ISREG(m) and not stat.S_ISDIR(m)]
+
+
+class SourceChanged(Exception):
+    """An import's source changed under it while its artifacts were copied; the record is left out."""
 
 
 def _owner(record: ResultRecord | None) -> str:

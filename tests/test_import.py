@@ -348,3 +348,40 @@ def test_a_fifo_in_the_sources_artifacts_is_left_out_not_a_traceback(tmp_path, c
     assert a.get(key).run_id == b.get(key).run_id and (a.artifact_dir(key) / "from_b.txt").read_text() == "b"
     assert not (a.artifact_dir(key) / "pipe").exists() and not (a.artifact_dir(key) / "pipe").is_symlink()
     assert sorted(p.name for p in (a.root / "artifacts").iterdir()) == [key]
+
+
+def test_a_file_gone_from_the_source_while_it_is_copied_leaves_the_record_out_not_a_traceback(tmp_path, capsys,
+                                                                                               monkeypatch):
+    """A run or import writing the source store while it is imported: a file of a record's artifacts listed, then
+    gone before it was copied, raised FileNotFoundError from the middle of the import (a traceback). Now that
+    record stays out (one warning, exit 1), this store's record and artifacts are as they were, no copy is left."""
+    import os
+
+    a = _run(tmp_path, "a", "--seeds", "0")
+    b = _run(tmp_path, "b", "--seeds", "0", "--force")
+    (key,) = [r.key for r in b.records()]
+    victim = b.artifact_dir(key) / "from_b.txt"
+    victim.write_text("b")
+    before = {k: v for k, v in _files(a.root).items() if k.startswith(("records", "artifacts"))}
+    real_scandir = os.scandir
+
+    class ListedThenGone:  # the real listing, then the file goes: the window between copytree's listing and copy
+        def __init__(self, path):
+            with real_scandir(path) as it:
+                self.entries = list(it)
+            victim.unlink()
+
+        def __enter__(self):
+            return iter(self.entries)
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(os, "scandir", lambda path=".": ListedThenGone(path) if os.fspath(path) == str(
+        b.artifact_dir(key)) and victim.exists() else real_scandir(path))
+    capsys.readouterr()
+    assert main(["import", str(b.root), "--store", str(a.root)]) == 1
+    err = capsys.readouterr().err
+    assert "changed while it was copied" in err and "its record was not imported" in err and "Traceback" not in err
+    assert {k: v for k, v in _files(a.root).items() if k.startswith(("records", "artifacts"))} == before
+    assert sorted(p.name for p in (a.root / "artifacts").iterdir()) == [key]
