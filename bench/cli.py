@@ -1,7 +1,7 @@
 """``bench``: run suites, build reports, list methods and datasets.
 
-    bench run [SUITE] [--inline] [--address ADDR] [--force | --resume [RUN_ID]] [--only M,...] [--datasets D,...]
-              [--seeds S,...] [--dry-run]
+    bench run [SUITE] [--inline] [--address ADDR] [--force | --resume [RUN_ID]] [--only M[:VARIANT],...]
+              [--datasets D,...] [--seeds S,...] [--dry-run]
     bench report [SUITE] [--run RUN_ID] [--store DIR] [--out DIR]
     bench trial METHOD DATASET [--seed N] [--variant V] [--set key=value ...]
     bench trials [--store DIR]                           (the single trials `bench trial` ran)
@@ -195,16 +195,23 @@ def _listed(items: list[str]) -> list[str]:
 
 
 def only_methods(suite, names: list[str]) -> set[str]:
-    """The methods named by ``--only dec,idec`` (repeatable), checked against the suite. Trial keys do
-    not depend on the suite, so a later full run reuses what a restricted run stored."""
+    """The methods named by ``--only dec,idec`` (repeatable), or one variant of a method as
+    ``--only deepcluster:overcluster``, checked against the suite. Trial keys do not depend on the suite, so a
+    later full run reuses what a restricted run stored."""
     wanted = set(_listed(names))
     if not wanted:
         raise BenchError("--only names no method; pass method names of the suite, e.g. --only dec,idec")
     present = [m.name for m in suite.methods]
-    unknown = sorted(wanted - set(present))
+    unknown = sorted(w for w in wanted if w.partition(":")[0] not in present)
     if unknown:
         raise BenchError(f"--only {', '.join(unknown)}: not a method of suite {suite.name!r} "
                          f"(it has {', '.join(dict.fromkeys(present))})")
+    for w in sorted(w for w in wanted if ":" in w):
+        method, _, variant = w.partition(":")
+        variants = [v for m in suite.methods if m.name == method for v in m.variants]
+        if variant not in variants:
+            raise BenchError(f"--only {w}: {method!r} has no variant {variant!r} in suite {suite.name!r} "
+                             f"(it runs {', '.join(dict.fromkeys(variants))}); pass METHOD or METHOD:VARIANT")
     return wanted
 
 
@@ -561,8 +568,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_ID",
                    help="continue an unfinished run (default: the suite's latest): finished trials are not rerun, "
                         "unfinished ones restart from their last checkpoint")
-    r.add_argument("--only", action="append", default=[], metavar="METHOD[,METHOD]",
-                   help="run only these methods of the suite (a later full run reuses their records)")
+    r.add_argument("--only", action="append", default=[], metavar="METHOD[:VARIANT][,...]",
+                   help="run only these methods (or one variant: METHOD:VARIANT) of the suite (a later full run "
+                        "reuses their records)")
     r.add_argument("--datasets", action="append", default=[], metavar="DATASET[,DATASET]",
                    help="run only these datasets of the suite (combines with --only)")
     r.add_argument("--seeds", action="append", default=[], metavar="SEED[,SEED]",

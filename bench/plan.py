@@ -63,12 +63,12 @@ class GridCell:
 
 
 def suite_grid(suite: SuiteSpec, only: set[str] | None = None, datasets: set[str] | None = None) -> list[GridCell]:
-    """Every (method, variant, dataset) of the suite (only the methods in ``only`` and the datasets in
-    ``datasets`` when given), with config and protocol resolved and checked (BenchError on an unknown name,
+    """Every (method, variant, dataset) of the suite (only the methods, or ``method:variant``, in ``only`` and the
+    datasets in ``datasets`` when given), with config and protocol resolved and checked (BenchError on an unknown name,
     key or type)."""
     cells = []
     for entry in suite.methods:
-        if only and entry.name not in only:
+        if only and entry.name not in only and not any(f"{entry.name}:{v}" in only for v in entry.variants):
             continue
         cls = get_method(entry.name)
         datasets_of_entry = entry.datasets or suite.datasets
@@ -77,6 +77,8 @@ def suite_grid(suite: SuiteSpec, only: set[str] | None = None, datasets: set[str
             raise BenchError(f"method {entry.name!r} lists datasets {unknown} that are not in the suite's datasets "
                              f"{suite.datasets}")
         for variant in entry.variants:
+            if only and entry.name not in only and f"{entry.name}:{variant}" not in only:
+                continue  # `--only METHOD:VARIANT` named other variants of this method
             for ds in datasets_of_entry:
                 if datasets and ds not in datasets:
                     continue

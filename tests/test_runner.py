@@ -139,6 +139,30 @@ def test_run_only_some_methods_then_the_full_suite_reuses_them(tmp_path, capsys)
     assert "--only dec: not a method of suite 'part'" in capsys.readouterr().err
 
 
+def test_run_only_one_variant_of_a_method_then_the_full_suite_reuses_it(tmp_path, capsys):
+    """``--only METHOD:VARIANT`` runs that variant alone (two processes can split a suite's variants between
+    them); a later full run reuses it; a variant the suite does not run is one error line, nothing written."""
+    from bench.store import ResultStore
+
+    s = tmp_path / "s.yaml"
+    s.write_text("name: dcv\nseeds: 1\ndatasets: [digits]\nmethods:\n  - name: deepcluster\n"
+                 "    variants: [default, overcluster]\n"
+                 "    config: {backbone: tiny_cnn, image_size: 8, pca_dim: 16, epochs: 1, batch_size: 200}\n")
+    args = ["--inline", "--no-report", "--store", str(tmp_path / "st")]
+    assert main(["run", str(s), "--only", "deepcluster:overcluster", *args]) == 0
+    assert "1 ok, 0 reused" in capsys.readouterr().out
+    assert [r.variant for r in ResultStore(tmp_path / "st").records()] == ["overcluster"]
+    assert main(["run", str(s), *args]) == 0
+    assert "1 ok, 1 reused" in capsys.readouterr().out
+    assert sorted(r.variant for r in ResultStore(tmp_path / "st").records()) == ["default", "overcluster"]
+    assert main(["run", str(s), "--only", "deepcluster:scan_only", "--store", str(tmp_path / "new")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --only deepcluster:scan_only: 'deepcluster' has no variant 'scan_only'")
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "new").exists()
+    assert main(["run", str(s), "--only", "dec:default", "--store", str(tmp_path / "new")]) == 2
+    assert "--only dec:default: not a method of suite 'dcv'" in capsys.readouterr().err
+
+
 def test_run_only_some_datasets(tmp_path, capsys):
     from bench.store import ResultStore
 
