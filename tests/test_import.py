@@ -27,6 +27,31 @@ def _files(root) -> dict[str, bytes]:
             and "locks" not in p.parts}
 
 
+def _import_killed(src: ResultStore, dst: ResultStore, kill_after_replace: str, patch: str = ""):
+    """``bench import src --store dst`` in a real process that SIGKILLs itself right after an ``os.replace`` in
+    bench.store for which the Python expression ``kill_after_replace`` (over ``src``, ``dst``) is true; ``patch``:
+    more lines run before the import (they may use ``kill()``)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, signal, sys\n"
+        "import bench.store as st\n"
+        "real = os.replace\n"
+        "def kill():\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "def replace(src, dst):\n"
+        "    real(src, dst)\n"
+        f"    if {kill_after_replace}:\n"
+        "        kill()\n"
+        "st.os.replace = replace\n"
+        f"{patch}"
+        "from bench.cli import main\n"
+        "sys.exit(main(['import', sys.argv[1], '--store', sys.argv[2]]))\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(src.root), str(dst.root)], capture_output=True)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+
+
 def test_seeds_run_apart_merge_into_one_report_and_a_second_import_changes_nothing(tmp_path, capsys):
     a = _run(tmp_path, "a", "--seeds", "0")
     b = _run(tmp_path, "b", "--seeds", "1")
@@ -211,27 +236,13 @@ def test_what_an_import_killed_midway_left_in_artifacts_is_removed_by_the_next_i
 def test_an_import_killed_between_the_artifact_swaps_renames_loses_no_artifacts(tmp_path, capsys):
     """A real SIGKILL right after the swap's first rename (the record's own artifacts moved aside, the new ones not
     yet in): the record in place keeps its artifacts, put back by the next `bench run` or import."""
-    import subprocess
-    import sys
 
     a = _run(tmp_path, "a", "--seeds", "0")
     b = _run(tmp_path, "b", "--seeds", "0")  # the same key, finished later: an import takes it
     (key,) = [r.key for r in a.records()]
     mine, pred = a.get(key), (a.artifact_dir(key) / "pred.npy").read_bytes()
     (b.artifact_dir(key) / "from_b.txt").write_text("b")
-    script = (
-        "import os, signal, sys\n"
-        "import bench.store as st\n"
-        "real = os.replace\n"
-        "def replace(src, dst):\n"
-        "    real(src, dst)\n"
-        "    if os.path.basename(str(dst)).startswith('.replaced-'):\n"
-        "        os.kill(os.getpid(), signal.SIGKILL)\n"
-        "st.os.replace = replace\n"
-        "from bench.cli import main\n"
-        "sys.exit(main(['import', sys.argv[1], '--store', sys.argv[2]]))\n")
-    proc = subprocess.run([sys.executable, "-c", script, str(b.root), str(a.root)], capture_output=True)
-    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    _import_killed(b, a, "os.path.basename(str(dst)).startswith('.replaced-')")
     assert not a.artifact_dir(key).exists() and list((a.root / "artifacts").glob(f".replaced-{key}-*"))
     assert a.get(key).run_id == mine.run_id  # the record is written after the swap: still this store's own
     _run(tmp_path, "a", "--seeds", "0")  # a later run (it reuses the record) puts the artifacts back first
@@ -268,8 +279,6 @@ def test_an_import_killed_after_the_swap_before_its_record_is_written_keeps_the_
     """A real SIGKILL after the new artifacts were swapped in but before the record that goes with them was written:
     the record in place (this store's) was left with the source's artifacts, and its own were deleted (by the import
     itself, or by the next run that took them for a leftover). The next run puts the record's own back."""
-    import subprocess
-    import sys
 
     a = _run(tmp_path, "a", "--seeds", "0")
     b = _run(tmp_path, "b", "--seeds", "0")
@@ -277,23 +286,10 @@ def test_an_import_killed_after_the_swap_before_its_record_is_written_keeps_the_
     mine = a.get(key)
     (a.artifact_dir(key) / "from_a.txt").write_text("a")
     (b.artifact_dir(key) / "from_b.txt").write_text("b")
-    script = (
-        "import os, signal, sys\n"
-        "import bench.store as st\n"
-        "real = os.replace\n"
-        "def replace(src, dst):\n"
-        "    real(src, dst)\n"
-        "    if sys.argv[3] == 'swapped-in' and os.path.basename(str(src)).startswith('.import-'):\n"
-        "        os.kill(os.getpid(), signal.SIGKILL)\n"
-        "st.os.replace = replace\n"
-        "def put(self, rec):\n"
-        "    os.kill(os.getpid(), signal.SIGKILL)\n"
-        "if sys.argv[3] == 'record-write':\n"
-        "    st.ResultStore.put = put\n"
-        "from bench.cli import main\n"
-        "sys.exit(main(['import', sys.argv[1], '--store', sys.argv[2]]))\n")
-    proc = subprocess.run([sys.executable, "-c", script, str(b.root), str(a.root), at], capture_output=True)
-    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    if at == "swapped-in":
+        _import_killed(b, a, "os.path.basename(str(src)).startswith('.import-')")
+    else:  # at the record's write
+        _import_killed(b, a, "False", "st.ResultStore.put = lambda self, rec: kill()\n")
     assert a.get(key).run_id == mine.run_id
     _run(tmp_path, "a", "--seeds", "0")
     assert (a.artifact_dir(key) / "from_a.txt").read_text() == "a"
