@@ -190,7 +190,17 @@ class ResultStore:
                                       "imported")
                 continue
             try:  # a run computing this key holds its lock: its checkpoints and record are left alone
-                with self.key_lock(rec.key).acquire(timeout=0):
+                with self.key_lock(rec.key).acquire(timeout=0), _source_key_lock(src, rec.key):
+                    # a run computing the key in the *source* writes its new artifacts beside the old record before
+                    # it replaces it: copied then, the record came in with another computation's artifacts (its
+                    # pred.npy, its checkpoints). Under the source's lock no run writes either; the record is read
+                    # again, since the one listed above may have been replaced before the lock was taken
+                    now = src.get(rec.key)
+                    if now is None:
+                        out["refused"].append(f"{src.record_path(rec.key)}: changed while it was imported (is a run "
+                                              "writing the source store?); import again once nothing writes there")
+                        continue
+                    rec = now
                     # read again under the lock: a run may have finished the key since the check above
                     verdict, cur = self._import_verdict(rec)
                     if verdict != "take":
@@ -390,6 +400,26 @@ def _not_file_or_folder(folder: str, names: list[str]) -> list[str]:
     sockets, devices)."""
     modes = {n: os.lstat(os.path.join(folder, n)).st_mode for n in names}
     return [n for n, m in modes.items() if not stat.S_ISREG(m) and not stat.S_ISDIR(m)]
+
+
+@contextlib.contextmanager
+def _source_key_lock(src: ResultStore, key: str) -> Iterator[None]:
+    """The source store's lock of ``key`` while an import copies it (filelock's Timeout if a run there holds it). A
+    source whose locks/ cannot be written (a read-only copy) is taken as it is: no run writes there either."""
+    from filelock import Timeout
+
+    try:
+        lock = src.key_lock(key)
+        lock.acquire(timeout=0)
+    except Timeout:  # (an OSError too: a run holds the key)
+        raise
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 class SourceChanged(Exception):
