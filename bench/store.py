@@ -333,7 +333,7 @@ class ResultStore:
         for path in self.runs_dir.glob("*.json"):
             try:
                 man = json.loads(_read_capped(path))  # a FIFO or /dev/zero link here hung every command
-            except (OSError, ValueError):
+            except (OSError, ValueError, RecursionError):  # (JSON nested thousands deep: a traceback of every command)
                 continue
             if not isinstance(man, dict) or not isinstance(man.get("run_id"), str):
                 continue  # not a manifest this harness wrote (hand-edited, foreign): ignored, never a crash
@@ -477,8 +477,10 @@ def _read_record(path: Path) -> ResultRecord | None:
                 return None  # bytes changed since it was written: damaged, skipped like an unreadable one
             return ResultRecord.model_validate(body)  # (the seal is the file's, not the record's)
         return ResultRecord.model_validate_json(blob)
-    except (OSError, ValidationError, ValueError):
-        return None  # unreadable file: skipped, the run manifest still lists the trial
+    # unreadable file: skipped, the run manifest still lists the trial (RecursionError: JSON nested thousands deep, once
+    # a traceback of report, audit, import and run)
+    except (OSError, ValidationError, ValueError, RecursionError):
+        return None
 
 
 def _read_own_record(path: Path) -> ResultRecord | None:
