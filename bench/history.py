@@ -194,6 +194,9 @@ def sync(store, db_path: str | Path | None = None, *, rebuild: bool = False) -> 
                                                        "of the history", man["run_id"], type(exc).__name__, exc)
             continue
         added += 1
+    for run_id, why in store.malformed_runs.items():  # left out by store.runs(): said here, as above
+        logging.getLogger("bench.history").warning("run %s: its manifest in runs/ is malformed (%s); left out of the "
+                                                   "history", run_id, why)
     return {"imported": added, "total": len(have) + added}
 
 

@@ -236,7 +236,7 @@ class StageStore:
         """The failure of ``key``'s build recorded by run ``run_id`` (None: none, or another run's)."""
         try:
             rec = json.loads(self._failure_path(name, key).read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # (JSON nested thousands deep is no stage either)
             return None
         return rec if isinstance(rec, dict) and run_id is not None and rec.get("run_id") == run_id else None
 
@@ -250,7 +250,7 @@ class StageStore:
         hand-edited into ``[]`` is no stage: rebuilt, never a crash of the trial or of ``bench stages``)."""
         try:
             meta = json.loads((self.path(name, key) / self.META).read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):  # (JSON nested thousands deep is no stage either)
             return None
         return meta if isinstance(meta, dict) else None
 

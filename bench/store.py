@@ -72,6 +72,8 @@ class ResultStore:
         self.root = Path(root).expanduser().resolve()
         #: record files that :meth:`records` skipped (unreadable, or bytes changed since written): commands say so
         self.damaged: set[Path] = set()
+        #: run manifests that :meth:`runs` left out because their fields are not what `bench run` writes: run id -> why
+        self.malformed_runs: dict[str, str] = {}
 
     # -- layout ------------------------------------------------------------------------------
     @property
@@ -190,7 +192,17 @@ class ResultStore:
                                       "imported")
                 continue
             try:  # a run computing this key holds its lock: its checkpoints and record are left alone
-                with self.key_lock(rec.key).acquire(timeout=0):
+                with self.key_lock(rec.key).acquire(timeout=0), _source_key_lock(src, rec.key):
+                    # a run computing the key in the *source* writes its new artifacts beside the old record before
+                    # it replaces it: copied then, the record came in with another computation's artifacts (its
+                    # pred.npy, its checkpoints). Under the source's lock no run writes either; the record is read
+                    # again, since the one listed above may have been replaced before the lock was taken
+                    now = src.get(rec.key)
+                    if now is None:
+                        out["refused"].append(f"{src.record_path(rec.key)}: changed while it was imported (is a run "
+                                              "writing the source store?); import again once nothing writes there")
+                        continue
+                    rec = now
                     # read again under the lock: a run may have finished the key since the check above
                     verdict, cur = self._import_verdict(rec)
                     if verdict != "take":
@@ -323,10 +335,13 @@ class ResultStore:
         for path in self.runs_dir.glob("*.json"):
             try:
                 man = json.loads(_read_capped(path))  # a FIFO or /dev/zero link here hung every command
-            except (OSError, ValueError):
+            except (OSError, ValueError, RecursionError):  # (JSON nested thousands deep: a traceback of every command)
                 continue
             if not isinstance(man, dict) or not isinstance(man.get("run_id"), str):
                 continue  # not a manifest this harness wrote (hand-edited, foreign): ignored, never a crash
+            if why := _manifest_problem(man):  # a trial without its key, "trials": null, a driver that is a string:
+                self.malformed_runs[man["run_id"]] = why  # a KeyError/TypeError traceback of report --run, audit
+                continue  # --run, stages, resume; left out (bench history says so), never a crash
             if suite is None or man.get("suite") == suite:
                 out.append(man)
         return sorted(out, key=lambda m: (str(m.get("started_at", "")), m["run_id"]))
@@ -392,6 +407,26 @@ def _not_file_or_folder(folder: str, names: list[str]) -> list[str]:
     return [n for n, m in modes.items() if not stat.S_ISREG(m) and not stat.S_ISDIR(m)]
 
 
+@contextlib.contextmanager
+def _source_key_lock(src: ResultStore, key: str) -> Iterator[None]:
+    """The source store's lock of ``key`` while an import copies it (filelock's Timeout if a run there holds it). A
+    source whose locks/ cannot be written (a read-only copy) is taken as it is: no run writes there either."""
+    from filelock import Timeout
+
+    try:
+        lock = src.key_lock(key)
+        lock.acquire(timeout=0)
+    except Timeout:  # (an OSError too: a run holds the key)
+        raise
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
+
+
 class SourceChanged(Exception):
     """An import's source changed under it while its artifacts were copied; the record is left out."""
 
@@ -400,6 +435,38 @@ def _owner(record: ResultRecord | None) -> str:
     """A short name for ``record`` (None: no readable record), in the name of the artifact folder an import set
     aside from it."""
     return hashlib.sha256(_sealed(record)).hexdigest()[:12] if record is not None else "none"
+
+
+def _manifest_problem(man: dict[str, Any]) -> str | None:
+    """What in a run manifest is not of the shape `bench run` writes (the fields its readers index), or None."""
+    def strs(v: Any) -> bool:
+        return isinstance(v, list) and all(isinstance(x, (str, int)) and not isinstance(x, bool) for x in v)
+
+    trials, stages, driver = man.get("trials", []), man.get("stages", []), man.get("driver")
+    if not isinstance(trials, list):
+        return f"trials is a {type(trials).__name__}, not a list"
+    for i, t in enumerate(trials):
+        if not isinstance(t, dict):
+            return f"trial {i} is a {type(t).__name__}, not an object"
+        if not (isinstance(t.get("key"), str) and _KEY.fullmatch(t["key"])):
+            return f"trial {i} has no key of hex digits ({str(t.get('key'))[:40]!r})"
+        if not (isinstance(t.get("method"), str) and isinstance(t.get("dataset"), str)
+                and isinstance(t.get("seed"), int) and not isinstance(t.get("seed"), bool)):
+            return f"trial {i} lacks a method, dataset or whole-number seed"
+        if not all(isinstance(t.get(f, {}) or {}, dict) for f in ("metrics", "config", "protocol")) or \
+                not all(isinstance(t.get(f, ""), str | None) for f in ("variant", "status", "error", "data_md5")):
+            return f"trial {i} has a field of the wrong type"
+    if not (isinstance(stages, list) and all(isinstance(st, dict) and isinstance(st.get("key"), str) for st in stages)):
+        return "stages is not a list of objects with a key"
+    if driver is not None and not (isinstance(driver, dict) and isinstance(driver.get("pid", 0), int)
+                                   and isinstance(driver.get("pid_started"), int | float | None)):
+        return "driver is not an object with a whole-number pid"
+    if not all(isinstance(man.get(f), str | None) for f in ("suite", "status", "started_at", "finished_at")) or \
+            not all(isinstance(man.get(f), dict | None) for f in ("code", "spec")) or \
+            not all(man.get(f) is None or strs(man[f]) for f in ("only", "only_datasets", "only_seeds")) or \
+            not isinstance(man.get("resumed", []), list):
+        return "a field of the run is of the wrong type"
+    return None
 
 
 #: a run id as `bench run` makes them (suite name, time, random tail): a plain file name, never a path
@@ -447,8 +514,10 @@ def _read_record(path: Path) -> ResultRecord | None:
                 return None  # bytes changed since it was written: damaged, skipped like an unreadable one
             return ResultRecord.model_validate(body)  # (the seal is the file's, not the record's)
         return ResultRecord.model_validate_json(blob)
-    except (OSError, ValidationError, ValueError):
-        return None  # unreadable file: skipped, the run manifest still lists the trial
+    # unreadable file: skipped, the run manifest still lists the trial (RecursionError: JSON nested thousands deep, once
+    # a traceback of report, audit, import and run)
+    except (OSError, ValidationError, ValueError, RecursionError):
+        return None
 
 
 def _read_own_record(path: Path) -> ResultRecord | None:

@@ -435,3 +435,70 @@ def test_a_record_or_manifest_that_is_a_fifo_or_an_endless_device_is_skipped_nev
         assert proc.returncode == 0 and "2 new record(s)" in proc.stdout
     else:
         assert proc.returncode == 1 and "1 new record(s)" in proc.stdout and "1 damaged skipped" in proc.stdout
+
+
+@pytest.mark.parametrize("where", ["record", "manifest", "stage"])
+def test_json_nested_thousands_deep_in_the_store_is_skipped_not_a_traceback(tmp_path, capsys, where):
+    """200,000 `[` in a record file (or a runs/ manifest): json raised RecursionError, which no reader caught, so
+    `bench report`, `audit`, `import`, `history`, `trials`, `stages` and even `bench run` ended in a traceback. The file
+    is skipped like any unreadable one (a record: named as damaged, and re-run; a stage's stage.json: no stage), and
+    the other records stay."""
+    from bench.runner import run_suite
+    from bench.store import ResultStore
+
+    store, man = _run(tmp_path)
+    keys = [t["key"] for t in man["trials"]]
+    stages = StageStore(store.stage_dir)
+    stages.save("hostile_probe", "d" * 20, {"w": torch.zeros(1)}, {"seed": 0})
+    path = {"record": store.record_path(keys[0]), "manifest": store.runs_dir / "deep.json",
+            "stage": stages.path("hostile_probe", "d" * 20) / stages.META}[where]
+    path.write_text('{"run_id": ' + "[" * 200_000 + "]" * 200_000 + "}")
+    capsys.readouterr()
+    for argv in (["report", "hs"], ["audit", "--out", str(tmp_path / "aud")], ["import", str(store.root)],
+                 ["history"], ["trials"], ["stages"]):
+        dst = ["--store", str(tmp_path / "dst")] if argv[0] == "import" else ["--store", str(store.root)]
+        out = ["--out", str(tmp_path / "rep")] if argv[0] == "report" else []
+        code = main([*argv, *dst, *out])  # audit: 2, no claim about k-means on digits; import: 1, a damaged record
+        err = capsys.readouterr().err
+        assert code in (0, 1, 2) and "Traceback" not in err, (argv, err)
+        if where == "record" and argv[0] in ("report", "stages"):
+            assert "damaged or unreadable" in err and path.name in err
+    assert ResultStore(tmp_path / "dst").get(keys[1]).ok  # the other record came in
+    again = run_suite(_digits_suite(tmp_path), store=store, data_root=tmp_path, inline=True)
+    assert [t["status"] for t in again["trials"]] == (["ok", "reused"] if where == "record" else ["reused", "reused"])
+    assert all(store.get(k).ok for k in keys)
+    assert stages.exists("hostile_probe", "d" * 20) == (where != "stage")
+
+
+@pytest.mark.parametrize("edit", [{"trials": None}, {"trials": ["a"]}, "trial-without-key", {"stages": "x"},
+                                  {"driver": "x", "status": "running"}, {"driver": {"pid": "x"}, "status": "running"}],
+                         ids=["trials-null", "trial-a-string", "trial-without-key", "stages-a-string",
+                              "driver-a-string", "driver-pid-a-string"])
+def test_a_run_manifest_with_fields_of_the_wrong_shape_is_left_out_not_a_traceback(tmp_path, capsys, caplog, edit):
+    """A hand-edited runs/ manifest as the latest run (its trials null, a trial without its key, a driver that is a
+    string): `bench report --run`, `audit --run`, `stages`, `stages --prune` and `run --resume` ended in a KeyError /
+    TypeError / AttributeError traceback. It is left out like any foreign file (`bench history` names it), the
+    records stay."""
+    from bench.runner import run_suite
+
+    store, man = _run(tmp_path)
+    bad = {**man, "run_id": "hs-edited", "started_at": "2099-01-01", "status": "interrupted"}
+    if edit == "trial-without-key":
+        bad["trials"] = [{k: v for k, v in t.items() if k != "key"} for t in man["trials"]]
+    else:
+        bad.update(edit)
+    (store.runs_dir / "hs-edited.json").write_text(json.dumps(bad))
+    (store.root / "history.db").unlink()
+    capsys.readouterr()
+    rep, aud = ["--out", str(tmp_path / "rep")], ["--out", str(tmp_path / "aud")]
+    for argv, code in ((["report", "--run", "hs-edited", *rep], 2), (["audit", "--run", "hs-edited", *aud], 2),
+                       (["stages"], 0), (["stages", "--prune"], 0), (["report", "hs", *rep], 0),
+                       (["trials"], 0), (["history", "hs"], 0)):
+        assert main([*argv, "--store", str(store.root)]) == code, argv
+        err = capsys.readouterr().err
+        if code == 2:  # no such run: the edited one is not a run this harness can read
+            assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert "hs-edited: its manifest in runs/ is malformed" in caplog.text
+    again = run_suite(_digits_suite(tmp_path), store=store, data_root=tmp_path, inline=True)
+    assert [t["status"] for t in again["trials"]] == ["reused", "reused"]
+    assert all(store.get(t["key"]).ok for t in man["trials"])

@@ -381,3 +381,44 @@ def test_a_file_gone_from_the_source_while_it_is_copied_leaves_the_record_out_no
     assert "changed while it was copied" in err and "its record was not imported" in err and "Traceback" not in err
     assert {k: v for k, v in _files(a.root).items() if k.startswith(("records", "artifacts"))} == before
     assert sorted(p.name for p in (a.root / "artifacts").iterdir()) == [key]
+
+
+def test_a_key_a_run_is_recomputing_in_the_source_is_not_imported_with_that_runs_artifacts(tmp_path, capsys):
+    """A `bench run --force` on the source writes its new computation's files into the key's artifact folder while
+    the old record is still in place; an import then copied that folder with the old record: a record whose
+    artifacts belong to another computation (real run, real files). The source's key lock is held by that run: the
+    import now leaves the key alone (busy) until the run has finished, then brings record and artifacts together."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    suite = tmp_path / "m.yaml"
+    suite.write_text("name: marks\nseeds: [0]\ndatasets: [digits]\nmethods:\n  - {name: test_marks_artifacts, "
+                     "config: {seconds: 2}}\n")
+    b = ResultStore(tmp_path / "b")
+    args = ["run", str(suite), "--inline", "--no-report", "--store", str(b.root)]
+    assert main(args) == 0
+    (old,) = list(b.records())
+    marker = b.artifact_dir(old.key) / "attempt.txt"
+    assert marker.read_text() == old.info["nonce"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    run = subprocess.Popen([sys.executable, "-m", "bench", *args, "--force"], env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while marker.read_text() == old.info["nonce"]:  # the new computation has begun writing its files
+            assert run.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        a = ResultStore(tmp_path / "a")
+        capsys.readouterr()
+        assert main(["import", str(b.root), "--store", str(a.root)]) == 1
+        assert "1 skipped because a run is computing them now" in capsys.readouterr().out
+        assert a.get(old.key) is None and not a.artifact_dir(old.key).exists()
+    finally:
+        assert run.wait(timeout=60) == 0
+    assert main(["import", str(b.root), "--store", str(a.root)]) == 0
+    rec = a.get(old.key)
+    assert rec.info["nonce"] != old.info["nonce"]  # the new computation's record, with its own files
+    assert (a.artifact_dir(rec.key) / "attempt.txt").read_text() == rec.info["nonce"]

@@ -114,3 +114,24 @@ class CollapsesOnSeed(ClusteringMethod):
         if ctx.seed == self.config.collapse_on_seed:
             return ClusterOutput(labels=torch.zeros(n, dtype=torch.long))
         return ClusterOutput(labels=torch.arange(n) % data.n_clusters)
+
+
+@register_method
+class MarksArtifacts(ClusteringMethod):
+    """Writes ``attempt.txt`` (a fresh nonce per computation, also in the record's info) into its artifact folder
+    first, then takes ``seconds``: while it computes, the folder holds this attempt's file beside the previous
+    record, as a checkpointing method's does."""
+
+    name = "test_marks_artifacts"
+
+    class Config(MethodConfig):
+        seconds: float = 0.0
+
+    def run(self, data, ctx):
+        import time
+
+        nonce = os.urandom(8).hex()
+        ctx.artifact_dir.mkdir(parents=True, exist_ok=True)
+        (ctx.artifact_dir / "attempt.txt").write_text(nonce)
+        time.sleep(self.config.seconds)
+        return ClusterOutput(labels=torch.zeros(len(data.x_eval), dtype=torch.long), info={"nonce": nonce})
