@@ -371,7 +371,7 @@ def test_prune_keeps_what_an_unfinished_run_will_read_and_its_partial_builds(tmp
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     man = {"run_id": "r1", "suite": "s", "started_at": "2026-01-01T00:00:00+00:00", "status": status,
            "driver": {"host": socket.gethostname(), "pid": os.getpid()}, "stages": [],
-           "trials": [{"key": "t0", "method": "ae_kmeans", "variant": "default", "dataset": "d",
+           "trials": [{"key": "0123456789abcdef0123", "method": "ae_kmeans", "variant": "default", "dataset": "d",
                        "seed": 0, "config": cfg.model_dump(mode="json"), "protocol": protocol,
                        "data_md5": "md5-a", "status": "planned"}]}
     store.runs_dir.mkdir(parents=True, exist_ok=True)
