@@ -68,7 +68,9 @@ def suite_grid(suite: SuiteSpec, only: set[str] | None = None, datasets: set[str
     key or type)."""
     cells = []
     for entry in suite.methods:
-        if only and entry.name not in only and not any(f"{entry.name}:{v}" in only for v in entry.variants):
+        # `--only METHOD` takes every variant, `--only METHOD:VARIANT` that one
+        variants = [v for v in entry.variants if not only or entry.name in only or f"{entry.name}:{v}" in only]
+        if not variants:
             continue
         cls = get_method(entry.name)
         datasets_of_entry = entry.datasets or suite.datasets
@@ -76,9 +78,7 @@ def suite_grid(suite: SuiteSpec, only: set[str] | None = None, datasets: set[str
         if unknown:
             raise BenchError(f"method {entry.name!r} lists datasets {unknown} that are not in the suite's datasets "
                              f"{suite.datasets}")
-        for variant in entry.variants:
-            if only and entry.name not in only and f"{entry.name}:{variant}" not in only:
-                continue  # `--only METHOD:VARIANT` named other variants of this method
+        for variant in variants:
             for ds in datasets_of_entry:
                 if datasets and ds not in datasets:
                     continue
